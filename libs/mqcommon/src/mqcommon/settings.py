@@ -1,0 +1,85 @@
+"""Settings shared by every llm-stream process, read from the environment.
+
+Names are part of the public contract (the old proof of concept used ``RABBIT_MQ``);
+``RABBITMQ_URL`` is accepted as an alias.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BrokerSettings(BaseSettings):
+    """Where the broker is and what the shared topology is called."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    rabbit_mq: str = Field(
+        default="amqp://guest:guest@localhost:5672/",
+        validation_alias=AliasChoices("RABBIT_MQ", "RABBITMQ_URL"),
+        description="AMQP URL of the broker.",
+    )
+    rabbitmq_management_url: str = Field(
+        default="http://guest:guest@localhost:15672",
+        description="Management API base URL, used only for queue-depth gauges.",
+    )
+    task_queue: str = Field(default="llm.tasks", description="Durable quorum queue of chat tasks.")
+    events_stream: str = Field(
+        default="llm.events", description="Stream that carries answer events back to the API."
+    )
+    presence_exchange: str = Field(
+        default="llm.presence",
+        description="Fanout exchange on which API processes announce the sessions they serve.",
+    )
+    dead_letter_exchange: str = Field(default="llm.dlx", description="Dead-letter exchange.")
+    dead_letter_queue: str = Field(default="llm.tasks.dead", description="Dead-lettered tasks.")
+    task_max_deliveries: int = Field(
+        default=3, ge=1, le=100, description="Deliveries of one task before it is dead-lettered."
+    )
+    events_max_age: str = Field(
+        default="1h", description="Retention of the events stream (RabbitMQ x-max-age syntax)."
+    )
+    events_max_bytes: int = Field(
+        default=2_000_000_000, ge=10_000_000, description="Retention cap of the events stream."
+    )
+    confirm_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for the broker to confirm a publish."
+    )
+    log_level: str = Field(default="INFO", description="Log level.")
+    log_format: str = Field(default="json", description="'json' or 'console'.")
+
+    @field_validator("rabbit_mq")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("RABBIT_MQ must be an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("json", "console"):
+            raise ValueError("LOG_FORMAT must be 'json' or 'console'")
+        return value
+
+
+class LLMSettings(BaseSettings):
+    """How to reach the OpenAI-compatible LLM (worker, and the API for /test and direct mode)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    openai_api_key: str = Field(default="", description="API key; empty means no LLM key.")
+    openai_base_url: str | None = Field(
+        default=None, description="Any OpenAI-compatible base URL (OpenAI, vLLM, Ollama, mock)."
+    )
+    llm_model: str = Field(default="gpt-4o-mini", description="Model used when a request names none.")
+    llm_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest a single generation may take, end to end."
+    )
+    llm_connect_timeout_s: float = Field(default=10.0, gt=0, description="Connect timeout.")
+    llm_max_retries: int = Field(
+        default=2, ge=0, le=10, description="SDK retries of a failed request before any token."
+    )
+    llm_max_tokens: int | None = Field(default=None, ge=1, description="Cap on generated tokens.")
+    system_prompt: str = Field(default="", description="System prompt sent before the message.")

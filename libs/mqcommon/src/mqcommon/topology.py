@@ -1,0 +1,99 @@
+"""Every exchange and queue llm-stream uses, with its real AMQP arguments, in one place.
+
+Both services declare the same objects with the same arguments, so whichever starts first
+creates them and the other's declaration is a no-op (a mismatch would be a channel error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from mqcommon.settings import BrokerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    durable: bool = True
+    exclusive: bool = False
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    name: str
+    type: aio_pika.ExchangeType
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    task_queue: QueueSpec
+    events_stream: QueueSpec
+    dead_letter_exchange: ExchangeSpec
+    dead_letter_queue: QueueSpec
+    presence_exchange: ExchangeSpec
+
+    @classmethod
+    def from_settings(cls, settings: BrokerSettings) -> Topology:
+        return cls(
+            # Quorum: replicated when the broker is a cluster, and it counts deliveries
+            # (x-delivery-limit) so a task that crashes every worker ends in the DLQ.
+            task_queue=QueueSpec(
+                name=settings.task_queue,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-delivery-limit": settings.task_max_deliveries,
+                    "x-dead-letter-exchange": settings.dead_letter_exchange,
+                    "x-dead-letter-routing-key": settings.dead_letter_queue,
+                },
+            ),
+            # One append-only log of answer events that every API process tails; see
+            # docs/adr/0001-return-path.md.
+            events_stream=QueueSpec(
+                name=settings.events_stream,
+                arguments={
+                    "x-queue-type": "stream",
+                    "x-max-age": settings.events_max_age,
+                    "x-max-length-bytes": settings.events_max_bytes,
+                    "x-stream-max-segment-size-bytes": 16_000_000,
+                },
+            ),
+            dead_letter_exchange=ExchangeSpec(
+                name=settings.dead_letter_exchange, type=aio_pika.ExchangeType.DIRECT
+            ),
+            dead_letter_queue=QueueSpec(
+                name=settings.dead_letter_queue, arguments={"x-queue-type": "quorum"}
+            ),
+            presence_exchange=ExchangeSpec(
+                name=settings.presence_exchange, type=aio_pika.ExchangeType.FANOUT, durable=False
+            ),
+        )
+
+    async def declare(self, channel: AbstractChannel) -> None:
+        """Declare the durable shared objects (idempotent)."""
+        dlx = await declare_exchange(channel, self.dead_letter_exchange)
+        dlq = await declare_queue(channel, self.dead_letter_queue)
+        await dlq.bind(dlx, routing_key=self.dead_letter_queue.name)
+        await declare_queue(channel, self.task_queue)
+        await declare_queue(channel, self.events_stream)
+        await declare_exchange(channel, self.presence_exchange)
+
+
+async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+    return await channel.declare_queue(
+        spec.name,
+        durable=spec.durable,
+        exclusive=spec.exclusive,
+        auto_delete=spec.auto_delete,
+        arguments=spec.arguments,
+    )
+
+
+async def declare_exchange(channel: AbstractChannel, spec: ExchangeSpec) -> AbstractExchange:
+    return await channel.declare_exchange(spec.name, spec.type, durable=spec.durable)
