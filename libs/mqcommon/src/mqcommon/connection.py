@@ -1,0 +1,36 @@
+"""Robust, named broker connections.
+
+The connection name (shown in the management UI) says which process holds it; the reconnect
+interval is shortened from aio-pika's fixed 5 s so a broker blip costs about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+
+
+def connection_url(url: str, name: str, *, heartbeat_s: int = 30) -> str:
+    """Add a connection name and heartbeat to an AMQP URL, keeping options already there."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("name", name)
+    query.setdefault("heartbeat", str(heartbeat_s))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def process_name(role: str) -> str:
+    return f"llm-stream-{role}@{socket.gethostname()}:{os.getpid()}"
+
+
+async def connect(url: str, role: str, *, reconnect_interval_s: float = 1.0) -> AbstractRobustConnection:
+    """Open a robust connection; raises if the broker is unreachable right now."""
+    return await aio_pika.connect_robust(
+        connection_url(url, process_name(role)),
+        reconnect_interval=reconnect_interval_s,
+        fail_fast=True,
+    )

@@ -1,0 +1,78 @@
+"""The llm-stream error hierarchy, and the one place foreign exceptions are mapped into it.
+
+    LLMStreamError
+    ├── BrokerUnavailable          the broker is down or did not confirm in time (retryable)
+    ├── InvalidMessage             a payload that can never be processed (poison)
+    └── UpstreamError              the LLM failed
+        ├── RetryableUpstreamError connection drop, timeout, 429, 5xx: another attempt may work
+        └── PoisonUpstreamError    4xx other than 429: the request itself is refused
+
+Whether a failure is worth another delivery is decided here, once, by ``retryable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class LLMStreamError(Exception):
+    retryable: bool = False
+
+
+class BrokerUnavailable(LLMStreamError):
+    retryable = True
+
+
+class InvalidMessage(LLMStreamError):
+    retryable = False
+
+
+class UpstreamError(LLMStreamError):
+    status_code: int | None = None
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    @property
+    def error_class(self) -> str:
+        """A low-cardinality label for metrics."""
+        if self.status_code is not None:
+            return f"http_{self.status_code}"
+        return type(self.__cause__).__name__ if self.__cause__ else type(self).__name__
+
+
+class RetryableUpstreamError(UpstreamError):
+    retryable = True
+
+
+class PoisonUpstreamError(UpstreamError):
+    retryable = False
+
+
+def map_upstream(exc: BaseException) -> UpstreamError:
+    """Map an exception raised while talking to the LLM into the hierarchy."""
+    import openai  # imported lazily: the lib itself does not need the SDK
+
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        cls = RetryableUpstreamError if status == 429 or status >= 500 else PoisonUpstreamError
+        mapped: UpstreamError = cls(_describe(exc), status_code=status)
+    elif isinstance(exc, openai.APIConnectionError | TimeoutError | asyncio.TimeoutError):
+        mapped = RetryableUpstreamError(_describe(exc))
+    elif isinstance(exc, openai.APIError):
+        # Errors reported inside an otherwise successful stream (e.g. an "error" chunk).
+        mapped = RetryableUpstreamError(_describe(exc))
+    elif isinstance(exc, ConnectionError | OSError):
+        mapped = RetryableUpstreamError(_describe(exc))
+    else:
+        mapped = PoisonUpstreamError(_describe(exc))
+    mapped.__cause__ = exc
+    return mapped
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,41 @@
+"""Confirmed publishing: a publish returns only once the broker has taken responsibility."""
+
+from __future__ import annotations
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, DeliveryMode
+from aiormq.exceptions import AMQPError
+
+from mqcommon.errors import BrokerUnavailable
+
+
+async def publish_confirmed(
+    channel: AbstractChannel,
+    routing_key: str,
+    body: bytes,
+    *,
+    timeout_s: float,
+    persistent: bool = True,
+    headers: dict[str, str] | None = None,
+    message_id: str | None = None,
+    exchange: str = "",
+) -> None:
+    """Publish to ``exchange`` and wait for the broker's confirm.
+
+    Raises ``BrokerUnavailable`` when the broker is unreachable, refuses (nack), cannot
+    route the message (mandatory) or does not confirm within ``timeout_s``.
+    """
+    message = aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+        headers=headers or None,
+        message_id=message_id,
+    )
+    try:
+        target = channel.default_exchange if not exchange else await channel.get_exchange(exchange)
+        await target.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout_s)
+    except (AMQPError, aio_pika.exceptions.AMQPException, ConnectionError, RuntimeError) as exc:
+        raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from exc
+    except TimeoutError as exc:
+        raise BrokerUnavailable(f"broker did not confirm within {timeout_s}s") from exc

@@ -1,0 +1,37 @@
+"""``llm-stream-api``: serve the API with uvicorn on ``PORT`` with ``UVICORN_WORKERS`` processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import uvicorn
+
+from llm_stream_api.settings import APISettings
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\nConfiguration is read from the environment; see README.md.")
+        return
+    settings = APISettings()
+    if settings.uvicorn_workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Every worker process writes its metrics here; any of them can serve /metrics.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-stream-metrics-")
+    uvicorn.run(
+        "llm_stream_api.app:app",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.uvicorn_workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.sse_ping_s) + 5,
+        backlog=4096,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The FastAPI application: wiring, lifespan and request metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from mqcommon.llm import make_client
+from mqcommon.logging import setup_logging
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_stream_api import chat, errors, metrics, ops
+from llm_stream_api.broker import Broker
+from llm_stream_api.hub import SessionHub
+from llm_stream_api.settings import APISettings
+
+log = structlog.get_logger("llm_stream_api")
+
+
+class RequestMetrics:
+    """Count requests by route template; time them to the response headers.
+
+    A plain ASGI middleware: it never buffers a streaming body and never hides a client
+    disconnect from the route.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                metrics.HTTP_DURATION.labels(_route(scope), scope["method"]).observe(
+                    time.perf_counter() - started
+                )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            metrics.HTTP_REQUESTS.labels(_route(scope), scope["method"], str(status)).inc()
+            structlog.contextvars.clear_contextvars()
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+def create_app(settings: APISettings | None = None) -> FastAPI:
+    settings = settings or APISettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        setup_logging(settings.log_level, settings.log_format, service="api")
+        hub = SessionHub(
+            ttl_s=settings.session_ttl_s,
+            max_sessions=settings.max_sessions,
+            max_bytes=settings.session_max_bytes,
+        )
+        broker = Broker(settings, hub)
+        app.state.settings, app.state.hub, app.state.broker = settings, hub, broker
+        clients: list = []
+
+        def llm_client():
+            if not clients:
+                clients.append(make_client(settings))
+            return clients[0]
+
+        app.state.llm_client = llm_client
+        app.state.collectors = [
+            metrics.QueueDepthCollector(
+                settings.rabbitmq_management_url,
+                {"tasks": settings.task_queue, "dead_letter": settings.dead_letter_queue},
+            ),
+            metrics.ProcessStateCollector(lambda: broker.connected, lambda: len(hub)),
+        ]
+        await broker.start()
+        await broker.wait_ready(timeout=3.0)
+        log.info("api started", port=settings.port, direct_llm=settings.chat_direct_llm)
+        try:
+            yield
+        finally:
+            await broker.stop()
+            for client in clients:
+                await client.close()
+
+    app = FastAPI(
+        title="llm-stream",
+        version="0.1.0",
+        summary="Stream LLM answers through RabbitMQ to many clients at once.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestMetrics)
+    errors.install(app)
+    app.include_router(chat.router)
+    app.include_router(ops.router)
+    return app
+
+
+app = create_app()

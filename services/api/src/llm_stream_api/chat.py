@@ -1,0 +1,157 @@
+"""The chat routes: queue a request, stream its answer (SSE or plain text)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import orjson
+import structlog
+from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from mqcommon.errors import UpstreamError
+from mqcommon.llm import stream_answer
+from mqcommon.schemas import SESSION_ID_PATTERN, ChatTask, new_id
+from mqcommon.tracing import TRACEPARENT_HEADER, child_of, trace_id_of
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+
+from llm_stream_api import metrics
+from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
+from llm_stream_api.errors import APIError, BodyTooLarge, SessionConflict
+from llm_stream_api.models import ChatRequest, Queued
+from llm_stream_api.streaming import sse_body, text_body
+
+router = APIRouter()
+log = structlog.get_logger(__name__)
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def read_chat_request(request: Request, settings) -> ChatRequest:
+    """Parse the body as JSON whatever its content type (old clients omit the header)."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_body_bytes:
+        raise BodyTooLarge(settings.max_body_bytes)
+    raw = b""
+    async for part in request.stream():
+        raw += part
+        if len(raw) > settings.max_body_bytes:
+            raise BodyTooLarge(settings.max_body_bytes)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise APIError(422, "validation_error", "body: expected a JSON object")
+    try:
+        body = ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
+        ) from exc
+    if len(body.message) > settings.max_message_chars:
+        raise APIError(
+            422, "validation_error",
+            f"message: longer than MAX_MESSAGE_CHARS ({settings.max_message_chars} characters)",
+        )
+    return body
+
+
+async def _enqueue(
+    body: ChatRequest, request: Request, settings, broker, hub
+) -> tuple[ChatTask, str]:
+    session_id = body.session_id or new_id()
+    existing = hub.get(session_id)
+    if existing is not None and existing.known:
+        raise SessionConflict(session_id)
+    traceparent = child_of(request.headers.get(TRACEPARENT_HEADER))
+    task = ChatTask(session_id=session_id, message=body.message, model=body.model)
+    structlog.contextvars.bind_contextvars(
+        session_id=session_id, task_id=task.task_id, trace_id=trace_id_of(traceparent)
+    )
+    started = time.perf_counter()
+    await broker.enqueue(task, traceparent)
+    metrics.ENQUEUE_DURATION.observe(time.perf_counter() - started)
+    log.info("task queued")
+    return task, traceparent
+
+
+def _session_headers(session_id: str, traceparent: str) -> dict[str, str]:
+    return {"X-Session-ID": session_id, "X-Trace-ID": trace_id_of(traceparent) or ""}
+
+
+CHAT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+    }
+}
+
+
+@router.post(
+    "/chat/async", response_model=Queued, summary="Queue a chat request", openapi_extra=CHAT_BODY
+)
+async def chat_async(
+    request: Request, response: Response, settings: SettingsDep, broker: BrokerDep, hub: HubDep
+) -> Queued:
+    body = await read_chat_request(request, settings)
+    task, traceparent = await _enqueue(body, request, settings, broker, hub)
+    response.headers.update(_session_headers(task.session_id, traceparent))
+    return Queued(session_id=task.session_id, stream_url=f"/stream/{task.session_id}")
+
+
+@router.post("/chat", summary="Ask and stream the answer as plain text", openapi_extra=CHAT_BODY)
+async def chat(
+    request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
+) -> StreamingResponse:
+    body = await read_chat_request(request, settings)
+    if settings.chat_direct_llm:
+        return _direct(body, request)
+    requested_at = time.time()
+    task, traceparent = await _enqueue(body, request, settings, broker, hub)
+    return StreamingResponse(
+        text_body(hub, task.session_id, settings, requested_at),
+        media_type="text/plain; charset=utf-8",
+        headers={**_session_headers(task.session_id, traceparent), **STREAM_HEADERS},
+    )
+
+
+def _direct(body: ChatRequest, request: Request) -> StreamingResponse:
+    """The proof of concept's behaviour: the API itself calls the LLM."""
+    settings = request.app.state.settings
+    client = request.app.state.llm_client()
+    session_id = body.session_id or new_id()
+
+    async def answer() -> AsyncIterator[bytes]:
+        try:
+            async for text in stream_answer(client, settings, body.message, body.model):
+                yield text.encode()
+        except UpstreamError as exc:
+            yield f"\n[error] LLM error: {exc}\n".encode()
+
+    return StreamingResponse(
+        answer(), media_type="text/plain; charset=utf-8",
+        headers={"X-Session-ID": session_id, **STREAM_HEADERS},
+    )
+
+
+@router.get("/stream/{session_id}", summary="Stream a session's answer as Server-Sent Events")
+async def stream(
+    session_id: Annotated[str, Path(pattern=SESSION_ID_PATTERN)],
+    settings: SettingsDep,
+    hub: HubDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    after = 0
+    if last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise APIError(400, "invalid_last_event_id", "Last-Event-ID must be a whole number")
+        after = int(last_event_id.strip())
+    return EventSourceResponse(
+        sse_body(hub, session_id, after, settings),
+        ping=settings.sse_ping_s,
+        headers={"X-Session-ID": session_id, **STREAM_HEADERS},
+    )

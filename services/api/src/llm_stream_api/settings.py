@@ -1,0 +1,52 @@
+"""API settings: one class, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from mqcommon.settings import BrokerSettings, LLMSettings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+
+class APISettings(BrokerSettings, LLMSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    port: int = Field(default=8007, ge=1, le=65535, description="HTTP port.")
+    host: str = Field(default="0.0.0.0", description="Bind address.")
+    uvicorn_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
+    max_message_chars: int = Field(default=16_000, ge=1, description="Longest accepted message.")
+    max_body_bytes: int = Field(default=256_000, ge=1024, description="Largest accepted request body.")
+    enqueue_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest a POST waits for the broker to confirm the task."
+    )
+    stream_wait_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="How long a stream waits for a session nobody has announced before an error event.",
+    )
+    stream_idle_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="How long a known session may stay silent (queued or stalled) before an error event.",
+    )
+    session_ttl_s: float = Field(
+        default=600.0, gt=0, description="How long answers are kept for late or reconnecting clients."
+    )
+    session_max_bytes: int = Field(
+        default=1_000_000, ge=1000, description="Largest answer kept for one session."
+    )
+    max_sessions: int = Field(
+        default=100_000, ge=100, description="Sessions kept in memory by one API process."
+    )
+    sse_ping_s: float = Field(default=10.0, gt=0, le=15, description="Heartbeat comment interval.")
+    presence_interval_s: float = Field(
+        default=5.0, gt=0, description="How often served sessions are announced to the workers."
+    )
+    chat_direct_llm: bool = Field(
+        default=False, description="POST /chat calls the LLM from the API instead of the workers."
+    )
+    stats_cache_s: float = Field(default=1.0, ge=0, description="Cache of queue statistics.")
+
+
+@lru_cache
+def get_settings() -> APISettings:
+    return APISettings()

@@ -1,0 +1,171 @@
+"""The worker process: consume tasks with bounded concurrency, watch for abandoned sessions,
+and shut down without losing work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from mqcommon.connection import connect, process_name
+from mqcommon.llm import make_client
+from mqcommon.publishing import publish_confirmed
+from mqcommon.topology import Topology, declare_exchange
+
+from llm_stream_worker import generation, http, metrics
+from llm_stream_worker.events import EventPublisher
+from llm_stream_worker.presence import PresenceTracker
+from llm_stream_worker.settings import WorkerSettings
+
+log = structlog.get_logger(__name__)
+
+WATCHDOG_INTERVAL_S = 1.0
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.topology = Topology.from_settings(settings)
+        self.llm = make_client(settings, max_connections=settings.worker_concurrency + 8)
+        self.presence = PresenceTracker(settings.abandon_timeout_s)
+        self.running: dict[str, generation.Running] = {}
+        self._connection: AbstractRobustConnection | None = None
+        self._events_channel: AbstractChannel | None = None
+        self._task_queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._stopping = False
+        self.publisher = EventPublisher(
+            self._publish_batch,
+            producer=process_name("worker"),
+            flush_interval_s=settings.flush_interval_ms / 1000,
+            flush_max_bytes=settings.flush_max_bytes,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return (
+            not self._stopping
+            and self._connection is not None
+            and not self._connection.is_closed
+            and self._consumer_tag is not None
+        )
+
+    async def start(self) -> None:
+        self._connection = await connect(self.settings.rabbit_mq, "worker")
+        setup = await self._connection.channel()
+        await self.topology.declare(setup)
+        await setup.close()
+
+        self._events_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+
+        presence_channel = await self._connection.channel()
+        presence_exchange = await declare_exchange(presence_channel, self.topology.presence_exchange)
+        presence_queue = await presence_channel.declare_queue(exclusive=True, auto_delete=True)
+        await presence_queue.bind(presence_exchange)
+        await presence_queue.consume(self._on_presence, no_ack=True)
+
+        tasks_channel = await self._connection.channel()
+        await tasks_channel.set_qos(prefetch_count=self.settings.worker_concurrency)
+        self._task_queue = await tasks_channel.get_queue(self.topology.task_queue.name, ensure=False)
+        self._consumer_tag = await self._task_queue.consume(self._on_task)
+        metrics.TASK_CONCURRENCY_LIMIT.set(self.settings.worker_concurrency)
+        log.info(
+            "worker consuming",
+            queue=self.topology.task_queue.name,
+            concurrency=self.settings.worker_concurrency,
+            llm_base_url=self.settings.openai_base_url or "https://api.openai.com/v1",
+        )
+
+    async def run_watchdog(self) -> None:
+        """Cancel generations whose session no API process serves any more."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            for run in list(self.running.values()):
+                if run.cancel_reason is None and self.presence.is_abandoned(
+                    run.session_id, run.started_at
+                ):
+                    run.cancel_reason = generation.ABANDONED
+                    if run.task is not None:
+                        run.task.cancel()
+            self.presence.prune()
+
+    async def shutdown(self) -> None:
+        """Stop taking tasks, let in-flight ones finish within the grace period, requeue the rest."""
+        self._stopping = True
+        if self._task_queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(Exception):
+                await self._task_queue.cancel(self._consumer_tag)
+        pending = [run.task for run in self.running.values() if run.task is not None]
+        log.info("shutting down", in_flight=len(pending), grace_s=self.settings.shutdown_grace_s)
+        if pending:
+            _, still_running = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
+            for task in still_running:
+                task.cancel()
+            if still_running:
+                await asyncio.wait(still_running, timeout=10)
+        await self.publisher.drain()
+        if self._connection is not None:
+            await self._connection.close()
+        await self.llm.close()
+
+    # -- callbacks -----------------------------------------------------------------------
+
+    async def _on_presence(self, message: AbstractIncomingMessage) -> None:
+        self.presence.observe(message.body)
+
+    async def _on_task(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:
+            await message.nack(requeue=True)
+            return
+        key = f"{message.delivery_tag}:{id(message)}"
+        run = generation.Running(session_id=_session_hint(message), started_at=self.presence.now())
+        self.running[key] = run
+        metrics.TASKS_IN_PROGRESS.inc()
+        run.task = asyncio.create_task(self._process(key, message, run))
+
+    async def _process(self, key: str, message: AbstractIncomingMessage, run: generation.Running) -> None:
+        try:
+            await generation.process(
+                message, run, settings=self.settings, llm=self.llm, publisher=self.publisher
+            )
+        except asyncio.CancelledError:
+            pass  # settled inside; the task ends here
+        except Exception:
+            log.exception("unexpected failure; requeueing task")
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            metrics.TASKS.labels("retried").inc()
+        finally:
+            self.running.pop(key, None)
+            metrics.TASKS_IN_PROGRESS.dec()
+
+    async def _publish_batch(self, body: bytes) -> None:
+        assert self._events_channel is not None
+        await publish_confirmed(
+            self._events_channel,
+            self.topology.events_stream.name,
+            body,
+            timeout_s=self.settings.confirm_timeout_s,
+            persistent=True,
+        )
+
+
+def _session_hint(message: AbstractIncomingMessage) -> str:
+    """The session id, from a header so the watchdog need not parse the body."""
+    value = (message.headers or {}).get("session_id")
+    return str(value) if value is not None else ""
+
+
+async def start_metrics_server(worker: Worker) -> asyncio.Server | None:
+    if not worker.settings.metrics_port:
+        return None
+    return await http.serve(worker.settings.metrics_host, worker.settings.metrics_port, worker.is_ready)
