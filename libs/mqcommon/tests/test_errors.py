@@ -3,7 +3,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from mqcommon.errors import PoisonUpstreamError, RetryableUpstreamError, map_upstream
 
 REQUEST = httpx.Request("POST", "http://llm/v1/chat/completions")

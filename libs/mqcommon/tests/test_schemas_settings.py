@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from mqcommon.connection import connection_url
 from mqcommon.schemas import ChatTask, EventBatch, StreamEvent
 from mqcommon.settings import BrokerSettings
 from mqcommon.topology import Topology
 from mqcommon.tracing import child_of, new_traceparent, trace_id_of
+from pydantic import ValidationError
 
 
 def test_task_round_trips_and_refuses_bad_payloads() -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
-from mqcommon.schemas import StreamEvent
 from llm_stream_api.hub import DIVERGED, SessionHub
+from mqcommon.schemas import StreamEvent
 
 
 class Clock:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-
-from mqcommon.schemas import StreamEvent
 from llm_stream_api.hub import SessionHub
 from llm_stream_api.settings import APISettings
 from llm_stream_api.streaming import follow, sse_body, text_body
+from mqcommon.schemas import StreamEvent
 
 
 def settings(**kw) -> APISettings:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
+from llm_stream_worker.events import EventPublisher
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.schemas import EventBatch, StreamEvent
-from llm_stream_worker.events import EventPublisher
 
 
 class Recorder:

@@ -6,12 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-
-from mqcommon.errors import PoisonUpstreamError, RetryableUpstreamError
-from mqcommon.schemas import ChatTask, EventBatch
 from llm_stream_worker import generation
 from llm_stream_worker.events import EventPublisher
 from llm_stream_worker.settings import WorkerSettings
+from mqcommon.errors import PoisonUpstreamError, RetryableUpstreamError
+from mqcommon.schemas import ChatTask, EventBatch
 
 
 class FakeDelivery:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import orjson
-
 from llm_stream_worker.presence import PresenceTracker
 
 

@@ -58,6 +58,7 @@ class StreamEvent(BaseModel):
     error: str | None = None
     attempt: int = 1
     at: float = Field(default_factory=time.time)
+    trace_id: str | None = None  # on accepted/started/final events, so logs join up
 
 
 class EventBatch(BaseModel):

@@ -21,7 +21,7 @@ from mqcommon.errors import BrokerUnavailable
 from mqcommon.publishing import publish_confirmed
 from mqcommon.schemas import ChatTask, EventBatch, StreamEvent
 from mqcommon.topology import Topology
-from mqcommon.tracing import TRACEPARENT_HEADER
+from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 
 from llm_stream_api.hub import SessionHub
 from llm_stream_api.settings import APISettings
@@ -100,7 +100,12 @@ class Broker:
         )
         accepted = EventBatch(
             producer=self._producer,
-            events=[StreamEvent(session_id=task.session_id, kind="accepted", at=task.created_at)],
+            events=[
+                StreamEvent(
+                    session_id=task.session_id, kind="accepted", at=task.created_at,
+                    trace_id=trace_id_of(traceparent),
+                )
+            ],
         )
         try:
             await publish_confirmed(
@@ -116,6 +121,7 @@ class Broker:
         session = self.hub.session(task.session_id)
         if session.accepted_at is None:
             session.accepted_at = task.created_at
+            session.trace_id = trace_id_of(traceparent)
 
     async def queue_stats(self) -> dict[str, int]:
         """Ready messages and consumers of the task queue (cached briefly)."""

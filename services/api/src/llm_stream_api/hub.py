@@ -57,6 +57,7 @@ class Session:
     accepted_at: float | None = None  # wall clock of the POST that queued it
     started: bool = False
     ended: bool = False
+    trace_id: str | None = None
     readers: int = 0
     _waiter: asyncio.Event | None = None
 
@@ -117,6 +118,8 @@ class SessionHub:
         session = self.session(event.session_id)
         session.touched = self._clock()
         self._sessions.move_to_end(event.session_id)
+        if event.trace_id and session.trace_id is None:
+            session.trace_id = event.trace_id
         if session.ended:
             return
         kind = event.kind

@@ -12,9 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import structlog
+
 from llm_stream_api import metrics
-from llm_stream_api.hub import CHUNK, DONE, HubEvent, SessionHub, error_event
+from llm_stream_api.hub import CHUNK, DONE, HubEvent, Session, SessionHub, error_event
 from llm_stream_api.settings import APISettings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -87,7 +91,11 @@ class StreamMeter:
         if last != CHUNK:
             self.how = "done" if last == DONE else "error"
 
-    def close(self) -> None:
+    def close(self, session: Session) -> None:
+        log.info(
+            "stream closed", session_id=session.id, trace_id=session.trace_id, mode=self.mode,
+            how=self.how, seconds=round(time.monotonic() - self.opened, 3),
+        )
         metrics.OPEN_STREAMS.labels(self.mode).dec()
         metrics.STREAM_DURATION.labels(self.mode).observe(time.monotonic() - self.opened)
         metrics.STREAM_ENDS.labels(self.mode, self.how).inc()
@@ -107,7 +115,7 @@ async def sse_body(
             meter.sent(items, len(frames))
             yield frames
     finally:
-        meter.close()
+        meter.close(hub.session(session_id))
 
 
 async def text_body(
@@ -128,4 +136,4 @@ async def text_body(
             if data:
                 yield data
     finally:
-        meter.close()
+        meter.close(hub.session(session_id))

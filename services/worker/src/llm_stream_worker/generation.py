@@ -66,11 +66,9 @@ async def process(
     headers = message.headers or {}
     attempt = int(headers.get("x-delivery-count", 0) or 0) + 1
     traceparent = headers.get(TRACEPARENT_HEADER)
+    trace_id = trace_id_of(str(traceparent) if traceparent else None)
     structlog.contextvars.bind_contextvars(
-        session_id=task.session_id,
-        task_id=task.task_id,
-        trace_id=trace_id_of(str(traceparent) if traceparent else None),
-        attempt=attempt,
+        session_id=task.session_id, task_id=task.task_id, trace_id=trace_id, attempt=attempt
     )
     if attempt == 1:
         metrics.QUEUE_WAIT.observe(max(0.0, time.time() - task.created_at))
@@ -78,7 +76,8 @@ async def process(
 
     def final(kind: str, error: str | None = None, offset: int = 0) -> asyncio.Future[None]:
         event = StreamEvent(
-            session_id=task.session_id, kind=kind, offset=offset, error=error, attempt=attempt
+            session_id=task.session_id, kind=kind, offset=offset, error=error, attempt=attempt,
+            trace_id=trace_id,
         )
         return publisher.emit(event, urgent=True)
 
@@ -86,7 +85,7 @@ async def process(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.llm_timeout_s):
-            offset = await _generate(task, attempt, settings, llm, publisher, started)
+            offset = await _generate(task, attempt, trace_id, settings, llm, publisher, started)
             await final("done", offset=offset)
         if publisher.failures != failures_before:
             raise BrokerUnavailable("an event batch of this generation was not confirmed")
@@ -134,13 +133,16 @@ async def process(
 async def _generate(
     task: ChatTask,
     attempt: int,
+    trace_id: str | None,
     settings: WorkerSettings,
     llm: openai.AsyncOpenAI,
     publisher: EventPublisher,
     started: float,
 ) -> int:
     session_id = task.session_id
-    publisher.emit(StreamEvent(session_id=session_id, kind="started", attempt=attempt))
+    publisher.emit(
+        StreamEvent(session_id=session_id, kind="started", attempt=attempt, trace_id=trace_id)
+    )
     offset = 0
     async for text in stream_answer(llm, settings, task.message, task.model):
         if offset == 0:

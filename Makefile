@@ -1,0 +1,41 @@
+# llm-stream: `make help` lists the targets.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit test-integration test-deploy test-observability bench tools lint
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+install: ## Install uv (from PyPI if absent) and the whole workspace
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --all-packages --frozen
+
+run: install ## Run API + LLM_WORKERS workers (+ mock LLM without OPENAI_API_KEY) on the local RabbitMQ
+	$(UV) run python scripts/run_local.py
+
+tools: ## Make helm and kubectl available (PATH, or installed into .tools/bin)
+	bash deploy/tools/install-tools.sh
+
+test: install tools ## Run every test: unit, integration, deploy, observability
+	$(UV) run pytest
+
+test-unit: install ## Unit tests of every member
+	$(UV) run pytest libs services
+
+test-integration: install ## Integration tests against the real broker and real processes
+	$(UV) run pytest tests/integration
+
+test-deploy: install tools ## Render and validate the Helm chart, kustomize overlays and skaffold
+	$(UV) run pytest tests/deploy
+
+test-observability: install ## promtool checks and dashboards/alerts against a real Prometheus
+	$(UV) run pytest tests/observability
+
+bench: install ## Benchmark the stack against the mock LLM and direct (writes bench/results/)
+	$(UV) run python bench/run.py $(BENCH_ARGS)
+
+lint: install ## Static checks
+	$(UV) run ruff check libs services tests bench scripts
