@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import httpx
+import httpx2 as httpx
 import openai
 import pytest
 from mqcommon.errors import PoisonUpstreamError, RetryableUpstreamError, map_upstream

@@ -65,7 +65,7 @@ def map_upstream(exc: BaseException) -> UpstreamError:
     elif isinstance(exc, openai.APIError):
         # Errors reported inside an otherwise successful stream (e.g. an "error" chunk).
         mapped = RetryableUpstreamError(_describe(exc))
-    elif isinstance(exc, ConnectionError | OSError):
+    elif isinstance(exc, ConnectionError | OSError) or _is_transport_error(exc):
         mapped = RetryableUpstreamError(_describe(exc))
     else:
         mapped = PoisonUpstreamError(_describe(exc))
@@ -76,3 +76,11 @@ def map_upstream(exc: BaseException) -> UpstreamError:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """HTTP client errors (httpx2, aiohttp) that escaped the SDK while a body was read."""
+    import aiohttp
+    import httpx2
+
+    return isinstance(exc, httpx2.HTTPError | aiohttp.ClientError)

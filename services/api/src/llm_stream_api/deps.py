@@ -1,4 +1,7 @@
-"""Request-scoped dependencies, as short ``Annotated`` aliases."""
+"""Request-scoped dependencies, as short ``Annotated`` aliases.
+
+They are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ from llm_stream_api.hub import SessionHub
 from llm_stream_api.settings import APISettings
 
 
-def _settings(request: Request) -> APISettings:
+async def _settings(request: Request) -> APISettings:
     return request.app.state.settings
 
 
-def _broker(request: Request) -> Broker:
+async def _broker(request: Request) -> Broker:
     return request.app.state.broker
 
 
-def _hub(request: Request) -> SessionHub:
+async def _hub(request: Request) -> SessionHub:
     return request.app.state.hub
 
 

@@ -32,19 +32,28 @@ DIVERGED = "the answer was regenerated after a worker failure and differs from w
 class HubEvent:
     kind: str
     text: str  # the chunk's text, or the error message
-    data: bytes  # the SSE data line's JSON
+
+    @property
+    def data(self) -> bytes:
+        """The SSE data line's JSON, built when sent. Keeping it instead would cost ~4 KiB
+        an event: orjson's result holds on to its whole output buffer."""
+        if self.kind == CHUNK:
+            return b'{"chunk":%s}' % orjson.dumps(self.text)
+        if self.kind == DONE:
+            return b'{"type": "done"}'
+        return b'{"type": "error", "error": %s}' % orjson.dumps(self.text)
 
 
 def chunk_event(text: str) -> HubEvent:
-    return HubEvent(CHUNK, text, orjson.dumps({"chunk": text}))
+    return HubEvent(CHUNK, text)
 
 
 def done_event() -> HubEvent:
-    return HubEvent(DONE, "", b'{"type": "done"}')
+    return HubEvent(DONE, "")
 
 
 def error_event(message: str) -> HubEvent:
-    return HubEvent(ERROR, message, orjson.dumps({"type": "error", "error": message}))
+    return HubEvent(ERROR, message)
 
 
 @dataclass(slots=True)
