@@ -1,0 +1,88 @@
+{{/*
+Settings shared by the API and the workers (environment variable: value). Each component's
+ConfigMap starts with these.
+*/}}
+{{- define "llm-stream.sharedConfig" -}}
+{{- $root := index . 0 }}
+{{- $data := index . 1 }}
+{{- $c := $root.Values.config }}
+{{- $l := $root.Values.llm }}
+{{- include "llm-stream.setEnv" (list $data "TASK_QUEUE" $c.taskQueue) }}
+{{- include "llm-stream.setEnv" (list $data "EVENTS_STREAM" $c.eventsStream) }}
+{{- include "llm-stream.setEnv" (list $data "PRESENCE_EXCHANGE" $c.presenceExchange) }}
+{{- include "llm-stream.setEnv" (list $data "DEAD_LETTER_EXCHANGE" $c.deadLetterExchange) }}
+{{- include "llm-stream.setEnv" (list $data "DEAD_LETTER_QUEUE" $c.deadLetterQueue) }}
+{{- include "llm-stream.setEnv" (list $data "TASK_MAX_DELIVERIES" $c.taskMaxDeliveries) }}
+{{- include "llm-stream.setEnv" (list $data "LOG_LEVEL" $c.logLevel) }}
+{{- include "llm-stream.setEnv" (list $data "LOG_FORMAT" $c.logFormat) }}
+{{- with include "llm-stream.openaiBaseUrl" $root }}
+{{- include "llm-stream.setEnv" (list $data "OPENAI_BASE_URL" .) }}
+{{- end }}
+{{- include "llm-stream.setEnv" (list $data "LLM_MODEL" $l.model) }}
+{{- include "llm-stream.setEnv" (list $data "LLM_TIMEOUT_S" $l.timeoutSeconds) }}
+{{- include "llm-stream.setEnv" (list $data "LLM_MAX_RETRIES" $l.maxRetries) }}
+{{- include "llm-stream.setEnv" (list $data "LLM_MAX_TOKENS" $l.maxTokens) }}
+{{- include "llm-stream.setEnv" (list $data "SYSTEM_PROMPT" $l.systemPrompt) }}
+{{- end }}
+
+{{/* The environment of the API container (ConfigMap part), as a dict. */}}
+{{- define "llm-stream.apiConfig" -}}
+{{- $data := dict }}
+{{- include "llm-stream.sharedConfig" (list . $data) }}
+{{- $a := .Values.api }}
+{{- include "llm-stream.setEnv" (list $data "PORT" $a.port) }}
+{{- include "llm-stream.setEnv" (list $data "UVICORN_WORKERS" $a.uvicornWorkers) }}
+{{- include "llm-stream.setEnv" (list $data "MAX_MESSAGE_CHARS" $a.maxMessageChars) }}
+{{- include "llm-stream.setEnv" (list $data "ENQUEUE_TIMEOUT_S" $a.enqueueTimeoutSeconds) }}
+{{- include "llm-stream.setEnv" (list $data "STREAM_WAIT_TIMEOUT_S" $a.streamWaitTimeoutSeconds) }}
+{{- include "llm-stream.setEnv" (list $data "SESSION_TTL_S" $a.sessionTtlSeconds) }}
+{{- include "llm-stream.setEnv" (list $data "SSE_PING_S" $a.ssePingSeconds) }}
+{{- include "llm-stream.setEnv" (list $data "PRESENCE_INTERVAL_S" $a.presenceIntervalSeconds) }}
+{{- include "llm-stream.setEnv" (list $data "CHAT_DIRECT_LLM" $a.chatDirectLlm) }}
+{{- toYaml $data }}
+{{- end }}
+
+{{/* The environment of the worker container (ConfigMap part), as a dict. */}}
+{{- define "llm-stream.workerConfig" -}}
+{{- $data := dict }}
+{{- include "llm-stream.sharedConfig" (list . $data) }}
+{{- $w := .Values.worker }}
+{{- include "llm-stream.setEnv" (list $data "WORKER_CONCURRENCY" $w.concurrency) }}
+{{- include "llm-stream.setEnv" (list $data "METRICS_PORT" $w.metricsPort) }}
+{{- include "llm-stream.setEnv" (list $data "FLUSH_INTERVAL_MS" $w.flushIntervalMs) }}
+{{- include "llm-stream.setEnv" (list $data "ABANDON_TIMEOUT_S" $w.abandonTimeoutSeconds) }}
+{{- include "llm-stream.setEnv" (list $data "SHUTDOWN_GRACE_S" (include "llm-stream.worker.shutdownGrace" . | int)) }}
+{{- toYaml $data }}
+{{- end }}
+
+{{/* llm-stream.setEnv (list $dict "KEY" value): sets KEY to value as a string, unless null. */}}
+{{- define "llm-stream.setEnv" -}}
+{{- $v := index . 2 }}
+{{- if not (kindIs "invalid" $v) }}
+{{- $_ := set (index . 0) (index . 1) (include "llm-stream.str" $v) }}
+{{- end }}
+{{- end }}
+
+{{/* Broker credentials, from the chart's Secret or an existing one. */}}
+{{- define "llm-stream.brokerEnv" -}}
+- name: RABBIT_MQ
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llm-stream.brokerSecretName" . }}
+      key: {{ include "llm-stream.brokerUrlKey" . }}
+- name: RABBITMQ_MANAGEMENT_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llm-stream.brokerSecretName" . }}
+      key: {{ include "llm-stream.brokerManagementUrlKey" . }}
+{{- end }}
+
+{{- define "llm-stream.llmKeyEnv" -}}
+{{- if include "llm-stream.hasLlmKey" . -}}
+- name: OPENAI_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llm-stream.llmSecretName" . }}
+      key: {{ include "llm-stream.llmSecretKey" . }}
+{{- end }}
+{{- end }}

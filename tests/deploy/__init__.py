@@ -1,0 +1,1 @@
+"""Offline proof of the Kubernetes packaging: Helm chart, kustomize overlays, skaffold, images."""
