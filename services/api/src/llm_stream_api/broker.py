@@ -85,43 +85,59 @@ class Broker:
     # -- publishing ------------------------------------------------------------------------
 
     async def enqueue(self, task: ChatTask, traceparent: str) -> None:
-        """Durably queue ``task``, then announce the session; raises ``BrokerUnavailable``."""
+        """Durably queue ``task`` and announce its session; raises ``BrokerUnavailable``.
+
+        Both publishes are in flight together, so a POST waits for the slower confirm, not
+        the sum. If the task is refused while the announcement went through, an error event
+        ends the session at once: a client never waits for a task that does not exist.
+        """
         if not self.connected:
             raise BrokerUnavailable("not connected to the broker")
-        assert self._publish_channel is not None
-        await publish_confirmed(
-            self._publish_channel,
-            self.topology.task_queue.name,
-            task.encode(),
-            timeout_s=self.settings.enqueue_timeout_s,
-            persistent=True,
-            headers={TRACEPARENT_HEADER: traceparent, "session_id": task.session_id},
-            message_id=task.task_id,
-        )
-        accepted = EventBatch(
-            producer=self._producer,
-            events=[
-                StreamEvent(
-                    session_id=task.session_id, kind="accepted", at=task.created_at,
-                    trace_id=trace_id_of(traceparent),
-                )
-            ],
-        )
-        try:
-            await publish_confirmed(
+        trace_id = trace_id_of(traceparent)
+        queued, announced = await asyncio.gather(
+            publish_confirmed(
                 self._publish_channel,
-                self.topology.events_stream.name,
-                accepted.encode(),
+                self.topology.task_queue.name,
+                task.encode(),
                 timeout_s=self.settings.enqueue_timeout_s,
-            )
-        except BrokerUnavailable as exc:
+                persistent=True,
+                headers={TRACEPARENT_HEADER: traceparent, "session_id": task.session_id},
+                message_id=task.task_id,
+            ),
+            self._publish_events(
+                StreamEvent(
+                    session_id=task.session_id, kind="accepted", at=task.created_at, trace_id=trace_id
+                )
+            ),
+            return_exceptions=True,
+        )
+        if isinstance(queued, BaseException):
+            if announced is None:
+                await self._retract(task.session_id)
+            raise queued
+        if isinstance(announced, BaseException):
             # The task is queued and will be answered; only the early announcement is lost.
-            log.warning("session announcement not confirmed", error=str(exc))
+            log.warning("session announcement not confirmed", error=str(announced))
         # This process knows at once, without waiting for its own event to come back.
         session = self.hub.session(task.session_id)
         if session.accepted_at is None:
             session.accepted_at = task.created_at
-            session.trace_id = trace_id_of(traceparent)
+            session.trace_id = trace_id
+
+    async def _publish_events(self, *events: StreamEvent) -> None:
+        await publish_confirmed(
+            self._publish_channel,
+            self.topology.events_stream.name,
+            EventBatch(producer=self._producer, events=list(events)).encode(),
+            timeout_s=self.settings.enqueue_timeout_s,
+        )
+
+    async def _retract(self, session_id: str) -> None:
+        error = StreamEvent(session_id=session_id, kind="error", error="the request was not queued")
+        try:
+            await self._publish_events(error)
+        except BrokerUnavailable as exc:
+            log.error("could not retract an announced session", error=str(exc))
 
     async def queue_stats(self) -> dict[str, int]:
         """Ready messages and consumers of the task queue (cached briefly)."""
@@ -133,13 +149,13 @@ class Broker:
         try:
             if self._stats_channel is None or self._stats_channel.is_closed:
                 self._stats_channel = await self._connection.channel()
-            queue = await self._stats_channel.declare_queue(
-                self.topology.task_queue.name, passive=True
-            )
+            # The robust channel would answer from its cache of declared queues; the
+            # underlying channel asks the broker every time.
+            underlay = await self._stats_channel.get_underlay_channel()
+            result = await underlay.queue_declare(self.topology.task_queue.name, passive=True)
         except (AMQPException, AMQPError, ConnectionError, RuntimeError) as exc:
             self._stats_channel = None
             raise BrokerUnavailable(f"cannot inspect {self.topology.task_queue.name}: {exc}") from exc
-        result = queue.declaration_result
         stats = {"messages": result.message_count or 0, "consumers": result.consumer_count or 0}
         self._stats_cache = (now, stats)
         return stats
@@ -180,9 +196,12 @@ class Broker:
                 exchange = await self._publish_channel.get_exchange(
                     self.topology.presence_exchange.name, ensure=False
                 )
-                # Not confirmed: a lost announcement is repeated a few seconds later.
+                # Not mandatory: with no worker bound there is nobody to tell. A lost
+                # announcement is repeated a few seconds later.
                 await exchange.publish(
-                    aio_pika.Message(orjson.dumps({"sessions": sessions})), routing_key=""
+                    aio_pika.Message(orjson.dumps({"sessions": sessions})),
+                    routing_key="",
+                    mandatory=False,
                 )
             except (AMQPException, AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
                 log.warning("presence announcement failed", error=str(exc))

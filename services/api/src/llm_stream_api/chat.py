@@ -64,16 +64,22 @@ async def _enqueue(
     body: ChatRequest, request: Request, settings, broker, hub
 ) -> tuple[ChatTask, str]:
     session_id = body.session_id or new_id()
-    existing = hub.get(session_id)
-    if existing is not None and existing.known:
+    session = hub.session(session_id)
+    if session.known:
         raise SessionConflict(session_id)
+    # Claimed before the first await, so a concurrent POST with the same id gets 409. Across
+    # processes the claim travels as the "accepted" event, milliseconds later.
+    session.reserved = True
     traceparent = child_of(request.headers.get(TRACEPARENT_HEADER))
     task = ChatTask(session_id=session_id, message=body.message, model=body.model)
     structlog.contextvars.bind_contextvars(
         session_id=session_id, task_id=task.task_id, trace_id=trace_id_of(traceparent)
     )
     started = time.perf_counter()
-    await broker.enqueue(task, traceparent)
+    try:
+        await broker.enqueue(task, traceparent)
+    finally:
+        session.reserved = False
     metrics.ENQUEUE_DURATION.observe(time.perf_counter() - started)
     log.info("task queued")
     return task, traceparent

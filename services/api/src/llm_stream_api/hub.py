@@ -67,13 +67,14 @@ class Session:
     started: bool = False
     ended: bool = False
     trace_id: str | None = None
+    reserved: bool = False  # a POST of this process is queueing it right now
     readers: int = 0
     _waiter: asyncio.Event | None = None
 
     @property
     def known(self) -> bool:
         """Some process accepted it or some worker produced for it."""
-        return self.accepted_at is not None or self.started or bool(self.events)
+        return self.reserved or self.accepted_at is not None or self.started or bool(self.events)
 
     @property
     def text(self) -> str:

@@ -1,0 +1,1 @@
+"""End-to-end tests: real mock LLM, API and worker processes against a real RabbitMQ broker."""

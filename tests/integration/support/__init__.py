@@ -1,0 +1,1 @@
+"""Helpers of the integration tests: processes, broker topology, SSE reading, metrics."""

@@ -1,0 +1,177 @@
+"""A minimal Server-Sent Events reader, written against the spec rather than the server code.
+
+Lines ``id: N`` and ``data: ...`` build an event, a blank line dispatches it, lines starting
+with ``:`` are comments (heartbeats). Everything the stream delivered is kept in arrival order
+so tests can assert on ordering, ids and text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+TERMINAL = ("done", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int | None
+    data: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        if "chunk" in self.data:
+            return "chunk"
+        return str(self.data.get("type"))
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    text: str
+
+
+@dataclass(slots=True)
+class Transcript:
+    """What one SSE connection delivered."""
+
+    status: int
+    headers: httpx.Headers
+    items: list[Event | Comment] = field(default_factory=list)
+    ended_by_server: bool = False
+    body: bytes = b""
+    """The body of a response that is not a stream (status other than 200)."""
+
+    @property
+    def events(self) -> list[Event]:
+        return [item for item in self.items if isinstance(item, Event)]
+
+    @property
+    def ids(self) -> list[int | None]:
+        return [event.id for event in self.events]
+
+    @property
+    def chunks(self) -> list[str]:
+        return [event.data["chunk"] for event in self.events if event.kind == "chunk"]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    @property
+    def last(self) -> Event:
+        assert self.events, "the stream delivered no event"
+        return self.events[-1]
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.events) and self.last.kind in TERMINAL
+
+
+async def parse(lines: AsyncIterator[str]) -> AsyncIterator[Event | Comment]:
+    event_id: int | None = None
+    data: list[str] = []
+    async for line in lines:
+        if line == "":
+            if data:
+                yield Event(event_id, json.loads("\n".join(data)))
+            event_id, data = None, []
+            continue
+        if line.startswith(":"):
+            yield Comment(line[1:].strip())
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            event_id = int(value)
+        elif name == "data":
+            data.append(value)
+
+
+async def read_stream(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    last_event_id: int | None = None,
+    max_events: int | None = None,
+    timeout: float = 30.0,
+    opened: asyncio.Event | None = None,
+    on_item: Callable[[Event | Comment], None] | None = None,
+) -> Transcript:
+    """Read ``url`` until a done/error event, the end of the stream, or ``max_events`` events.
+
+    Leaving early closes the connection, as a client that goes away would. ``opened`` is set
+    once the response headers have arrived; ``on_item`` sees every event and comment as it
+    arrives. Raises ``TimeoutError`` if nothing of this ends
+    within ``timeout`` seconds.
+    """
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    async with asyncio.timeout(timeout), client.stream("GET", url, headers=headers) as response:
+        transcript = Transcript(response.status_code, response.headers)
+        if opened is not None:
+            opened.set()
+        if response.status_code != 200:
+            transcript.body = await response.aread()
+            return transcript
+        count = 0
+        terminal = False
+        async with contextlib.aclosing(parse(response.aiter_lines())) as items:
+            async for item in items:
+                if terminal:
+                    # After the final event only heartbeats may come, then the end of the stream.
+                    if isinstance(item, Event):
+                        raise AssertionError(f"event after the final one: {item!r}")
+                    continue
+                transcript.items.append(item)
+                if on_item is not None:
+                    on_item(item)
+                if isinstance(item, Event):
+                    count += 1
+                    terminal = item.kind in TERMINAL
+                    if not terminal and max_events is not None and count >= max_events:
+                        return transcript
+        transcript.ended_by_server = True
+        return transcript
+
+
+def assert_complete(transcript: Transcript, expected: str, *, first_id: int = 1) -> None:
+    """Chunks spell exactly ``expected``, ids run first_id.. with no gap, the last is done."""
+    assert transcript.status == 200, transcript.status
+    assert transcript.events, "no event at all"
+    kinds = [event.kind for event in transcript.events]
+    assert transcript.last.data == {"type": "done"}, f"last event is {transcript.last.data!r}"
+    assert set(kinds[:-1]) <= {"chunk"}, f"unexpected events before done: {kinds}"
+    assert all(set(event.data) == {"chunk"} for event in transcript.events[:-1])
+    assert transcript.ids == list(range(first_id, first_id + len(kinds))), transcript.ids
+    assert transcript.text == expected, _diff(transcript.text, expected)
+    assert transcript.ended_by_server, "the server did not close the stream after done"
+
+
+def assert_error_end(transcript: Transcript) -> str:
+    """The stream ended with one well-formed error event, ids without gaps; returns its message."""
+    assert transcript.status == 200, transcript.status
+    assert transcript.ids == list(range(1, len(transcript.events) + 1)), transcript.ids
+    last = transcript.last.data
+    assert last.get("type") == "error" and set(last) == {"type", "error"}, last
+    assert isinstance(last["error"], str) and last["error"], last
+    assert all(event.kind == "chunk" for event in transcript.events[:-1]), transcript.events
+    assert transcript.ended_by_server, "the server did not close the stream after the error"
+    return last["error"]
+
+
+def _diff(got: str, expected: str) -> str:
+    common = next(
+        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+        min(len(got), len(expected)),
+    )
+    return (
+        f"answer differs at character {common} (got {len(got)} chars, expected {len(expected)}): "
+        f"got {got[common:common + 40]!r}, expected {expected[common:common + 40]!r}"
+    )

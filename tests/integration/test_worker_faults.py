@@ -1,0 +1,112 @@
+"""A worker that dies or is stopped mid-answer costs the client nothing.
+
+Each test gets a deployment of its own (one API, two workers) because it ends a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from .support.deployment import Deployment, prompt
+from .support.metrics import IN_PROGRESS, scrape, wait_for_metric
+from .support.processes import Service
+from .support.sse import Comment, Event, Transcript, assert_complete, read_stream
+
+pytestmark = pytest.mark.integration
+
+SHUTDOWN_GRACE_S = 1
+
+
+@pytest.fixture
+def stack(make_deployment: Callable[[], Deployment]) -> Deployment:
+    deployment = make_deployment()
+    deployment.api()
+    deployment.worker(SHUTDOWN_GRACE_S=str(SHUTDOWN_GRACE_S), LLM_MAX_RETRIES="0")
+    deployment.worker(SHUTDOWN_GRACE_S=str(SHUTDOWN_GRACE_S), LLM_MAX_RETRIES="0")
+    return deployment.start()
+
+
+async def generating_worker(client: httpx.AsyncClient, workers: list[Service]) -> Service:
+    """The worker whose ``tasks_in_progress`` gauge shows the generation."""
+    async with asyncio.timeout(10):
+        while True:
+            for worker in workers:
+                if (await scrape(client, worker.base_url + "/metrics")).value(IN_PROGRESS) >= 1:
+                    return worker
+            await asyncio.sleep(0.1)
+
+
+async def answer_in_progress(
+    client: httpx.AsyncClient, api: str, message: str, *, chunks: int
+) -> asyncio.Task[Transcript]:
+    """Queue ``message`` and read its stream in the background; return once ``chunks`` arrived."""
+    response = await client.post(f"{api}/chat/async", json={"message": message})
+    assert response.status_code == 200, response.text
+    arrived = asyncio.Event()
+    seen = 0
+
+    def count(item: Event | Comment) -> None:
+        nonlocal seen
+        if isinstance(item, Event) and item.kind == "chunk":
+            seen += 1
+            if seen >= chunks:
+                arrived.set()
+
+    reader = asyncio.create_task(
+        read_stream(client, api + response.json()["stream_url"], on_item=count, timeout=60)
+    )
+    waiter = asyncio.create_task(arrived.wait())
+    await asyncio.wait({reader, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if reader.done():
+        reader.result()  # surface what ended the stream early
+        raise AssertionError("the answer ended before the worker could be stopped; make it slower")
+    assert arrived.is_set(), f"only {seen} chunks within 20s"
+    return reader
+
+
+async def test_sigkill_mid_answer_the_other_worker_completes_it(
+    client: httpx.AsyncClient, stack: Deployment
+) -> None:
+    # 40 tokens at 10 per second: the worker dies with most of the answer still to come.
+    ask = prompt("sigkill", tokens=40, tps=10)
+    api = stack.apis[0].base_url
+
+    reader = await answer_in_progress(client, api, ask.text, chunks=3)
+    victim = await generating_worker(client, stack.workers)
+    (survivor,) = [w for w in stack.workers if w is not victim]
+    completed = (await scrape(client, survivor.base_url + "/metrics")).tasks("completed")
+    victim.signal(signal.SIGKILL)
+
+    assert await victim.wait_exit(10) == -signal.SIGKILL
+    assert_complete(await asyncio.wait_for(reader, 60), ask.expected)
+    await wait_for_metric(
+        client, survivor.base_url + "/metrics", lambda s: s.tasks("completed") > completed,
+        timeout=10, what="the surviving worker completing the redelivered task",
+    )
+
+
+async def test_sigterm_mid_answer_requeues_and_exits_promptly(
+    client: httpx.AsyncClient, stack: Deployment
+) -> None:
+    ask = prompt("sigterm", tokens=40, tps=10)
+    api = stack.apis[0].base_url
+
+    reader = await answer_in_progress(client, api, ask.text, chunks=3)
+    victim = await generating_worker(client, stack.workers)
+    (survivor,) = [w for w in stack.workers if w is not victim]
+    completed = (await scrape(client, survivor.base_url + "/metrics")).tasks("completed")
+    victim.signal(signal.SIGTERM)
+
+    # The grace period, then the interrupted generation is requeued and the process ends.
+    assert await victim.wait_exit(SHUTDOWN_GRACE_S + 14) == 0
+    assert_complete(await asyncio.wait_for(reader, 60), ask.expected)
+    await wait_for_metric(
+        client, survivor.base_url + "/metrics", lambda s: s.tasks("completed") > completed,
+        timeout=10, what="the other worker completing the requeued task",
+    )
