@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 
@@ -16,9 +17,18 @@ def main() -> None:
         print(__doc__.strip() + "\n\nConfiguration is read from the environment; see README.md.")
         return
     settings = APISettings()
+    created = None
     if settings.uvicorn_workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Every worker process writes its metrics here; any of them can serve /metrics.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-stream-metrics-")
+        created = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-stream-metrics-")
+    try:
+        _serve(settings)
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def _serve(settings: APISettings) -> None:
     uvicorn.run(
         "llm_stream_api.app:app",
         host=settings.host,

@@ -84,7 +84,6 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
                 settings.rabbitmq_management_url,
                 {"tasks": settings.task_queue, "dead_letter": settings.dead_letter_queue},
             ),
-            metrics.ProcessStateCollector(lambda: broker.connected, lambda: len(hub)),
         ]
         await broker.start()
         await broker.wait_ready(timeout=3.0)
@@ -101,6 +100,9 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Stream LLM answers through RabbitMQ to many clients at once.",
         lifespan=lifespan,
+        # Metrics and trace ids are the service's own (Prometheus, W3C traceparent); FastAPI's
+        # built-in OpenTelemetry hooks would cost every request a provider lookup.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.add_middleware(RequestMetrics)
     errors.install(app)

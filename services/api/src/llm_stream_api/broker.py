@@ -23,6 +23,7 @@ from mqcommon.schemas import ChatTask, EventBatch, StreamEvent
 from mqcommon.topology import Topology
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 
+from llm_stream_api import metrics
 from llm_stream_api.hub import SessionHub
 from llm_stream_api.settings import APISettings
 from llm_stream_api.tail import StreamTail
@@ -175,6 +176,7 @@ class Broker:
                 await self.tail.start(await connection.channel())
                 self._connection = connection
                 self._ready.set()
+                metrics.BROKER_CONNECTED.set(1)
                 log.info("connected to the broker", queue=self.topology.task_queue.name)
                 return
             except (AMQPException, AMQPError, ConnectionError, OSError, RuntimeError) as exc:
@@ -208,5 +210,7 @@ class Broker:
 
     async def _sweep_forever(self) -> None:
         while True:
+            metrics.BROKER_CONNECTED.set(1 if self.connected else 0)
+            metrics.HUB_SESSIONS.set(len(self.hub))
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.hub.sweep()

@@ -74,7 +74,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError) -> JSONResponse:
-        metrics.REJECTED.labels(exc.code).inc()
+        metrics.REJECTED.labels("validation" if exc.code == "validation_error" else exc.code).inc()
         return JSONResponse(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)

@@ -23,6 +23,7 @@ from mqcommon.schemas import StreamEvent
 
 DONE = "done"
 ERROR = "error"
+TIMEOUT = "timeout"  # an error decided by a reader that waited too long; never stored
 CHUNK = "chunk"
 
 DIVERGED = "the answer was regenerated after a worker failure and differs from what was sent"
@@ -54,6 +55,10 @@ def done_event() -> HubEvent:
 
 def error_event(message: str) -> HubEvent:
     return HubEvent(ERROR, message)
+
+
+def timeout_event(message: str) -> HubEvent:
+    return HubEvent(TIMEOUT, message)
 
 
 @dataclass(slots=True)

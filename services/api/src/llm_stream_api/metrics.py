@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import httpx
 from prometheus_client import (
@@ -64,16 +64,39 @@ STREAM_BYTES = Counter(
 )
 STREAM_ENDS = Counter(
     "llmstream_stream_ends_total",
-    "Streams ended, by how: done, error, timeout, disconnect.", ["mode", "how"],
+    "Streams ended, by how: done, error, timeout (no answer in time), disconnect.", ["mode", "how"],
+)
+REJECT_REASONS = (
+    "validation", "invalid_json", "invalid_last_event_id", "too_large", "conflict", "broker_unavailable",
 )
 REJECTED = Counter(
     "llmstream_rejected_requests_total",
-    "Requests refused, by reason (validation, invalid_json, too_large, conflict, broker_unavailable).",
+    "Requests refused, by reason: " + ", ".join(REJECT_REASONS) + ".",
     ["reason"],
 )
 EVENTS_RECEIVED = Counter(
     "llmstream_events_received_total", "Answer events read from the events stream."
 )
+BROKER_CONNECTED = Gauge(
+    "llmstream_broker_connected", "1 when the API process holds a broker connection.",
+    multiprocess_mode="livemin",
+)
+HUB_SESSIONS = Gauge(
+    "llmstream_hub_sessions", "Sessions held in memory for streaming (per process).",
+    multiprocess_mode="livemax",
+)
+
+# Every known label set exists from the start, at zero, so rate() sees the first increment.
+for _mode in ("sse", "sync"):
+    OPEN_STREAMS.labels(_mode)
+    CLIENT_TTFT.labels(_mode)
+    STREAM_DURATION.labels(_mode)
+    STREAM_EVENTS.labels(_mode)
+    STREAM_BYTES.labels(_mode)
+    for _how in ("done", "error", "timeout", "disconnect"):
+        STREAM_ENDS.labels(_mode, _how)
+for _reason in REJECT_REASONS:
+    REJECTED.labels(_reason)
 
 
 def multiprocess_dir() -> str | None:
@@ -104,16 +127,17 @@ class QueueDepthCollector(Collector):
         up = GaugeMetricFamily(
             "llmstream_queue_stats_up", "1 when the broker's management API answered."
         )
+        labels = ["queue", "role"]  # role: tasks | dead_letter
         ready = GaugeMetricFamily(
-            "llmstream_queue_messages_ready", "Messages ready for delivery.", labels=["queue"]
+            "llmstream_queue_messages_ready", "Messages ready for delivery.", labels=labels
         )
         unacked = GaugeMetricFamily(
             "llmstream_queue_messages_unacknowledged",
             "Messages delivered and not yet acknowledged (tasks being generated).",
-            labels=["queue"],
+            labels=labels,
         )
         consumers = GaugeMetricFamily(
-            "llmstream_queue_consumers", "Consumers attached to the queue.", labels=["queue"]
+            "llmstream_queue_consumers", "Consumers attached to the queue.", labels=labels
         )
         dead = GaugeMetricFamily(
             "llmstream_dead_letter_messages", "Messages waiting in the dead-letter queue."
@@ -128,33 +152,15 @@ class QueueDepthCollector(Collector):
                     response = client.get(f"{base}/api/queues/%2F/{name}")
                     response.raise_for_status()
                     data = response.json()
-                    ready.add_metric([name], data.get("messages_ready", 0))
-                    unacked.add_metric([name], data.get("messages_unacknowledged", 0))
-                    consumers.add_metric([name], data.get("consumers", 0))
+                    ready.add_metric([name, role], data.get("messages_ready", 0))
+                    unacked.add_metric([name, role], data.get("messages_unacknowledged", 0))
+                    consumers.add_metric([name, role], data.get("consumers", 0))
                     if role == "dead_letter":
                         dead.add_metric([], data.get("messages", 0))
         except (httpx.HTTPError, ValueError):
             ok = 0
         up.add_metric([], ok)
         return [up, ready, unacked, consumers, dead] if ok else [up]
-
-
-class ProcessStateCollector(Collector):
-    """This process's view: broker connection and sessions held in memory."""
-
-    def __init__(self, connected: Callable[[], bool], sessions: Callable[[], int]):
-        self._connected = connected
-        self._sessions = sessions
-
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        return []
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        up = GaugeMetricFamily("llmstream_broker_connected", "1 when the API holds a broker connection.")
-        up.add_metric([], 1 if self._connected() else 0)
-        held = GaugeMetricFamily("llmstream_hub_sessions", "Sessions held in memory for streaming.")
-        held.add_metric([], self._sessions())
-        return [up, held]
 
 
 def exposition(extra: list[Collector]) -> tuple[bytes, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import structlog
 
 from llm_stream_api import metrics
-from llm_stream_api.hub import CHUNK, DONE, HubEvent, Session, SessionHub, error_event
+from llm_stream_api.hub import CHUNK, DONE, TIMEOUT, HubEvent, Session, SessionHub, timeout_event
 from llm_stream_api.settings import APISettings
 
 log = structlog.get_logger(__name__)
@@ -57,7 +57,7 @@ async def follow(
                 )
             remaining = limit - (time.monotonic() - progress_at)
             if remaining <= 0:
-                yield [Numbered(position + 1, error_event(why))]
+                yield [Numbered(position + 1, timeout_event(why))]
                 return
             if await session.wait(remaining):
                 progress_at = time.monotonic()
@@ -89,7 +89,7 @@ class StreamMeter:
         metrics.STREAM_BYTES.labels(self.mode).inc(nbytes)
         last = items[-1].event.kind
         if last != CHUNK:
-            self.how = "done" if last == DONE else "error"
+            self.how = {DONE: "done", TIMEOUT: "timeout"}.get(last, "error")
 
     def close(self, session: Session) -> None:
         log.info(

@@ -13,10 +13,16 @@ TASKS_IN_PROGRESS = Gauge(
 TASK_CONCURRENCY_LIMIT = Gauge(
     "llmstream_worker_concurrency_limit", "Generations one process may run at once (prefetch)."
 )
+OUTCOMES = ("completed", "failed", "retried", "cancelled", "dead_lettered")
 TASKS = Counter(
     "llmstream_worker_tasks_total",
-    "Tasks finished, by outcome: completed, failed, retried, cancelled, dead_lettered.",
+    "Tasks finished, by outcome: " + ", ".join(OUTCOMES) + ".",
     ["outcome"],
+)
+for _outcome in OUTCOMES:
+    TASKS.labels(_outcome)  # at zero from the start, so rate() sees the first one
+BROKER_CONNECTED = Gauge(
+    "llmstream_worker_broker_connected", "1 when the worker holds a broker connection."
 )
 QUEUE_WAIT = Histogram(
     "llmstream_worker_queue_wait_seconds",

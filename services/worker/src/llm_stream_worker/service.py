@@ -89,6 +89,8 @@ class Worker:
         """Cancel generations whose session no API process serves any more."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            connected = self._connection is not None and not self._connection.is_closed
+            metrics.BROKER_CONNECTED.set(1 if connected else 0)
             for run in list(self.running.values()):
                 if run.cancel_reason is None and self.presence.is_abandoned(
                     run.session_id, run.started_at
