@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from llm_stream_worker import generation
-from llm_stream_worker.events import EventPublisher
+from mqcommon.batching import EventBatcher
 from llm_stream_worker.settings import WorkerSettings
 from mqcommon.errors import PoisonUpstreamError, RetryableUpstreamError
 from mqcommon.schemas import ChatTask, EventBatch
@@ -54,7 +54,7 @@ def answer_with(*pieces: str, fail: Exception | None = None, hang: bool = False)
 async def run(monkeypatch, fake, *, delivery_count: int = 0, body: bytes | None = None, **cfg):
     monkeypatch.setattr(generation, "stream_answer", fake)
     sink = Sink()
-    publisher = EventPublisher(sink, producer="t", flush_interval_s=0.01, flush_max_bytes=10_000)
+    publisher = EventBatcher(sink, producer="t", flush_interval_s=0.01, flush_max_bytes=10_000)
     settings = WorkerSettings(**{"task_max_deliveries": 3, "llm_timeout_s": 5, **cfg})
     task = ChatTask(session_id="sess", message="hi")
     delivery = FakeDelivery(body if body is not None else task.encode(), delivery_count)
@@ -110,7 +110,7 @@ async def test_malformed_task_is_dead_lettered(monkeypatch) -> None:
 async def test_cancellation_settles_by_reason(monkeypatch, reason, settled, last) -> None:
     monkeypatch.setattr(generation, "stream_answer", answer_with("a", hang=True))
     sink = Sink()
-    publisher = EventPublisher(sink, producer="t", flush_interval_s=0.01, flush_max_bytes=10_000)
+    publisher = EventBatcher(sink, producer="t", flush_interval_s=0.01, flush_max_bytes=10_000)
     delivery = FakeDelivery(ChatTask(session_id="s", message="hi").encode())
     running = generation.Running(session_id="s", started_at=0)
     task = asyncio.create_task(

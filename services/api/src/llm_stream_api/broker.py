@@ -16,10 +16,11 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
+from mqcommon.batching import EventBatcher
 from mqcommon.connection import connect, process_name
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.publishing import publish_confirmed
-from mqcommon.schemas import ChatTask, EventBatch, StreamEvent
+from mqcommon.schemas import ChatTask, StreamEvent
 from mqcommon.topology import Topology
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 CONNECT_RETRY_S = 2.0
 SWEEP_INTERVAL_S = 5.0
+ANNOUNCE_FLUSH_S = 0.005
 
 
 class Broker:
@@ -46,7 +48,14 @@ class Broker:
         self._ready = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._stats_cache: tuple[float, dict[str, int]] | None = None
-        self._producer = process_name("api")
+        # A lost announcement only means other processes learn of the session when its
+        # worker starts; the task itself is already queued.
+        self.announcements = EventBatcher(
+            self._publish_events,
+            producer=process_name("api"),
+            flush_interval_s=ANNOUNCE_FLUSH_S,
+            flush_max_bytes=256_000,
+        )
 
     @property
     def connected(self) -> bool:
@@ -74,6 +83,7 @@ class Broker:
             return False
 
     async def stop(self) -> None:
+        await self.announcements.drain()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -86,59 +96,45 @@ class Broker:
     # -- publishing ------------------------------------------------------------------------
 
     async def enqueue(self, task: ChatTask, traceparent: str) -> None:
-        """Durably queue ``task`` and announce its session; raises ``BrokerUnavailable``.
+        """Durably queue ``task``, then announce its session; raises ``BrokerUnavailable``.
 
-        Both publishes are in flight together, so a POST waits for the slower confirm, not
-        the sum. If the task is refused while the announcement went through, an error event
-        ends the session at once: a client never waits for a task that does not exist.
+        Only the task's confirm is awaited. The announcement (which tells every API process
+        that the session exists before a worker starts it) follows in the next coalesced
+        batch, so a session is never announced without a queued task.
         """
         if not self.connected:
             raise BrokerUnavailable("not connected to the broker")
-        trace_id = trace_id_of(traceparent)
-        queued, announced = await asyncio.gather(
-            publish_confirmed(
-                self._publish_channel,
-                self.topology.task_queue.name,
-                task.encode(),
-                timeout_s=self.settings.enqueue_timeout_s,
-                persistent=True,
-                headers={TRACEPARENT_HEADER: traceparent, "session_id": task.session_id},
-                message_id=task.task_id,
-            ),
-            self._publish_events(
-                StreamEvent(
-                    session_id=task.session_id, kind="accepted", at=task.created_at, trace_id=trace_id
-                )
-            ),
-            return_exceptions=True,
+        await publish_confirmed(
+            self._publish_channel,
+            self.topology.task_queue.name,
+            task.encode(),
+            timeout_s=self.settings.enqueue_timeout_s,
+            persistent=True,
+            headers={TRACEPARENT_HEADER: traceparent, "session_id": task.session_id},
+            message_id=task.task_id,
         )
-        if isinstance(queued, BaseException):
-            if announced is None:
-                await self._retract(task.session_id)
-            raise queued
-        if isinstance(announced, BaseException):
-            # The task is queued and will be answered; only the early announcement is lost.
-            log.warning("session announcement not confirmed", error=str(announced))
+        trace_id = trace_id_of(traceparent)
+        self.announcements.emit(
+            StreamEvent(
+                session_id=task.session_id, kind="accepted", at=task.created_at, trace_id=trace_id
+            ),
+            urgent=True,
+        )
         # This process knows at once, without waiting for its own event to come back.
         session = self.hub.session(task.session_id)
         if session.accepted_at is None:
             session.accepted_at = task.created_at
             session.trace_id = trace_id
 
-    async def _publish_events(self, *events: StreamEvent) -> None:
+    async def _publish_events(self, body: bytes) -> None:
+        if self._publish_channel is None:
+            raise BrokerUnavailable("not connected to the broker")
         await publish_confirmed(
             self._publish_channel,
             self.topology.events_stream.name,
-            EventBatch(producer=self._producer, events=list(events)).encode(),
+            body,
             timeout_s=self.settings.enqueue_timeout_s,
         )
-
-    async def _retract(self, session_id: str) -> None:
-        error = StreamEvent(session_id=session_id, kind="error", error="the request was not queued")
-        try:
-            await self._publish_events(error)
-        except BrokerUnavailable as exc:
-            log.error("could not retract an announced session", error=str(exc))
 
     async def queue_stats(self) -> dict[str, int]:
         """Ready messages and consumers of the task queue (cached briefly)."""

@@ -21,6 +21,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
+from mqcommon.batching import EventBatcher
 from mqcommon.errors import BrokerUnavailable, UpstreamError
 from mqcommon.llm import stream_answer
 from mqcommon.schemas import ChatTask, StreamEvent
@@ -28,7 +29,6 @@ from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 from pydantic import ValidationError
 
 from llm_stream_worker import metrics
-from llm_stream_worker.events import EventPublisher
 from llm_stream_worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
@@ -53,7 +53,7 @@ async def process(
     *,
     settings: WorkerSettings,
     llm: openai.AsyncOpenAI,
-    publisher: EventPublisher,
+    publisher: EventBatcher,
 ) -> None:
     try:
         task = ChatTask.decode(message.body)
@@ -136,7 +136,7 @@ async def _generate(
     trace_id: str | None,
     settings: WorkerSettings,
     llm: openai.AsyncOpenAI,
-    publisher: EventPublisher,
+    publisher: EventBatcher,
     started: float,
 ) -> int:
     session_id = task.session_id

@@ -56,3 +56,8 @@ EVENTS_PUBLISHED = Counter(
 PUBLISH_FAILURES = Counter(
     "llmstream_worker_event_publish_failures_total", "Event batches the broker did not confirm."
 )
+
+
+def record_batch(events: int) -> None:
+    EVENT_BATCHES.inc()
+    EVENTS_PUBLISHED.inc(events)

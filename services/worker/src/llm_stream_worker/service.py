@@ -13,13 +13,13 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from mqcommon.batching import EventBatcher
 from mqcommon.connection import connect, process_name
 from mqcommon.llm import make_client
 from mqcommon.publishing import publish_confirmed
 from mqcommon.topology import Topology, declare_exchange
 
 from llm_stream_worker import generation, http, metrics
-from llm_stream_worker.events import EventPublisher
 from llm_stream_worker.presence import PresenceTracker
 from llm_stream_worker.settings import WorkerSettings
 
@@ -40,11 +40,13 @@ class Worker:
         self._task_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._stopping = False
-        self.publisher = EventPublisher(
+        self.publisher = EventBatcher(
             self._publish_batch,
             producer=process_name("worker"),
             flush_interval_s=settings.flush_interval_ms / 1000,
             flush_max_bytes=settings.flush_max_bytes,
+            on_published=metrics.record_batch,
+            on_failed=lambda _: metrics.PUBLISH_FAILURES.inc(),
         )
 
     # -- lifecycle -----------------------------------------------------------------------

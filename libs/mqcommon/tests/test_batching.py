@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from llm_stream_worker.events import EventPublisher
+from mqcommon.batching import EventBatcher
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.schemas import EventBatch, StreamEvent
 
@@ -25,8 +25,16 @@ def ev(text: str, offset: int = 0, sid: str = "s") -> StreamEvent:
     return StreamEvent(session_id=sid, kind="chunk", offset=offset, text=text)
 
 
-def publisher(rec: Recorder, interval: float = 0.05, max_bytes: int = 100_000) -> EventPublisher:
-    return EventPublisher(rec, producer="t", flush_interval_s=interval, flush_max_bytes=max_bytes)
+def publisher(rec: Recorder, interval: float = 0.05, max_bytes: int = 100_000) -> EventBatcher:
+    return EventBatcher(rec, producer="t", flush_interval_s=interval, flush_max_bytes=max_bytes)
+
+
+async def test_urgent_events_of_one_loop_turn_share_a_batch() -> None:
+    rec = Recorder()
+    pub = publisher(rec, interval=10)
+    futures = [pub.emit(ev(f"first {i}", sid=f"s{i}"), urgent=True) for i in range(5)]
+    await asyncio.wait_for(asyncio.gather(*futures), 1)
+    assert len(rec.batches) == 1 and len(rec.batches[0].events) == 5
 
 
 async def test_urgent_event_is_published_without_waiting_for_the_timer() -> None:

@@ -1,0 +1,104 @@
+"""Validation of a ``POST /v1/chat/completions`` body.
+
+Only what the mock uses is checked; other OpenAI parameters (temperature, tools, ...) are
+accepted and ignored. Only ``n=1`` answers are produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from llm_stream_mockllm.directives import DirectiveError, Directives, parse_directives
+
+
+class BadRequest(ValueError):
+    """The body cannot be served; the message goes back in an OpenAI 400 error."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    prompt: str
+    """Text of the last ``user`` message (text parts joined by newlines); "" if there is none."""
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    prompt_tokens: int
+    """Whitespace-separated words over every message: a stand-in for the prompt token count."""
+    directives: Directives
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly.)"
+        ) from None
+    if not isinstance(data, dict):
+        raise BadRequest("The request body must be a JSON object.")
+
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("you must provide a model parameter", "model")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("Missing required parameter: 'messages'.", "messages")
+
+    prompt = ""
+    prompt_tokens = 0
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"Invalid message at messages[{index}].", f"messages[{index}]")
+        text = _text(message.get("content"), index)
+        prompt_tokens += len(text.split())
+        if message["role"] == "user":
+            prompt = text
+
+    max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        raise BadRequest("max_tokens must be a positive integer.", "max_tokens")
+
+    stream_options = data.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise BadRequest("stream_options must be an object.", "stream_options")
+
+    try:
+        directives = parse_directives(prompt)
+    except DirectiveError as exc:
+        raise BadRequest(str(exc), "messages") from None
+
+    return ChatRequest(
+        prompt=prompt,
+        model=model,
+        stream=data.get("stream") is True,
+        include_usage=stream_options.get("include_usage") is True,
+        max_tokens=max_tokens,
+        prompt_tokens=prompt_tokens,
+        directives=directives,
+    )
+
+
+def _text(content: Any, index: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        ]
+        return "\n".join(parts)
+    raise BadRequest(f"Invalid content at messages[{index}].", f"messages[{index}].content")
