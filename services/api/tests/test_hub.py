@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from llm_stream_api.hub import DIVERGED, SessionHub
+from llm_stream_api.hub import DIVERGED, SessionHub, event_data
 from mqcommon.schemas import StreamEvent
 
 
@@ -30,7 +30,7 @@ def done(offset: int, sid: str = "s1") -> StreamEvent:
 
 
 def datas(hub: SessionHub, sid: str = "s1") -> list[dict]:
-    return [orjson.loads(e.data) for e in hub.session(sid).events]
+    return [orjson.loads(event_data(e)) for e in hub.session(sid).events]
 
 
 def test_chunks_then_done_make_numbered_events() -> None:
@@ -97,7 +97,7 @@ def test_two_hubs_fed_the_same_stream_agree_on_every_id() -> None:
         first.apply(event)
         second.apply(event)
     for sid in ("x", "y"):
-        assert [e.data for e in first.session(sid).events] == [e.data for e in second.session(sid).events]
+        assert first.session(sid).events == second.session(sid).events
 
 
 def test_accepted_and_started_make_a_session_known_without_events() -> None:

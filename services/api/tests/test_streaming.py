@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from llm_stream_api.hub import SessionHub
+from llm_stream_api.hub import SessionHub, event_data
 from llm_stream_api.settings import APISettings
 from llm_stream_api.streaming import follow, sse_body, text_body
 from mqcommon.schemas import StreamEvent
@@ -37,7 +37,7 @@ async def test_resume_after_an_id_continues_with_the_next_event() -> None:
     feed(h, "s", ["a", "b", "c"])
     items = await collect(follow(h, "s", 2, settings()))
     assert [i.id for i in items] == [3, 4]
-    assert [i.event.kind for i in items] == ["chunk", "done"]
+    assert [i.event[0] for i in items] == ["chunk", "done"]
 
 
 async def test_reader_waits_for_events_that_arrive_later() -> None:
@@ -46,14 +46,14 @@ async def test_reader_waits_for_events_that_arrive_later() -> None:
     await asyncio.sleep(0.05)
     feed(h, "s", ["x", "y"])
     items = await asyncio.wait_for(reader, 2)
-    assert [i.event.text for i in items[:2]] == ["x", "y"] and items[-1].event.kind == "done"
+    assert [i.event[1] for i in items[:2]] == ["x", "y"] and items[-1].event[0] == "done"
 
 
 async def test_unknown_session_ends_with_a_not_found_error() -> None:
     items = await asyncio.wait_for(collect(follow(hub(), "ghost", 0, settings())), 2)
     assert len(items) == 1
-    assert orjson.loads(items[0].event.data)["type"] == "error"
-    assert "not found" in items[0].event.text
+    assert orjson.loads(event_data(items[0].event))["type"] == "error"
+    assert "not found" in items[0].event[1]
 
 
 async def test_known_but_silent_session_ends_with_an_idle_error() -> None:
@@ -61,8 +61,8 @@ async def test_known_but_silent_session_ends_with_an_idle_error() -> None:
     h.apply(StreamEvent(session_id="s", kind="accepted"))
     feed(h, "s", ["a"], finish=False)
     items = await asyncio.wait_for(collect(follow(h, "s", 0, settings())), 2)
-    assert [orjson.loads(i.event.data).get("type") for i in items] == [None, "error"]
-    assert items[-1].id == 2 and "no answer event" in items[-1].event.text
+    assert [orjson.loads(event_data(i.event)).get("type") for i in items] == [None, "error"]
+    assert items[-1].id == 2 and "no answer event" in items[-1].event[1]
 
 
 async def test_reader_count_is_released() -> None:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from mqcommon.gc import freeze_startup_heap
 from mqcommon.llm import make_client
 from mqcommon.logging import setup_logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -87,6 +88,7 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
         ]
         await broker.start()
         await broker.wait_ready(timeout=3.0)
+        freeze_startup_heap()
         log.info("api started", port=settings.port, direct_llm=settings.chat_direct_llm)
         try:
             yield

@@ -29,36 +29,38 @@ CHUNK = "chunk"
 DIVERGED = "the answer was regenerated after a worker failure and differs from what was sent"
 
 
-@dataclass(slots=True)
-class HubEvent:
-    kind: str
-    text: str  # the chunk's text, or the error message
+# One numbered event of a session: (kind, text), where text is the chunk or the error
+# message. A plain tuple of strings on purpose: CPython stops tracking such tuples in the
+# garbage collector (not tuple subclasses), so a hub holding thousands of answers does not
+# make every full collection walk every event.
+HubEvent = tuple[str, str]
 
-    @property
-    def data(self) -> bytes:
-        """The SSE data line's JSON, built when sent. Keeping it instead would cost ~4 KiB
-        an event: orjson's result holds on to its whole output buffer."""
-        if self.kind == CHUNK:
-            return b'{"chunk":%s}' % orjson.dumps(self.text)
-        if self.kind == DONE:
-            return b'{"type": "done"}'
-        return b'{"type": "error", "error": %s}' % orjson.dumps(self.text)
+
+def event_data(event: HubEvent) -> bytes:
+    """The SSE data line's JSON, built when sent. Keeping it instead would cost ~4 KiB an
+    event: orjson's result holds on to its whole output buffer."""
+    kind, text = event
+    if kind == CHUNK:
+        return b'{"chunk":%s}' % orjson.dumps(text)
+    if kind == DONE:
+        return b'{"type": "done"}'
+    return b'{"type": "error", "error": %s}' % orjson.dumps(text)
 
 
 def chunk_event(text: str) -> HubEvent:
-    return HubEvent(CHUNK, text)
+    return (CHUNK, text)
 
 
 def done_event() -> HubEvent:
-    return HubEvent(DONE, "")
+    return (DONE, "")
 
 
 def error_event(message: str) -> HubEvent:
-    return HubEvent(ERROR, message)
+    return (ERROR, message)
 
 
 def timeout_event(message: str) -> HubEvent:
-    return HubEvent(TIMEOUT, message)
+    return (TIMEOUT, message)
 
 
 @dataclass(slots=True)

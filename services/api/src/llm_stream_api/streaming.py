@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import structlog
 
 from llm_stream_api import metrics
-from llm_stream_api.hub import CHUNK, DONE, TIMEOUT, HubEvent, Session, SessionHub, timeout_event
+from llm_stream_api.hub import CHUNK, DONE, TIMEOUT, HubEvent, Session, SessionHub, event_data, timeout_event
 from llm_stream_api.settings import APISettings
 
 log = structlog.get_logger(__name__)
@@ -66,7 +66,7 @@ async def follow(
 
 
 def sse_frame(item: Numbered) -> bytes:
-    return b"id: %d\ndata: %s\n\n" % (item.id, item.event.data)
+    return b"id: %d\ndata: %s\n\n" % (item.id, event_data(item.event))
 
 
 class StreamMeter:
@@ -82,12 +82,12 @@ class StreamMeter:
 
     def sent(self, items: list[Numbered], nbytes: int) -> None:
         if not self.first_sent and self.requested_at is not None:
-            if any(item.event.kind == CHUNK for item in items):
+            if any(item.event[0] == CHUNK for item in items):
                 self.first_sent = True
                 metrics.CLIENT_TTFT.labels(self.mode).observe(max(0.0, time.time() - self.requested_at))
         metrics.STREAM_EVENTS.labels(self.mode).inc(len(items))
         metrics.STREAM_BYTES.labels(self.mode).inc(nbytes)
-        last = items[-1].event.kind
+        last = items[-1].event[0]
         if last != CHUNK:
             self.how = {DONE: "done", TIMEOUT: "timeout"}.get(last, "error")
 
@@ -127,10 +127,10 @@ async def text_body(
         async for items in follow(hub, session_id, 0, settings):
             out = []
             for item in items:
-                if item.event.kind == CHUNK:
-                    out.append(item.event.text)
-                elif item.event.kind != DONE:
-                    out.append(f"\n[error] {item.event.text}\n")
+                if item.event[0] == CHUNK:
+                    out.append(item.event[1])
+                elif item.event[0] != DONE:
+                    out.append(f"\n[error] {item.event[1]}\n")
             data = "".join(out).encode()
             meter.sent(items, len(data))
             if data:

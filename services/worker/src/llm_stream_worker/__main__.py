@@ -7,6 +7,7 @@ import signal
 import sys
 
 import structlog
+from mqcommon.gc import freeze_startup_heap
 from mqcommon.logging import setup_logging
 
 from llm_stream_worker.service import Worker, start_metrics_server
@@ -39,6 +40,7 @@ async def run(settings: WorkerSettings) -> None:
                 await asyncio.wait_for(stop.wait(), BROKER_RETRY_S)
             except TimeoutError:
                 pass
+    freeze_startup_heap()
     watchdog = asyncio.create_task(worker.run_watchdog())
     await stop.wait()
     watchdog.cancel()
