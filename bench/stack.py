@@ -1,0 +1,203 @@
+"""Start, watch and stop the processes under test: mock LLM, API, workers.
+
+Each process runs from the workspace virtualenv's entry points (not through ``uv run``, so the
+measured process is the Python process itself), in its own session, with its output in a log
+file, and receives SIGTERM if the benchmark process dies (Linux ``PR_SET_PDEATHSIG``). Queue
+and exchange names carry the run id so nothing from another run can interfere, and they are
+deleted at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+BIN = Path(sys.executable).parent
+STOP_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Service:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    health_url: str
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def broker_names(run_id: str) -> dict[str, str]:
+    """The isolated topology of one run, as environment variables."""
+    prefix = f"bench.{run_id}"
+    return {
+        "TASK_QUEUE": f"{prefix}.tasks",
+        "EVENTS_STREAM": f"{prefix}.events",
+        "PRESENCE_EXCHANGE": f"{prefix}.presence",
+        "DEAD_LETTER_EXCHANGE": f"{prefix}.dlx",
+        "DEAD_LETTER_QUEUE": f"{prefix}.dead",
+    }
+
+
+@dataclass
+class Stack:
+    run_id: str
+    log_dir: Path
+    services: list[Service] = field(default_factory=list)
+
+    def start(self, name: str, program: str, env: dict[str, str], health_url: str) -> Service:
+        log = self.log_dir / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [str(BIN / program)],
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        service = Service(name, popen, log, health_url)
+        self.services.append(service)
+        return service
+
+    async def wait_ready(self, services: Iterable[Service], timeout: float = 60.0) -> None:
+        """Poll every health URL until it answers 200; fail fast if a process exits."""
+        pending = list(services)
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while pending:
+                for service in list(pending):
+                    if service.popen.poll() is not None:
+                        raise RuntimeError(
+                            f"{service.name} exited with {service.popen.returncode}:\n{service.log_tail()}"
+                        )
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.get(service.health_url) as response:
+                            if response.status == 200:
+                                pending.remove(service)
+                if pending and time.monotonic() > deadline:
+                    names = ", ".join(s.name for s in pending)
+                    tails = "\n".join(f"--- {s.name}\n{s.log_tail()}" for s in pending)
+                    raise RuntimeError(f"not ready after {timeout:.0f} s: {names}\n{tails}")
+                if pending:
+                    await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM every process group we started, then SIGKILL what is left."""
+        for service in self.services:
+            if service.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for service in self.services:
+            try:
+                service.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.popen.pid, signal.SIGKILL)
+                service.popen.wait()
+        self.services.clear()
+
+
+class CpuMeter:
+    """User + system CPU seconds of a set of processes and all their descendants."""
+
+    def __init__(self, roots: Iterable[psutil.Process], *, descendants: bool = True) -> None:
+        self.roots = list(roots)
+        self.descendants = descendants
+        self._seen: dict[int, float] = {}
+
+    @classmethod
+    def of_pids(cls, pids: Iterable[int]) -> CpuMeter:
+        return cls(psutil.Process(pid) for pid in pids)
+
+    @classmethod
+    def by_name(cls, name: str) -> CpuMeter:
+        """Processes called ``name`` (``beam.smp``) or whose command line mentions it."""
+        found = []
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or ())
+            if proc.info["name"] == name or name in cmdline:
+                found.append(proc)
+        return cls(found)
+
+    def seconds(self) -> float:
+        """Total so far. A process that ended keeps its last reading."""
+        for root in self.roots:
+            with contextlib.suppress(psutil.Error):
+                family = root.children(recursive=True) if self.descendants else []
+                for proc in [root, *family]:
+                    with contextlib.suppress(psutil.Error):
+                        times = proc.cpu_times()
+                        self._seen[proc.pid] = times.user + times.system
+        return sum(self._seen.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.roots)
+
+
+async def delete_topology(amqp_url: str, names: dict[str, str]) -> list[str]:
+    """Delete the run's queues and exchanges; return what could not be deleted."""
+    import aio_pika  # the workspace has it (mqcommon); imported late to keep start-up light
+
+    failed = []
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        for key in ("TASK_QUEUE", "EVENTS_STREAM", "DEAD_LETTER_QUEUE"):
+            channel = await connection.channel()
+            try:
+                await channel.queue_delete(names[key])
+            except aio_pika.exceptions.AMQPError as exc:
+                failed.append(f"{names[key]}: {exc}")
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.close()
+        for key in ("PRESENCE_EXCHANGE", "DEAD_LETTER_EXCHANGE"):
+            channel = await connection.channel()
+            try:
+                await channel.exchange_delete(names[key])
+            except aio_pika.exceptions.AMQPError as exc:
+                failed.append(f"{names[key]}: {exc}")
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.close()
+    return failed
+
+
+async def rabbitmq_version(amqp_url: str) -> str | None:
+    import aio_pika
+
+    try:
+        connection = await aio_pika.connect(amqp_url, timeout=5)
+    except (OSError, aio_pika.exceptions.AMQPError):
+        return None
+    async with connection:
+        properties = connection.transport.connection.server_properties
+        version = properties.get("version")
+        return version.decode() if isinstance(version, bytes) else version
