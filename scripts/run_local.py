@@ -92,7 +92,7 @@ async def main() -> int:
     for _, p in procs:
         if p.returncode is None:
             os.killpg(p.pid, signal.SIGTERM)
-    _, pending = await asyncio.wait(exited, timeout=STOP_TIMEOUT_S)
+    await asyncio.wait(exited, timeout=STOP_TIMEOUT_S)
     for _, p in procs:
         if p.returncode is None:
             os.killpg(p.pid, signal.SIGKILL)

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from llm_stream_worker import generation
-from mqcommon.batching import EventBatcher
 from llm_stream_worker.settings import WorkerSettings
+from mqcommon.batching import EventBatcher
 from mqcommon.errors import PoisonUpstreamError, RetryableUpstreamError
 from mqcommon.schemas import ChatTask, EventBatch
 

@@ -7,6 +7,8 @@ import signal
 import sys
 
 import structlog
+from aio_pika.exceptions import AMQPException
+from aiormq.exceptions import AMQPError
 from mqcommon.gc import freeze_startup_heap
 from mqcommon.logging import setup_logging
 
@@ -33,7 +35,7 @@ async def run(settings: WorkerSettings) -> None:
         try:
             await worker.start()
             break
-        except (OSError, ConnectionError, Exception) as exc:
+        except (OSError, AMQPException, AMQPError) as exc:
             log.error("broker unreachable; retrying", error=str(exc) or type(exc).__name__,
                       url_host=settings.rabbit_mq.rsplit("@", 1)[-1], retry_s=BROKER_RETRY_S)
             try:

@@ -60,7 +60,17 @@ class Worker:
         )
 
     async def start(self) -> None:
+        """Connect, declare the topology and start consuming; on failure nothing stays open."""
         self._connection = await connect(self.settings.rabbit_mq, "worker")
+        try:
+            await self._consume()
+        except BaseException:
+            await self._connection.close()
+            self._connection = None
+            raise
+
+    async def _consume(self) -> None:
+        assert self._connection is not None
         setup = await self._connection.channel()
         await self.topology.declare(setup)
         await setup.close()
