@@ -41,7 +41,7 @@ class Broker:
         self.settings = settings
         self.hub = hub
         self.topology = Topology.from_settings(settings)
-        self.tail = StreamTail(hub, self.topology.events_stream.name, settings.session_ttl_s)
+        self.tail = StreamTail(hub, self.topology.events_stream, settings.session_ttl_s)
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._stats_channel: AbstractChannel | None = None

@@ -12,6 +12,7 @@ import datetime as dt
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from mqcommon.schemas import EventBatch
+from mqcommon.topology import QueueSpec, declare_queue
 from pydantic import ValidationError
 
 from llm_stream_api import metrics
@@ -24,16 +25,17 @@ ACK_EVERY = 200
 
 
 class StreamTail:
-    def __init__(self, hub: SessionHub, stream_name: str, history_s: float) -> None:
+    def __init__(self, hub: SessionHub, stream: QueueSpec, history_s: float) -> None:
         self._hub = hub
-        self._stream = stream_name
+        self._stream = stream
         self._history_s = history_s
         self._last_offset = -1
         self._unacked = 0
 
     async def start(self, channel: AbstractChannel) -> None:
         await channel.set_qos(prefetch_count=PREFETCH)
-        queue = await channel.get_queue(self._stream, ensure=False)
+        # Declared (not merely looked up) so the robust channel re-consumes after a reconnect.
+        queue = await declare_queue(channel, self._stream)
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._history_s)
         await queue.consume(self._on_message, arguments={"x-stream-offset": since})
 

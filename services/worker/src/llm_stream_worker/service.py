@@ -17,7 +17,7 @@ from mqcommon.batching import EventBatcher
 from mqcommon.connection import connect, process_name
 from mqcommon.llm import make_client
 from mqcommon.publishing import publish_confirmed
-from mqcommon.topology import Topology, declare_exchange
+from mqcommon.topology import Topology, declare_exchange, declare_queue
 
 from llm_stream_worker import generation, http, metrics
 from llm_stream_worker.presence import PresenceTracker
@@ -87,7 +87,8 @@ class Worker:
 
         tasks_channel = await self._connection.channel()
         await tasks_channel.set_qos(prefetch_count=self.settings.worker_concurrency)
-        self._task_queue = await tasks_channel.get_queue(self.topology.task_queue.name, ensure=False)
+        # Declared (not merely looked up) so the robust channel re-consumes after a reconnect.
+        self._task_queue = await declare_queue(tasks_channel, self.topology.task_queue)
         self._consumer_tag = await self._task_queue.consume(self._on_task)
         metrics.TASK_CONCURRENCY_LIMIT.set(self.settings.worker_concurrency)
         log.info(

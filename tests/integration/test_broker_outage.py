@@ -1,0 +1,84 @@
+"""Losing the broker connection mid-answer: every process reconnects and the answer completes.
+
+The test cuts every llm-stream connection through the broker's management API (what a broker
+restart or a network blip does to the clients) while an answer is being generated and read.
+The API's stream reader, the worker's task consumer and their publishers must all come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import quote, urlsplit
+
+import httpx
+import pytest
+
+from .support.deployment import Deployment, prompt
+from .support.sse import assert_complete, read_stream
+
+pytestmark = pytest.mark.integration
+
+RECONNECT_DEADLINE_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def stack(module_deployment: Deployment) -> Deployment:
+    module_deployment.api()
+    module_deployment.worker(LLM_MAX_RETRIES="0")
+    return module_deployment.start()
+
+
+def management_url(broker_url: str) -> str:
+    parts = urlsplit(broker_url)
+    return f"http://{parts.hostname}:15672"
+
+
+async def cut_connections(broker_url: str) -> int:
+    parts = urlsplit(broker_url)
+    auth = (parts.username or "guest", parts.password or "guest")
+    async with httpx.AsyncClient(base_url=management_url(broker_url), auth=auth, timeout=10) as api:
+        connections = (await api.get("/api/connections")).json()
+        ours = [c["name"] for c in connections
+                if str(c.get("client_properties", {}).get("connection_name", "")).startswith("llm-stream-")]
+        for name in ours:
+            response = await api.delete(f"/api/connections/{quote(name, safe='')}")
+            assert response.status_code in (204, 404), response.text
+        return len(ours)
+
+
+async def test_an_answer_survives_losing_every_broker_connection(
+    stack: Deployment, broker_url: str
+) -> None:
+    api = stack.apis[0].base_url
+    question = prompt("outage", tokens=40, tps=10)
+    async with httpx.AsyncClient(timeout=30) as client:
+        queued = (await client.post(f"{api}/chat/async", json={"message": question.text})).json()
+        first = await read_stream(client, f"{api}{queued['stream_url']}", max_events=5)
+        assert len(first.events) == 5
+        assert await cut_connections(broker_url) >= 2  # the API's and the worker's
+        rest = await read_stream(
+            client, f"{api}{queued['stream_url']}", last_event_id=first.ids[-1], timeout=60
+        )
+    # Resumed after event 5 with no gap or duplicate, and the two parts spell the answer.
+    assert_complete(rest, question.expected[len(first.text) :], first_id=6)
+    assert first.text + rest.text == question.expected
+
+
+async def test_new_requests_are_served_after_the_connections_come_back(
+    stack: Deployment, broker_url: str
+) -> None:
+    api = stack.apis[0].base_url
+    await cut_connections(broker_url)
+    question = prompt("after-outage", tokens=5)
+    deadline = time.monotonic() + RECONNECT_DEADLINE_S
+    async with httpx.AsyncClient(timeout=30) as client:
+        while True:
+            response = await client.post(f"{api}/chat", json={"message": question.text})
+            if response.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "broker_unavailable"
+            await asyncio.sleep(0.5)
+    assert response.status_code == 200, response.text
+    assert response.text == question.expected
