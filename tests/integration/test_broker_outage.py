@@ -34,13 +34,28 @@ def management_url(broker_url: str) -> str:
     return f"http://{parts.hostname}:15672"
 
 
-async def cut_connections(broker_url: str) -> int:
+async def cut_connections(broker_url: str, stack: Deployment) -> int:
+    """Close the broker connections of the stack's processes; returns how many were closed.
+
+    Connections are named ``llm-stream-<role>@<host>:<pid>``. The management API lists a new
+    connection only after its next statistics round (5 s by default), so wait for one
+    connection per process, within a deadline.
+    """
     parts = urlsplit(broker_url)
     auth = (parts.username or "guest", parts.password or "guest")
+    pids = {str(service.proc.pid) for service in (*stack.apis, *stack.workers) if service.proc}
+    deadline = time.monotonic() + RECONNECT_DEADLINE_S
     async with httpx.AsyncClient(base_url=management_url(broker_url), auth=auth, timeout=10) as api:
-        connections = (await api.get("/api/connections")).json()
-        ours = [c["name"] for c in connections
-                if str(c.get("client_properties", {}).get("connection_name", "")).startswith("llm-stream-")]
+        while True:
+            connections = (await api.get("/api/connections")).json()
+            ours = [
+                c["name"] for c in connections
+                if str(c.get("client_properties", {}).get("connection_name", "")).rsplit(":", 1)[-1]
+                in pids
+            ]
+            if len(ours) >= len(pids) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
         for name in ours:
             response = await api.delete(f"/api/connections/{quote(name, safe='')}")
             assert response.status_code in (204, 404), response.text
@@ -56,7 +71,7 @@ async def test_an_answer_survives_losing_every_broker_connection(
         queued = (await client.post(f"{api}/chat/async", json={"message": question.text})).json()
         first = await read_stream(client, f"{api}{queued['stream_url']}", max_events=5)
         assert len(first.events) == 5
-        assert await cut_connections(broker_url) >= 2  # the API's and the worker's
+        assert await cut_connections(broker_url, stack) == 2  # the API's and the worker's
         rest = await read_stream(
             client, f"{api}{queued['stream_url']}", last_event_id=first.ids[-1], timeout=60
         )
@@ -69,7 +84,7 @@ async def test_new_requests_are_served_after_the_connections_come_back(
     stack: Deployment, broker_url: str
 ) -> None:
     api = stack.apis[0].base_url
-    await cut_connections(broker_url)
+    assert await cut_connections(broker_url, stack) == 2
     question = prompt("after-outage", tokens=5)
     deadline = time.monotonic() + RECONNECT_DEADLINE_S
     async with httpx.AsyncClient(timeout=30) as client:
