@@ -169,8 +169,7 @@ def exposition(extra: list[Collector]) -> tuple[bytes, str]:
     if multiprocess_dir():
         MultiProcessCollector(registry)
     else:
-        for collector in list(REGISTRY._collector_to_names):
-            registry.register(collector)
+        registry.register(REGISTRY)  # a registry is itself a collector
     for collector in extra:
         registry.register(collector)
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -57,7 +57,7 @@ async def stats(settings: SettingsDep, broker: BrokerDep, hub: HubDep) -> JSONRe
             "queue": settings.task_queue,
             "pending_tasks": queue["messages"],
             "consumers": queue["consumers"],
-            "open_streams": sum(1 for _ in hub.served_sessions()),
+            "open_streams": len(hub.served_sessions()),
             "sessions": len(hub),
         }
     )
