@@ -12,6 +12,7 @@ from mqcommon.llm import check_connection
 
 from llm_stream_api import metrics
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
+from llm_stream_api.errors import RETRY_AFTER_S
 
 router = APIRouter()
 
@@ -49,7 +50,7 @@ async def stats(settings: SettingsDep, broker: BrokerDep, hub: HubDep) -> JSONRe
         return JSONResponse(
             {"status": "error", "error": "broker_unavailable", "message": str(exc),
              "queue": settings.task_queue, "pending_tasks": None},
-            status_code=503, headers={"Retry-After": "5"},
+            status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     return JSONResponse(
         {
