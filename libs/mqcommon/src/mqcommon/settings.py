@@ -32,6 +32,10 @@ class BrokerSettings(BaseSettings):
         default="llm.presence",
         description="Fanout exchange on which API processes announce the sessions they serve.",
     )
+    workers_exchange: str = Field(
+        default="llm.workers",
+        description="Fanout exchange on which workers publish heartbeats (never secrets).",
+    )
     dead_letter_exchange: str = Field(default="llm.dlx", description="Dead-letter exchange.")
     dead_letter_queue: str = Field(default="llm.tasks.dead", description="Dead-lettered tasks.")
     task_max_deliveries: int = Field(

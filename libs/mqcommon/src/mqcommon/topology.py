@@ -38,6 +38,7 @@ class Topology:
     dead_letter_exchange: ExchangeSpec
     dead_letter_queue: QueueSpec
     presence_exchange: ExchangeSpec
+    workers_exchange: ExchangeSpec
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> Topology:
@@ -73,6 +74,10 @@ class Topology:
             presence_exchange=ExchangeSpec(
                 name=settings.presence_exchange, type=aio_pika.ExchangeType.FANOUT, durable=False
             ),
+            # Worker heartbeats (see llm_stream_worker.heartbeat): transient, like presence.
+            workers_exchange=ExchangeSpec(
+                name=settings.workers_exchange, type=aio_pika.ExchangeType.FANOUT, durable=False
+            ),
         )
 
     async def declare(self, channel: AbstractChannel) -> None:
@@ -83,6 +88,7 @@ class Topology:
         await declare_queue(channel, self.task_queue)
         await declare_queue(channel, self.events_stream)
         await declare_exchange(channel, self.presence_exchange)
+        await declare_exchange(channel, self.workers_exchange)
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:

@@ -17,6 +17,7 @@ from llm_stream_api import chat, errors, metrics, ops
 from llm_stream_api.broker import Broker
 from llm_stream_api.hub import SessionHub
 from llm_stream_api.settings import APISettings
+from llm_stream_api.workers import WorkerRegistry, WorkerWatch
 
 log = structlog.get_logger("llm_stream_api")
 
@@ -86,13 +87,19 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
                 {"tasks": settings.task_queue, "dead_letter": settings.dead_letter_queue},
             ),
         ]
+        registry = WorkerRegistry(settings.task_queue)
+        app.state.workers = registry
+        # On the broker's own connection, once it is up (one connection per process).
+        watch = WorkerWatch(broker.topology, lambda: broker._connection, registry)
         await broker.start()
+        watch.start()
         await broker.wait_ready(timeout=3.0)
         freeze_startup_heap()
         log.info("api started", port=settings.port, direct_llm=settings.chat_direct_llm)
         try:
             yield
         finally:
+            await watch.stop()
             await broker.stop()
             for client in clients:
                 await client.close()

@@ -6,9 +6,9 @@ import asyncio
 from importlib import resources
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from mqcommon.errors import BrokerUnavailable, UpstreamError
-from mqcommon.llm import check_connection
+from mqcommon.llm import check_connection, stream_answer
 
 from llm_stream_api import metrics
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
@@ -17,12 +17,22 @@ from llm_stream_api.errors import RETRY_AFTER_S
 router = APIRouter()
 
 LLM_CHECK_TIMEOUT_S = 10.0
+TEST_PROMPT = "Say 'test successful' and nothing else."
+TEST_MAX_TOKENS = 16
 
 
-def _llm_mode(settings) -> str:
+def _llm_state(request: Request, settings) -> dict[str, str | int]:
+    """Whether an LLM is configured where generations run, never the key itself.
+
+    In direct mode the API calls the LLM, so its own settings decide; otherwise the workers
+    do, and their heartbeats say whether any of them has a key or a base URL.
+    """
+    workers = request.app.state.workers.summary()
     if settings.chat_direct_llm:
-        return "configured" if (settings.openai_api_key or settings.openai_base_url) else "missing_key"
-    return "via_workers"
+        configured, mode = bool(settings.openai_api_key or settings.openai_base_url), "direct"
+    else:
+        configured, mode = workers.llm_configured, "via_workers"
+    return {"openai": "configured" if configured else "missing", "llm": mode, "workers": workers.count}
 
 
 @router.get("/health", summary="Liveness: the process answers")
@@ -31,19 +41,24 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/health/full", summary="Readiness: the broker connection is up")
-async def health_full(settings: SettingsDep, broker: BrokerDep, hub: HubDep) -> JSONResponse:
+async def health_full(
+    request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
+) -> JSONResponse:
     connected = broker.connected
     body = {
         "status": "ok" if connected else "degraded",
         "rabbitmq": "connected" if connected else "disconnected",
-        "openai": _llm_mode(settings),
+        **_llm_state(request, settings),
         "sessions": len(hub),
     }
     return JSONResponse(body, status_code=200 if connected else 503)
 
 
 @router.get("/stats", summary="Task queue statistics")
-async def stats(settings: SettingsDep, broker: BrokerDep, hub: HubDep) -> JSONResponse:
+async def stats(
+    request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
+) -> JSONResponse:
+    workers = request.app.state.workers.summary()
     try:
         queue = await broker.queue_stats()
     except BrokerUnavailable as exc:
@@ -60,26 +75,47 @@ async def stats(settings: SettingsDep, broker: BrokerDep, hub: HubDep) -> JSONRe
             "consumers": queue["consumers"],
             "open_streams": len(hub.served_sessions()),
             "sessions": len(hub),
+            "workers": workers.count,
+            "worker_concurrency": workers.concurrency,
+            "generations_running": workers.running,
         }
     )
 
 
-@router.get("/test", summary="Check the connection to the LLM")
-async def test(request: Request, settings: SettingsDep) -> JSONResponse:
+@router.get("/test", summary="Check the LLM from the API: a tiny completion, or a model list as JSON")
+async def test(request: Request, settings: SettingsDep) -> Response:
+    """``text/plain`` ``OK: <reply>`` / ``ERROR: <why>`` (the old contract) by default; with
+    ``Accept: application/json`` the model list as JSON."""
     client = request.app.state.llm_client()
+    base_url = settings.openai_base_url or "https://api.openai.com/v1"
+    if "application/json" not in request.headers.get("accept", ""):
+        return await _test_completion(client, settings)
     try:
         async with asyncio.timeout(LLM_CHECK_TIMEOUT_S):
             models = await check_connection(client)
     except (UpstreamError, TimeoutError) as exc:
         return JSONResponse(
             {"status": "error", "error": "llm_unreachable", "message": str(exc) or "timed out",
-             "base_url": settings.openai_base_url or "https://api.openai.com/v1"},
+             "base_url": base_url},
             status_code=503,
         )
     return JSONResponse(
         {"status": "ok", "model": settings.llm_model, "model_available": settings.llm_model in models,
-         "models": models[:20], "base_url": settings.openai_base_url or "https://api.openai.com/v1"}
+         "models": models[:20], "base_url": base_url}
     )
+
+
+async def _test_completion(client, settings) -> PlainTextResponse:
+    tiny = settings.model_copy(update={"llm_max_tokens": TEST_MAX_TOKENS, "system_prompt": ""})
+    pieces: list[str] = []
+    try:
+        async with asyncio.timeout(LLM_CHECK_TIMEOUT_S):
+            async for text in stream_answer(client, tiny, TEST_PROMPT):
+                pieces.append(text)
+    except (UpstreamError, TimeoutError) as exc:
+        why = str(exc) or f"no answer within {LLM_CHECK_TIMEOUT_S:g}s"
+        return PlainTextResponse(f"ERROR: {why}", status_code=503)
+    return PlainTextResponse(f"OK: {''.join(pieces).strip()}")
 
 
 @router.get("/metrics", include_in_schema=False)

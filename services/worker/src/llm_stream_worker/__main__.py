@@ -12,6 +12,7 @@ from aiormq.exceptions import AMQPError
 from mqcommon.gc import freeze_startup_heap
 from mqcommon.logging import setup_logging
 
+from llm_stream_worker.heartbeat import Heartbeat
 from llm_stream_worker.service import Worker, start_metrics_server
 from llm_stream_worker.settings import WorkerSettings
 
@@ -28,6 +29,8 @@ async def run(settings: WorkerSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     server = await start_metrics_server(worker)
+    heartbeat = Heartbeat(settings, lambda: worker._connection, lambda: len(worker.running), worker.is_ready)
+    heartbeat.start()
     if not settings.openai_api_key:
         log.warning("OPENAI_API_KEY is not set: requests go to OPENAI_BASE_URL without a key",
                     base_url=settings.openai_base_url)
@@ -46,6 +49,7 @@ async def run(settings: WorkerSettings) -> None:
     watchdog = asyncio.create_task(worker.run_watchdog())
     await stop.wait()
     watchdog.cancel()
+    await heartbeat.stop()
     await worker.shutdown()
     if server is not None:
         server.close()

@@ -32,6 +32,10 @@ class WorkerSettings(BrokerSettings, LLMSettings):
         default=60.0, gt=0,
         description="Cancel a generation when no API process has served its session for this long.",
     )
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, le=60,
+        description="How often the worker tells the API processes it is alive (and if an LLM is set).",
+    )
     metrics_port: int = Field(default=9100, ge=0, le=65535, description="/metrics and /health port.")
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of the metrics server.")
 

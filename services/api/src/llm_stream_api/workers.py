@@ -1,0 +1,125 @@
+"""What this API process knows about the workers: their heartbeats, kept briefly.
+
+Every API process binds an exclusive, auto-delete queue to the workers fanout exchange and
+keeps the last heartbeat of each worker that consumes *its* task queue (deployments may share
+a broker and the exchange). A worker silent for ``EXPIRY_INTERVALS`` of its announced interval
+is forgotten; one that says it is stopping is forgotten at once. On connecting, the process
+sends a probe so the workers answer without waiting for their next interval.
+
+``/health/full`` uses it to answer ``"openai": "configured"`` when a worker has an LLM
+configured (the API itself may hold no key), and ``/stats`` for the worker count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import AMQPException
+from aiormq.exceptions import AMQPError
+from mqcommon.heartbeat import EXPIRY_INTERVALS, PROBE, WorkerHeartbeat, decode
+from mqcommon.topology import Topology, declare_exchange
+
+log = structlog.get_logger(__name__)
+
+BROKER_ERRORS = (AMQPException, AMQPError, ConnectionError, RuntimeError, TimeoutError)
+RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersSummary:
+    count: int
+    llm_configured: bool
+    concurrency: int
+    running: int
+
+
+class WorkerRegistry:
+    """The last heartbeat of each live worker of one task queue."""
+
+    def __init__(self, task_queue: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.task_queue = task_queue
+        self._clock = clock
+        self._seen: dict[str, tuple[float, WorkerHeartbeat]] = {}
+
+    def observe(self, beat: WorkerHeartbeat) -> None:
+        if beat.queue != self.task_queue:
+            return
+        if beat.state == "stopping":
+            self._seen.pop(beat.worker, None)
+        else:
+            self._seen[beat.worker] = (self._clock(), beat)
+
+    def alive(self) -> list[WorkerHeartbeat]:
+        now = self._clock()
+        expired = [
+            name for name, (seen, beat) in self._seen.items()
+            if now - seen > EXPIRY_INTERVALS * beat.interval_s
+        ]
+        for name in expired:
+            del self._seen[name]
+        return [beat for _, beat in self._seen.values()]
+
+    def summary(self) -> WorkersSummary:
+        beats = self.alive()
+        return WorkersSummary(
+            count=len(beats),
+            llm_configured=any(beat.llm_configured for beat in beats),
+            concurrency=sum(beat.concurrency for beat in beats),
+            running=sum(beat.running for beat in beats),
+        )
+
+
+class WorkerWatch:
+    """Consume heartbeats on the API's broker connection, once it exists."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        connection: Callable[[], AbstractRobustConnection | None],
+        registry: WorkerRegistry,
+    ) -> None:
+        self.topology = topology
+        self._connection = connection
+        self.registry = registry
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="worker-heartbeats")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            connection = self._connection()
+            if connection is not None and not connection.is_closed:
+                try:
+                    await self._setup(connection)
+                    return
+                except BROKER_ERRORS as exc:
+                    log.warning("cannot watch worker heartbeats; retrying", error=str(exc))
+            await asyncio.sleep(RETRY_S if connection is not None else 0.1)
+
+    async def _setup(self, connection: AbstractRobustConnection) -> None:
+        channel = await connection.channel()
+        exchange = await declare_exchange(channel, self.topology.workers_exchange)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange)
+        await queue.consume(self._on_message, no_ack=True)
+        # Ask every worker for a heartbeat now rather than within its next interval.
+        await exchange.publish(aio_pika.Message(PROBE), routing_key="", mandatory=False)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        beat = decode(message.body)
+        if isinstance(beat, WorkerHeartbeat):
+            self.registry.observe(beat)
