@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from mqcommon.gc import freeze_startup_heap
 from mqcommon.llm import make_client
 from mqcommon.logging import setup_logging
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_stream_api import chat, errors, metrics, ops
@@ -58,6 +59,9 @@ class RequestMetrics:
 def _route(scope: Scope) -> str:
     route = scope.get("route")
     return getattr(route, "path", None) or "unmatched"
+
+
+CORS_EXPOSE_HEADERS = ["X-Session-ID", "X-Trace-ID", "Retry-After"]
 
 
 def create_app(settings: APISettings | None = None) -> FastAPI:
@@ -114,6 +118,17 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.add_middleware(RequestMetrics)
+    if settings.cors_origins:
+        # A plain ASGI middleware too, so streaming routes keep seeing disconnects.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=CORS_EXPOSE_HEADERS,
+            max_age=settings.cors_max_age_s,
+        )
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(ops.router)

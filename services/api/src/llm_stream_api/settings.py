@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from mqcommon.settings import BrokerSettings, LLMSettings
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 
@@ -45,6 +45,28 @@ class APISettings(BrokerSettings, LLMSettings):
         default=False, description="POST /chat calls the LLM from the API instead of the workers."
     )
     stats_cache_s: float = Field(default=1.0, ge=0, description="Cache of queue statistics.")
+    cors_allow_origins: str = Field(
+        default="*",
+        description="Origins allowed to call the API from a browser: '*', a comma-separated list "
+        "(e.g. 'http://localhost:3000,null' for a page opened from disk), or empty for none.",
+    )
+    cors_allow_credentials: bool = Field(
+        default=False, description="Allow cookies and HTTP auth cross-origin (explicit origins only)."
+    )
+    cors_max_age_s: int = Field(default=600, ge=0, description="How long browsers cache a preflight.")
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
+
+    @model_validator(mode="after")
+    def _cors_credentials_need_origins(self) -> APISettings:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError(
+                "CORS_ALLOW_CREDENTIALS needs explicit CORS_ALLOW_ORIGINS: with '*' any site "
+                "could make credentialed requests"
+            )
+        return self
 
 
 @lru_cache
