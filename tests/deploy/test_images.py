@@ -1,10 +1,11 @@
-"""The images, without a Docker engine: replay each Dockerfile's build stage on this machine.
+"""The Dockerfile read as an engine reads it, and its build stages replayed without an engine.
 
-The replay reads the Dockerfile itself: it copies what the COPY lines copy (from a context
-filtered by .dockerignore, as the engine would send it), runs the RUN lines (the `uv sync`
-steps, same flags, same ENV) into a temporary root, then starts the console script from the
-resulting virtualenv the way the image's ENTRYPOINT does, and calls the paths the Kubernetes
-probes call. What it cannot prove is the base image itself (pinned, not pulled here).
+The repository-root Dockerfile has one target per service. The replay reads it: for a target
+it copies what the COPY lines of its build stages copy (from a context filtered by
+.dockerignore, as the engine would send it), runs their RUN lines (the `uv sync` steps, same
+flags, same ENV) into a temporary root, then starts the console script from the resulting
+virtualenv the way the image's ENTRYPOINT does, and calls the paths the Kubernetes probes call.
+The real images, built and run under podman, are tests/containers/.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .manifests import REPO, component, container, helm_template
 
 pytestmark = pytest.mark.deploy
 
 SERVICES = ("api", "worker", "mockllm")
+DOCKERFILE = REPO / "Dockerfile"
 EXTERNAL = ("--set", "rabbitmq.url=amqp://u:p@rabbitmq.example.com:5672/", "--set", "llm.apiKey=k")
 
 
@@ -66,6 +69,19 @@ def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
         else:
             stages[-1].instructions.append((instruction, rest))
     return args, stages
+
+
+def lineage(stages: list[Stage], name: str) -> list[Stage]:
+    """The stage called `name` and the stages it is built FROM, outermost first."""
+    by_name = {s.name: s for s in stages if s.name}
+    chain = [by_name[name]]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    return chain
+
+
+def instructions(chain: list[Stage]) -> list[tuple[str, str]]:
+    return [i for stage in chain for i in stage.instructions]
 
 
 def env_pairs(rest: str) -> dict[str, str]:
@@ -140,13 +156,13 @@ def copy_from_context(sources: list[str], dest: Path, context: set[str]) -> None
             shutil.copy2(REPO / relative, target)
 
 
-def replay_build_stage(dockerfile: Path, root: Path, context: set[str]) -> dict[str, str]:
-    """Run the build stage's COPY/ENV/WORKDIR/RUN lines under `root`; returns the stage ENV."""
-    _, stages = parse_dockerfile(dockerfile)
-    (build,) = [s for s in stages if s.name == "build"]
+def replay_build_stage(service: str, root: Path, context: set[str]) -> dict[str, str]:
+    """Run the COPY/ENV/WORKDIR/RUN lines of `build-<service>` and the stages it is built
+    from, under `root`; returns their ENV."""
+    _, stages = parse_dockerfile(DOCKERFILE)
     env: dict[str, str] = {}
     workdir = root
-    for instruction, rest in build.instructions:
+    for instruction, rest in instructions(lineage(stages, f"build-{service}")):
         if instruction == "ENV":
             env |= env_pairs(rest)
         elif instruction == "WORKDIR":
@@ -155,7 +171,7 @@ def replay_build_stage(dockerfile: Path, root: Path, context: set[str]) -> dict[
         elif instruction == "COPY":
             words = shlex.split(rest)
             if any(w.startswith("--from=") for w in words):
-                continue  # the uv binary: this machine's uv stands in for it
+                continue  # the uv binary: this machine's uv (the same pinned release) stands in
             *sources, dest = words
             target = workdir / dest if not dest.startswith("/") else root / dest.lstrip("/")
             if dest.endswith("/") or dest in (".", "./"):
@@ -183,7 +199,7 @@ def replay_build_stage(dockerfile: Path, root: Path, context: set[str]) -> dict[
             )
             assert result.returncode == 0, f"`{' '.join(words)}` failed:\n{result.stderr}"
         else:
-            raise AssertionError(f"{dockerfile}: {instruction} in the build stage is not replayed")
+            raise AssertionError(f"Dockerfile: {instruction} in build-{service} is not replayed")
     return env
 
 
@@ -209,42 +225,65 @@ def workspace_deps(name: str, members: dict[str, Path]) -> set[str]:
 # --- static checks ----------------------------------------------------------------------------
 
 
+def test_one_dockerfile_with_a_target_per_service() -> None:
+    assert not list(REPO.glob("services/*/Dockerfile")), "the images are built from the root Dockerfile"
+    _, stages = parse_dockerfile(DOCKERFILE)
+    names = [s.name for s in stages]
+    assert set(SERVICES) <= set(names)
+    assert names[-1] == "api", "a build without --target gives the API"
+    # skaffold builds the same targets from the same file.
+    skaffold = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+    artifacts = list(skaffold["build"]["artifacts"])
+    for profile in skaffold.get("profiles", []):
+        artifacts += [p["value"] for p in profile.get("patches", []) if p["path"] == "/build/artifacts/-"]
+    targets = {
+        a["image"]: (a["context"], a["docker"]["dockerfile"], a["docker"]["target"]) for a in artifacts
+    }
+    assert targets == {f"llm-stream-{s}": (".", "Dockerfile", s) for s in SERVICES}
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_dockerfile_follows_the_rules(service: str) -> None:
-    dockerfile = REPO / "services" / service / "Dockerfile"
-    args, stages = parse_dockerfile(dockerfile)
+    args, stages = parse_dockerfile(DOCKERFILE)
     members = member_dirs()
     package = tomllib.loads((REPO / f"services/{service}/pyproject.toml").read_text())["project"]["name"]
 
-    # Pinned bases: an exact Python patch release on a named Debian, an exact uv release.
+    # Pinned defaults: an exact Python patch release on a named Debian, an exact uv release
+    # from PyPI (the one uv.lock was written with here). Every stage starts from PYTHON_IMAGE
+    # or from another stage, so one build argument moves the whole file to another base.
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", args["PYTHON_IMAGE"])
-    assert re.fullmatch(r"ghcr\.io/astral-sh/uv:\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", args["UV_IMAGE"])
-    build, runtime = stages[-2], stages[-1]
-    assert build.name == "build" and runtime.base == args["PYTHON_IMAGE"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["UV_VERSION"])
+    stage_names = {s.name for s in stages}
+    assert all(s.base == args["PYTHON_IMAGE"] or s.base in stage_names for s in stages)
+    uv_stage = lineage(stages, "uv")
+    assert any('"uv==${UV_VERSION}"' in rest for i, rest in instructions(uv_stage) if i == "RUN")
 
-    runs = [n for n, (i, _) in enumerate(build.instructions) if i == "RUN"]
+    build = instructions(lineage(stages, f"build-{service}"))
+    runs = [n for n, (i, _) in enumerate(build) if i == "RUN"]
     assert len(runs) == 2, "one dependency sync, one code sync"
+    build_env: dict[str, str] = {}
+    for i, rest in build:
+        if i == "ENV":
+            build_env |= env_pairs(rest)
+    assert build_env["UV_COMPILE_BYTECODE"] == "1" and build_env["UV_LINK_MODE"] == "copy"
 
-    def copied(instructions: list[tuple[str, str]]) -> set[str]:
+    def copied(part: list[tuple[str, str]]) -> set[str]:
         return {
-            w
-            for i, rest in instructions
-            if i == "COPY" and "--from=" not in rest
-            for w in shlex.split(rest)[:-1]
+            w for i, rest in part if i == "COPY" and "--from=" not in rest for w in shlex.split(rest)[:-1]
         }
 
     # Dependencies in their own layer: the lock and every member's pyproject.toml (uv reads
     # the whole workspace), then a sync without the workspace members.
-    manifests = copied(build.instructions[: runs[0]])
+    manifests = copied(build[: runs[0]])
     expected = {"pyproject.toml", "uv.lock"} | {
         str((m / "pyproject.toml").relative_to(REPO)) for m in members.values()
     }
     assert manifests == expected
     # Then exactly this service and the workspace libraries it imports, and a non-editable sync.
-    code = copied(build.instructions[runs[0] + 1 : runs[1]])
+    code = copied(build[runs[0] + 1 : runs[1]])
     assert code == {str(members[m].relative_to(REPO)) for m in workspace_deps(package, members)}
     deps_sync, code_sync = (
-        [w for w in shlex.split(build.instructions[n][1]) if not w.startswith("--mount=")] for n in runs
+        [w for w in shlex.split(build[n][1]) if not w.startswith("--mount=")] for n in runs
     )
     for sync in (deps_sync, code_sync):
         assert sync[:2] == ["uv", "sync"] and {"--frozen", "--no-dev"} <= set(sync)
@@ -252,11 +291,15 @@ def test_dockerfile_follows_the_rules(service: str) -> None:
     assert "--no-install-workspace" in deps_sync and "--no-editable" in code_sync
 
     # Final stage: only the virtualenv, a numeric non-root user, an exec-form entry point.
-    final = dict(runtime.instructions)
-    assert [i for i, _ in runtime.instructions if i in ("RUN", "ADD")] == []
-    assert [r for i, r in runtime.instructions if i == "COPY"] == ["--from=build /app/venv /app/venv"]
-    uid, _, gid = final["USER"].partition(":")
-    assert uid.isdigit() and int(uid) > 0 and gid.isdigit()
+    final_chain = lineage(stages, service)
+    assert final_chain[0].base == args["PYTHON_IMAGE"], "the final stage does not carry the build tools"
+    final_instructions = instructions(final_chain)
+    final = dict(final_instructions)
+    assert [i for i, _ in final_instructions if i in ("RUN", "ADD")] == []
+    assert [r for i, r in final_instructions if i == "COPY"] == [
+        f"--from=build-{service} /app/venv /app/venv"
+    ]
+    assert final["USER"] == "10001:10001"
     entrypoint = json.loads(final["ENTRYPOINT"])
     scripts = tomllib.loads((REPO / f"services/{service}/pyproject.toml").read_text())["project"]["scripts"]
     assert entrypoint == [next(iter(scripts))]
@@ -334,11 +377,15 @@ def probe_paths(name: str) -> dict[str, str]:
 def test_image_build_replayed_and_entry_point_started(
     service: str, context: set[str], tmp_path: Path
 ) -> None:
-    dockerfile = REPO / "services" / service / "Dockerfile"
-    env = replay_build_stage(dockerfile, tmp_path, context)
+    env = replay_build_stage(service, tmp_path, context)
     venv = tmp_path / env["UV_PROJECT_ENVIRONMENT"].lstrip("/")
-    _, stages = parse_dockerfile(dockerfile)
-    final = dict(stages[-1].instructions)
+    _, stages = parse_dockerfile(DOCKERFILE)
+    final_instructions = instructions(lineage(stages, service))
+    final = dict(final_instructions)
+    final_env: dict[str, str] = {}
+    for i, rest in final_instructions:
+        if i == "ENV":
+            final_env |= env_pairs(rest)
     (script,) = json.loads(final["ENTRYPOINT"])
     package = {"api": "llm_stream_api", "worker": "llm_stream_worker", "mockllm": "llm_stream_mockllm"}
 
@@ -351,7 +398,7 @@ def test_image_build_replayed_and_entry_point_started(
 
     # The runtime ENV of the final stage, then what the pod adds.
     run_env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "SYSTEMROOT")}
-    run_env |= env_pairs(final["ENV"]) | {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    run_env |= final_env | {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
     run_env["HOME"] = str(tmp_path)
     unreachable_broker = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
     port = free_port()

@@ -136,7 +136,7 @@ def test_skaffold_builds_two_images_from_the_root_and_deploys_the_chart() -> Non
     for name, artifact in artifacts.items():
         assert artifact.get("context", ".") == "."
         assert (REPO / artifact["docker"]["dockerfile"]).is_file()
-        assert name.removeprefix("llm-stream-") in artifact["docker"]["dockerfile"]
+        assert artifact["docker"]["target"] == name.removeprefix("llm-stream-")
     (release,) = config["deploy"]["helm"]["releases"]
     assert (REPO / release["chartPath"] / "Chart.yaml").is_file()
     for path in release["valuesFiles"]:

@@ -1,0 +1,221 @@
+"""Build the three images with podman from the repository's Dockerfile, cached by their inputs.
+
+    python3 scripts/images.py build [--force]    # what `make images` runs
+    python3 scripts/images.py sizes              # the images' sizes, as a Markdown table
+
+Every image is tagged ``localhost/llm-stream-<service>:dev`` and labelled with a digest of its
+inputs: the Dockerfile, the build arguments and every file of the build context (the
+repository filtered by .dockerignore). When the image present carries the digest of the
+current inputs, its build is skipped; otherwise podman builds it, reusing its own layer cache
+(the dependency layers change only with uv.lock and the pyproject.toml files).
+
+Base images come from scripts/containers.sh (Debian's python3 on a debootstrapped bookworm);
+set PYTHON_IMAGE to build from another one (for example python:3.11.15-slim-bookworm, where a
+registry is reachable). Standard library only: runs with the system python3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONTAINERS_SH = REPO / "scripts" / "containers.sh"
+SERVICES = ("api", "worker", "mockllm")
+TAG = "dev"
+LABEL = "io.llm-stream.inputs"
+
+
+def image_name(service: str) -> str:
+    return f"localhost/llm-stream-{service}:{TAG}"
+
+
+def fail(message: str) -> None:
+    print(f"images: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+# --- the build context, as the engine sends it -----------------------------------------------
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as a regex: "*" and "?" stay within one path segment."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def _rules() -> list[tuple[bool, re.Pattern[str]]]:
+    rules = []
+    for line in (REPO / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        rules.append((negate, _pattern_regex(os.path.normpath(line.lstrip("!").strip().strip("/")))))
+    return rules
+
+
+def context_files() -> list[str]:
+    """Repository-relative files of the build context (Docker's .dockerignore semantics: the
+    last rule matching a path or one of its parents decides)."""
+    rules = _rules()
+    reincluded = [regex.pattern for negate, regex in rules if negate]
+
+    def excluded(relative: str) -> bool:
+        parts = relative.split("/")
+        candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        result = False
+        for negate, regex in rules:
+            if any(regex.match(c) for c in candidates):
+                result = not negate
+        return result
+
+    def prunable(relative: str) -> bool:
+        # An excluded folder that no "!" rule reaches into (.git, .venv, node_modules, ...).
+        return excluded(relative) and not any(p.startswith(re.escape(relative + "/")) for p in reincluded)
+
+    files = []
+    for dirpath, dirnames, filenames in os.walk(REPO):
+        rel_dir = Path(dirpath).relative_to(REPO).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = [d for d in dirnames if not prunable(prefix + d)]
+        files += [prefix + name for name in filenames if not excluded(prefix + name)]
+    return sorted(files)
+
+
+def build_args() -> dict[str, str]:
+    return {"PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", "localhost/python3:bookworm")}
+
+
+def inputs_digest(service: str, base_id: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"target={service}\nbase={base_id}\n".encode())
+    digest.update(json.dumps(build_args(), sort_keys=True).encode())
+    for relative in ["Dockerfile", *context_files()]:
+        digest.update(relative.encode() + b"\0" + (REPO / relative).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+# --- podman --------------------------------------------------------------------------------------
+
+
+def podman(*args: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(CONTAINERS_SH), "podman", *args],
+        capture_output=capture,
+        text=True,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        fail(f"`podman {' '.join(args)}` exited {result.returncode}:\n{result.stderr or ''}")
+    return result
+
+
+def image_label(name: str) -> str | None:
+    result = podman("image", "inspect", "--format", f'{{{{index .Labels "{LABEL}"}}}}', name, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def image_size(name: str) -> int:
+    return int(podman("image", "inspect", "--format", "{{.Size}}", name).stdout.strip())
+
+
+def prepare_base() -> str:
+    """The base image (made locally unless PYTHON_IMAGE names another); returns its id."""
+    subprocess.run([str(CONTAINERS_SH), "install"], check=True)
+    base = build_args()["PYTHON_IMAGE"]
+    if base == "localhost/python3:bookworm":
+        subprocess.run([str(CONTAINERS_SH), "python", "bookworm"], check=True, stdout=subprocess.DEVNULL)
+    result = podman("image", "inspect", "--format", "{{.Id}}", base, check=False)
+    if result.returncode != 0:
+        fail(f"base image {base} is not present and no registry can be reached: build it or pull it first")
+    return result.stdout.strip()
+
+
+def build(force: bool = False) -> dict[str, float]:
+    """Build (or reuse) every image; returns the seconds each build took (0 when reused)."""
+    base_id = prepare_base()
+    took = {}
+    for service in SERVICES:
+        name = image_name(service)
+        digest = inputs_digest(service, base_id)
+        if not force and image_label(name) == digest:
+            print(f"images: {name} is up to date (inputs {digest})", file=sys.stderr)
+            took[service] = 0.0
+            continue
+        print(f"images: building {name} (inputs {digest})", file=sys.stderr)
+        args = [f"--build-arg={k}={v}" for k, v in build_args().items()]
+        # The machine's trust store for the RUN steps (pip, uv), so a TLS-inspecting proxy
+        # that the host trusts is trusted by the build too; the images do not keep it.
+        bundle = Path(os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
+        if bundle.is_file():
+            args.append(f"--volume={bundle.resolve()}:/etc/ssl/certs/ca-certificates.crt:ro")
+        started = time.monotonic()
+        result = podman(
+            "build",
+            "--network=host",
+            "--pull=never",
+            "--layers",
+            f"--target={service}",
+            f"--label={LABEL}={digest}",
+            f"--tag={name}",
+            *args,
+            "--file",
+            str(REPO / "Dockerfile"),
+            str(REPO),
+            capture=False,
+            check=False,
+        )
+        if result.returncode != 0:
+            fail(
+                f"building {name} failed (output above). Without network to PyPI and Debian the "
+                "build cannot install uv or the dependencies; see scripts/containers.sh for the setup."
+            )
+        took[service] = time.monotonic() - started
+    return took
+
+
+def sizes_table() -> str:
+    lines = ["| image | size |", "|---|--:|"]
+    for service in SERVICES:
+        lines.append(f"| `{image_name(service)}` | {image_size(image_name(service)) / 1e6:.0f} MB |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    build_parser = sub.add_parser("build", help="build the images (skipped when their inputs are unchanged)")
+    build_parser.add_argument("--force", action="store_true", help="build even when the inputs are unchanged")
+    sub.add_parser("sizes", help="print the images' sizes")
+    args = parser.parse_args()
+    if args.command == "build":
+        took = build(force=args.force)
+        for service, seconds in took.items():
+            state = f"built in {seconds:.0f} s" if seconds else "reused"
+            print(f"images: {image_name(service)}: {state}", file=sys.stderr)
+    print(sizes_table())
+
+
+if __name__ == "__main__":
+    main()
