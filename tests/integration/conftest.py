@@ -1,7 +1,8 @@
 """Fixtures of the integration tests: the broker, the mock LLM, isolated deployments.
 
-The broker is a RabbitMQ container when a Docker engine is reachable, else the broker at
-``RABBITMQ_URL``; when neither answers every test fails with instructions. The mock LLM is
+The broker is the run's (``tests/conftest.py``): a private RabbitMQ node by default, a
+RabbitMQ 4 container with ``TEST_BROKER=container``, the broker at ``RABBITMQ_URL`` when it is
+set; a broker that cannot be had fails every test with instructions. The mock LLM is
 shared by the whole run (its answers depend only on the prompt, and every test uses prompts
 of its own). Deployments (uuid-named queues and exchanges plus API and worker processes) are
 module-scoped where tests can share them, per test where a test kills processes.
@@ -9,44 +10,26 @@ module-scoped where tests can share them, per test where a test kills processes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from support.brokers import Broker
 
-from .support.broker import (
-    DEFAULT_URL,
-    HOW_TO_START,
-    check_reachable,
-    docker_reachable,
-    rabbitmq_container,
-    run_sync,
-)
 from .support.deployment import Deployment, deployment, mock_llm
 from .support.processes import LIVE
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> Iterator[str]:
-    if docker_reachable():
-        with rabbitmq_container() as url:
-            yield url
-        return
-    url = os.environ.get("RABBITMQ_URL", DEFAULT_URL)
-    problem = None
-    try:
-        run_sync(lambda: check_reachable(url))
-    except Exception as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    if problem is not None:
-        where = url.rsplit("@", 1)[-1]
-        pytest.fail(
-            f"No Docker engine, and no RabbitMQ broker answers at {where} ({problem}).\n{HOW_TO_START}",
-            pytrace=False,
-        )
-    yield url
+def broker(rabbitmq: Broker) -> Broker:
+    """The run's broker: AMQP, management API, version."""
+    return rabbitmq
+
+
+@pytest.fixture(scope="session")
+def broker_url(rabbitmq: Broker) -> str:
+    return rabbitmq.amqp_url
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +44,15 @@ def mock_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def make_deployment(
-    broker_url: str, mock_url: str, tmp_path: Path
+    broker: Broker, mock_url: str, tmp_path: Path
 ) -> Iterator[Callable[[], Deployment]]:
     """Deployments of one test, closed when it ends."""
     opened: list[Deployment] = []
 
     def make() -> Deployment:
-        created = Deployment(broker_url, mock_url, tmp_path / f"deployment-{len(opened) + 1}")
+        created = Deployment(
+            broker.amqp_url, mock_url, tmp_path / f"deployment-{len(opened) + 1}", broker.management_url
+        )
         opened.append(created)
         return created
 
@@ -84,14 +69,14 @@ def make_deployment(
 
 @pytest.fixture(scope="module")
 def module_deployment(
-    broker_url: str,
+    broker: Broker,
     mock_url: str,
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[Deployment]:
     """An empty deployment shared by a module; the module adds and starts its processes."""
     log_dir = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    with deployment(broker_url, mock_url, log_dir) as created:
+    with deployment(broker.amqp_url, mock_url, log_dir, broker.management_url) as created:
         yield created
 
 

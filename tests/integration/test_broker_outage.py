@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 import pytest
+from support.brokers import Broker
 
 from .support.deployment import Deployment, prompt
 from .support.sse import assert_complete, read_stream
@@ -29,23 +30,16 @@ def stack(module_deployment: Deployment) -> Deployment:
     return module_deployment.start()
 
 
-def management_url(broker_url: str) -> str:
-    parts = urlsplit(broker_url)
-    return f"http://{parts.hostname}:15672"
-
-
-async def cut_connections(broker_url: str, stack: Deployment) -> int:
+async def cut_connections(broker: Broker, stack: Deployment) -> int:
     """Close the broker connections of the stack's processes; returns how many were closed.
 
     Connections are named ``llm-stream-<role>@<host>:<pid>``. The management API lists a new
     connection only after its next statistics round (5 s by default), so wait for one
     connection per process, within a deadline.
     """
-    parts = urlsplit(broker_url)
-    auth = (parts.username or "guest", parts.password or "guest")
     pids = {str(service.proc.pid) for service in (*stack.apis, *stack.workers) if service.proc}
     deadline = time.monotonic() + RECONNECT_DEADLINE_S
-    async with httpx.AsyncClient(base_url=management_url(broker_url), auth=auth, timeout=10) as api:
+    async with broker.management(timeout=10) as api:
         while True:
             connections = (await api.get("/api/connections")).json()
             ours = [
@@ -63,7 +57,7 @@ async def cut_connections(broker_url: str, stack: Deployment) -> int:
 
 
 async def test_an_answer_survives_losing_every_broker_connection(
-    stack: Deployment, broker_url: str
+    stack: Deployment, broker: Broker
 ) -> None:
     api = stack.apis[0].base_url
     question = prompt("outage", tokens=40, tps=10)
@@ -71,7 +65,7 @@ async def test_an_answer_survives_losing_every_broker_connection(
         queued = (await client.post(f"{api}/chat/async", json={"message": question.text})).json()
         first = await read_stream(client, f"{api}{queued['stream_url']}", max_events=5)
         assert len(first.events) == 5
-        assert await cut_connections(broker_url, stack) == 2  # the API's and the worker's
+        assert await cut_connections(broker, stack) == 2  # the API's and the worker's
         rest = await read_stream(
             client, f"{api}{queued['stream_url']}", last_event_id=first.ids[-1], timeout=60
         )
@@ -81,10 +75,10 @@ async def test_an_answer_survives_losing_every_broker_connection(
 
 
 async def test_new_requests_are_served_after_the_connections_come_back(
-    stack: Deployment, broker_url: str
+    stack: Deployment, broker: Broker
 ) -> None:
     api = stack.apis[0].base_url
-    assert await cut_connections(broker_url, stack) == 2
+    assert await cut_connections(broker, stack) == 2
     question = prompt("after-outage", tokens=5)
     deadline = time.monotonic() + RECONNECT_DEADLINE_S
     async with httpx.AsyncClient(timeout=30) as client:

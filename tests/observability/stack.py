@@ -2,7 +2,8 @@
 
 Each process runs from the workspace virtualenv's entry points (or from PATH for Prometheus) in
 its own session, with its output in a log file, and receives SIGTERM if the test process dies
-(Linux ``PR_SET_PDEATHSIG``). Queue and exchange names carry a per-test id so that nothing
+(Linux ``PR_SET_PDEATHSIG``). The broker is the run's (``tests/conftest.py``, the
+``rabbitmq`` fixture). Queue and exchange names carry a per-test id so that nothing
 another test or a local run does on the same broker can interfere; they are deleted at the end.
 """
 
@@ -27,9 +28,6 @@ import psutil
 import pytest
 
 BIN = Path(sys.executable).parent
-RABBIT_MQ = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
-BROKER_PROMETHEUS = os.environ.get("RABBITMQ_PROMETHEUS_TARGET", "127.0.0.1:15692")
 STOP_TIMEOUT_S = 15.0
 
 
@@ -73,8 +71,8 @@ class Topology:
             "DEAD_LETTER_QUEUE": f"{self.prefix}.dead",
         }
 
-    async def delete(self) -> None:
-        connection = await aio_pika.connect(RABBIT_MQ)
+    async def delete(self, amqp_url: str) -> None:
+        connection = await aio_pika.connect(amqp_url)
         async with connection:
             for queue in ("TASK_QUEUE", "EVENTS_STREAM", "DEAD_LETTER_QUEUE"):
                 channel = await connection.channel()  # a failed delete closes the channel

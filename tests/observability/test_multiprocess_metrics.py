@@ -16,8 +16,9 @@ import httpx
 import psutil
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
+from support.brokers import Broker
 
-from .stack import MANAGEMENT_URL, RABBIT_MQ, Processes, Topology, free_port, http_client, wait_http_ok
+from .stack import Processes, Topology, free_port, http_client, wait_http_ok
 from .tools import check_metrics
 
 pytestmark = pytest.mark.observability
@@ -51,7 +52,7 @@ class MultiprocessAPI:
 
 
 @pytest.fixture(scope="module")
-def api(processes: Processes) -> Iterator[MultiprocessAPI]:
+def api(processes: Processes, rabbitmq: Broker) -> Iterator[MultiprocessAPI]:
     topology = Topology.new()
     port = free_port()
     process = processes.service(
@@ -62,8 +63,8 @@ def api(processes: Processes) -> Iterator[MultiprocessAPI]:
             "PORT": str(port),
             "HOST": "127.0.0.1",
             "UVICORN_WORKERS": "2",
-            "RABBIT_MQ": RABBIT_MQ,
-            "RABBITMQ_MANAGEMENT_URL": MANAGEMENT_URL,
+            "RABBIT_MQ": rabbitmq.amqp_url,
+            "RABBITMQ_MANAGEMENT_URL": rabbitmq.management_url or "",
             "PROMETHEUS_MULTIPROC_DIR": "",  # left to llm-stream-api, as in production
         },
     )
@@ -78,7 +79,7 @@ def api(processes: Processes) -> Iterator[MultiprocessAPI]:
         with contextlib.suppress(psutil.Error, AssertionError):
             metrics_dir = started.metrics_dir()
         process.stop()
-        asyncio.run(topology.delete())
+        asyncio.run(topology.delete(rabbitmq.amqp_url))
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from support.brokers import Broker
 
 from .queries import (
     RULES_DIR,
@@ -33,9 +34,6 @@ from .queries import (
     variable_values,
 )
 from .stack import (
-    BROKER_PROMETHEUS,
-    MANAGEMENT_URL,
-    RABBIT_MQ,
     Processes,
     Topology,
     free_port,
@@ -95,7 +93,7 @@ class Observed:
         return variable_values(dashboard, {"queue": self.topology.task_queue})
 
 
-def prometheus_config(api: str, workers: list[str]) -> dict:
+def prometheus_config(api: str, workers: list[str], broker_target: str) -> dict:
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES_DIR / "*.yaml")],
@@ -116,7 +114,7 @@ def prometheus_config(api: str, workers: list[str]) -> dict:
                 "scrape_timeout": "2s",
                 "metrics_path": "/metrics/detailed",
                 "params": {"family": ["queue_coarse_metrics", "queue_consumer_count"]},
-                "static_configs": [{"targets": [BROKER_PROMETHEUS]}],
+                "static_configs": [{"targets": [broker_target]}],
             },
         ],
     }
@@ -174,10 +172,16 @@ async def drive_wave(api: str, wave: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def observed(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+def observed(
+    processes: Processes, rabbitmq: Broker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Observed]:
     prometheus_bin = require_tool("prometheus")
+    if rabbitmq.prometheus_target is None or rabbitmq.management_url is None:
+        pytest.fail(f"{rabbitmq.description}: the management and prometheus plugins are needed")
     topology = Topology.new()
-    broker = {**topology.env, "RABBIT_MQ": RABBIT_MQ, "LOG_LEVEL": "WARNING", "TASK_MAX_DELIVERIES": "1"}
+    broker = {
+        **topology.env, "RABBIT_MQ": rabbitmq.amqp_url, "LOG_LEVEL": "WARNING", "TASK_MAX_DELIVERIES": "1"
+    }
     mock_port, api_port, prom_port = free_port(), free_port(), free_port()
     worker_ports = [free_port() for _ in range(WORKERS)]
     processes.service(
@@ -214,14 +218,15 @@ def observed(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -> 
             "PORT": str(api_port),
             "HOST": "127.0.0.1",
             "UVICORN_WORKERS": "1",
-            "RABBITMQ_MANAGEMENT_URL": MANAGEMENT_URL,
+            "RABBITMQ_MANAGEMENT_URL": rabbitmq.management_url,
         },
     )
     workdir = tmp_path_factory.mktemp("prometheus")
     config = workdir / "prometheus.yml"
     api_target = f"127.0.0.1:{api_port}"
     worker_targets = [f"127.0.0.1:{port}" for port in worker_ports]
-    config.write_text(yaml.safe_dump(prometheus_config(api_target, worker_targets)))
+    scrape = prometheus_config(api_target, worker_targets, rabbitmq.prometheus_target)
+    config.write_text(yaml.safe_dump(scrape))
     processes.start(
         "prometheus",
         [
@@ -267,7 +272,7 @@ def observed(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -> 
             yield stack
     finally:
         processes.stop_all()
-        asyncio.run(topology.delete())
+        asyncio.run(topology.delete(rabbitmq.amqp_url))
 
 
 # -- the exposition ---------------------------------------------------------------------

@@ -1,37 +1,20 @@
-"""The broker the tests run against, and the uuid-named topology each test group uses.
+"""The uuid-named topology each test group uses on the run's broker, and helpers around it.
 
-A RabbitMQ container when a Docker engine answers; otherwise the broker named by
-``RABBITMQ_URL``. Neither reachable is an error of the test run, never a reason to skip.
+The broker itself is chosen and started once per run (``tests/support/brokers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
-import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
-
-DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
-CONTAINER_IMAGE = os.environ.get("RABBITMQ_IMAGE", "rabbitmq:4.2.5-management")
-DOCKER_PING_TIMEOUT_S = 2
-CONNECT_TIMEOUT_S = 5.0
-
-HOW_TO_START = (
-    "The integration tests need a RabbitMQ broker (3.9 or later, for streams).\n"
-    "Either make a Docker engine reachable (a container is started for the run), or start a\n"
-    "broker and point RABBITMQ_URL at it, e.g. `rabbitmq-server -detached` for the default\n"
-    f"{DEFAULT_URL}"
-)
 
 T = TypeVar("T")
 
@@ -49,71 +32,15 @@ def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
-def docker_reachable() -> bool:
-    """A cheap check: ``GET /_ping`` on the engine named by ``DOCKER_HOST``, short timeout.
-
-    A plain socket rather than the docker client, which leaves a socket open when the
-    engine is missing (an error under warnings-as-errors).
-    """
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    parts = urlsplit(host)
-    if parts.scheme == "unix":
-        if not os.path.exists(parts.path):
-            return False
-        family, address = socket.AF_UNIX, parts.path
-    elif parts.scheme == "tcp" and not os.environ.get("DOCKER_TLS_VERIFY"):
-        family, address = socket.AF_INET, (parts.hostname or "localhost", parts.port or 2375)
-    else:
-        return _docker_client_ping()
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(DOCKER_PING_TIMEOUT_S)
-            sock.connect(address)
-            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            status_line = sock.recv(64).split(b"\r\n", 1)[0]
-    except OSError:
-        return False
-    return status_line.startswith(b"HTTP/1.") and status_line.split()[1:2] == [b"200"]
-
-
-def _docker_client_ping() -> bool:
-    """For engines behind TLS: the docker client knows how to talk to them."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=DOCKER_PING_TIMEOUT_S)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
-async def check_reachable(url: str) -> None:
-    """Open and close one connection; raises if the broker does not answer."""
-    async with asyncio.timeout(CONNECT_TIMEOUT_S):
-        connection = await aio_pika.connect(url)
-    await connection.close()
-
-
-@contextmanager
-def rabbitmq_container() -> Iterator[str]:
-    from testcontainers.community.rabbitmq import RabbitMqContainer
-
-    with RabbitMqContainer(CONTAINER_IMAGE) as container:
-        host = container.get_container_host_ip()
-        port = container.get_exposed_port(container.port)
-        yield f"amqp://{container.username}:{container.password}@{host}:{port}/"
-
-
 @dataclass(frozen=True, slots=True)
 class Names:
     """Queue and exchange names of one isolated llm-stream deployment on the shared broker."""
 
     task_queue: str
     events_stream: str
+    live_exchange: str
     presence_exchange: str
+    workers_exchange: str
     dead_letter_exchange: str
     dead_letter_queue: str
 
@@ -123,7 +50,9 @@ class Names:
         return cls(
             task_queue=f"{prefix}.tasks",
             events_stream=f"{prefix}.events",
+            live_exchange=f"{prefix}.live",
             presence_exchange=f"{prefix}.presence",
+            workers_exchange=f"{prefix}.workers",
             dead_letter_exchange=f"{prefix}.dlx",
             dead_letter_queue=f"{prefix}.dead",
         )
@@ -132,7 +61,9 @@ class Names:
         return {
             "TASK_QUEUE": self.task_queue,
             "EVENTS_STREAM": self.events_stream,
+            "LIVE_EXCHANGE": self.live_exchange,
             "PRESENCE_EXCHANGE": self.presence_exchange,
+            "WORKERS_EXCHANGE": self.workers_exchange,
             "DEAD_LETTER_EXCHANGE": self.dead_letter_exchange,
             "DEAD_LETTER_QUEUE": self.dead_letter_queue,
         }
@@ -151,7 +82,9 @@ async def delete_topology(url: str, names: Names) -> None:
             finally:
                 if not channel.is_closed:
                     await channel.close()
-        for exchange in (names.presence_exchange, names.dead_letter_exchange):
+        for exchange in (
+            names.live_exchange, names.presence_exchange, names.workers_exchange, names.dead_letter_exchange
+        ):
             channel = await connection.channel()
             try:
                 await channel.exchange_delete(exchange)

@@ -40,8 +40,11 @@ def mock_llm(log_dir: Path) -> Service:
 
 
 class Deployment:
-    def __init__(self, broker_url: str, mock_url: str, log_dir: Path) -> None:
+    def __init__(
+        self, broker_url: str, mock_url: str, log_dir: Path, management_url: str | None = None
+    ) -> None:
         self.broker_url = broker_url
+        self.management_url = management_url
         self.mock_url = mock_url
         self.log_dir = log_dir
         self.names = Names.fresh()
@@ -51,6 +54,7 @@ class Deployment:
     def _common_env(self) -> dict[str, str]:
         return {
             "RABBIT_MQ": self.broker_url,
+            **({"RABBITMQ_MANAGEMENT_URL": self.management_url} if self.management_url else {}),
             "OPENAI_BASE_URL": f"{self.mock_url}/v1",
             "OPENAI_API_KEY": "test",
             "LOG_FORMAT": "console",
@@ -128,9 +132,11 @@ def session_id(label: str = "s") -> str:
 
 
 @contextmanager
-def deployment(broker_url: str, mock_url: str, log_dir: Path) -> Iterator[Deployment]:
+def deployment(
+    broker_url: str, mock_url: str, log_dir: Path, management_url: str | None = None
+) -> Iterator[Deployment]:
     """A deployment that is closed (processes stopped, topology deleted) on the way out."""
-    created = Deployment(broker_url, mock_url, log_dir)
+    created = Deployment(broker_url, mock_url, log_dir, management_url)
     try:
         yield created
     finally:
