@@ -89,6 +89,7 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
             metrics.QueueDepthCollector(
                 settings.rabbitmq_management_url,
                 {"tasks": settings.task_queue, "dead_letter": settings.dead_letter_queue},
+                passive=metrics.PassiveDepth(lambda: broker._connection),
             ),
         ]
         registry = WorkerRegistry(settings.task_queue)
