@@ -70,7 +70,7 @@ async def test_an_answer_survives_losing_every_broker_connection(
             client, f"{api}{queued['stream_url']}", last_event_id=first.ids[-1], timeout=60
         )
     # Resumed after event 5 with no gap or duplicate, and the two parts spell the answer.
-    assert_complete(rest, question.expected[len(first.text) :], first_id=6)
+    assert_complete(rest, question.expected[len(first.text) :], start=len(first.text))
     assert first.text + rest.text == question.expected
 
 

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import pytest
 from mqcommon.connection import connection_url
-from mqcommon.schemas import ChatTask, EventBatch, StreamEvent
+from mqcommon.schemas import (
+    ChatTask,
+    End,
+    Frame,
+    HistoryRecord,
+    MalformedMessage,
+    Presence,
+    decode_frames,
+    encode_frames,
+)
 from mqcommon.settings import BrokerSettings
 from mqcommon.topology import Topology
 from mqcommon.tracing import child_of, new_traceparent, trace_id_of
@@ -18,9 +27,47 @@ def test_task_round_trips_and_refuses_bad_payloads() -> None:
             ChatTask.decode(bad)
 
 
-def test_event_batch_round_trips() -> None:
-    batch = EventBatch(producer="p", events=[StreamEvent(session_id="s", kind="chunk", text="é→🙂")])
-    assert EventBatch.decode(batch.encode()) == batch
+def test_frames_round_trip_and_bad_ones_are_skipped_one_by_one() -> None:
+    frames = [
+        Frame("s", 0, "é→🙂", started=True, trace_id="t").to_wire(),
+        Frame("s2", 3, "x", end=End("error", 4, "boom"), attempt=2).to_wire(),
+        {"sid": 5, "off": 0, "text": "wrong type"},
+        {"sid": "s3", "off": -1, "text": "negative"},
+        {"sid": "s4", "off": 0, "text": "", "end": {"kind": "exploded", "length": 0}},
+    ]
+    decoded, skipped = decode_frames(encode_frames("p", frames))
+    assert skipped == 3
+    assert decoded == [
+        Frame("s", 0, "é→🙂", started=True, trace_id="t"),
+        Frame("s2", 3, "x", end=End("error", 4, "boom"), attempt=2),
+    ]
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"not json", "malformed"),
+    (b"[1, 2]", "malformed"),
+    (b'{"v": 1, "producer": "old", "events": []}', "version"),
+    (b'{"v": 2, "frames": "nope"}', "malformed"),
+])
+def test_unusable_live_messages_say_why(body: bytes, reason: str) -> None:
+    with pytest.raises(MalformedMessage) as caught:
+        decode_frames(body)
+    assert caught.value.reason == reason
+
+
+def test_history_records_round_trip_with_their_filter_value() -> None:
+    record = HistoryRecord("transcript", "s", at=1.5, text="all", end=End("done", 3), trace_id="t")
+    assert HistoryRecord.decode(record.encode()) == record
+    assert record.headers() == {"x-stream-filter-value": "s", "session_id": "s"}
+    with pytest.raises(MalformedMessage):
+        HistoryRecord.decode(b'{"v": 2, "kind": "transcript", "sid": "s"}')
+
+
+def test_presence_reads_both_formats() -> None:
+    presence = Presence("r1", ["a"], ["a", "b"], ["c"])
+    assert Presence.decode(presence.encode()) == presence
+    old = Presence.decode(b'{"sessions": ["a", 5]}')
+    assert old.replica is None and old.served == ["a"]
 
 
 def test_broker_url_accepts_the_alias_and_refuses_other_schemes(monkeypatch) -> None:
@@ -38,6 +85,8 @@ def test_topology_uses_real_amqp_arguments() -> None:
     assert topo.task_queue.arguments["x-queue-type"] == "quorum"
     assert topo.task_queue.arguments["x-dead-letter-exchange"] == "dlx"
     assert topo.events_stream.arguments["x-queue-type"] == "stream"
+    assert topo.events_stream.arguments["x-stream-filter-size-bytes"] == 255
+    assert topo.live_exchange.type.value == "direct"
 
 
 def test_connection_url_names_the_connection_and_keeps_options() -> None:

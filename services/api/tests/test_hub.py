@@ -1,11 +1,11 @@
-"""The session hub: merging, resuming and bounding answers."""
+"""The session hub: merging frames of any boundaries, gaps, divergence, bounds."""
 
 from __future__ import annotations
 
-import orjson
-import pytest
-from llm_stream_api.hub import DIVERGED, SessionHub, event_data
-from mqcommon.schemas import StreamEvent
+import asyncio
+
+from llm_stream_api.hub import DIVERGED, TOO_LONG, SessionHub
+from mqcommon.schemas import End, Frame, HistoryRecord
 
 
 class Clock:
@@ -21,108 +21,136 @@ def make_hub(clock: Clock | None = None, **kw) -> SessionHub:
     return SessionHub(**{**defaults, **kw}, clock=clock or Clock())
 
 
-def chunk(text: str, offset: int, sid: str = "s1", attempt: int = 1) -> StreamEvent:
-    return StreamEvent(session_id=sid, kind="chunk", offset=offset, text=text, attempt=attempt)
+def text(offset: int, piece: str, sid: str = "s1") -> Frame:
+    return Frame(sid, offset, piece)
 
 
-def done(offset: int, sid: str = "s1") -> StreamEvent:
-    return StreamEvent(session_id=sid, kind="done", offset=offset)
+def done(length: int, sid: str = "s1") -> Frame:
+    return Frame(sid, length, "", end=End("done", length))
 
 
-def datas(hub: SessionHub, sid: str = "s1") -> list[dict]:
-    return [orjson.loads(event_data(e)) for e in hub.session(sid).events]
+def held(sid: str = "s1", **kw) -> SessionHub:
+    hub = make_hub(**kw)
+    hub.accept(sid, 1.0, None)
+    return hub
 
 
-def test_chunks_then_done_make_numbered_events() -> None:
-    hub = make_hub()
-    for event in (chunk("Hel", 0), chunk("lo", 3), done(5)):
-        hub.apply(event)
-    assert datas(hub) == [{"chunk": "Hel"}, {"chunk": "lo"}, {"type": "done"}]
-    session = hub.session("s1")
-    assert session.ended and session.text == "Hello"
+def test_frames_then_done_make_one_text() -> None:
+    hub = held()
+    for frame in (text(0, "Hel"), text(3, "lo"), done(5)):
+        assert hub.apply(frame)
+    session = hub.get("s1")
+    assert session.text == "Hello" and session.end_kind == "done" and session.error is None
 
 
-def test_redelivered_identical_answer_adds_nothing_but_its_new_tail() -> None:
-    hub = make_hub()
-    hub.apply(chunk("Hel", 0))
-    hub.apply(chunk("lo w", 3))
-    # A second attempt regenerates from offset 0 with different chunk boundaries.
-    for event in (chunk("He", 0, attempt=2), chunk("llo wor", 2, attempt=2), chunk("ld", 9, attempt=2)):
-        hub.apply(event)
+def test_frames_for_sessions_not_held_are_refused() -> None:
+    hub = held()
+    assert hub.apply(text(0, "x", sid="elsewhere")) is False
+    assert hub.get("elsewhere") is None
+
+
+def test_a_replay_and_a_redelivery_with_other_boundaries_add_only_their_new_tail() -> None:
+    hub = held()
+    hub.apply(text(0, "Hel"))
+    hub.apply(text(3, "lo w"))
+    for frame in (text(0, "He"), text(2, "llo wor"), text(9, "ld")):
+        hub.apply(frame)
     hub.apply(done(11))
-    assert [d.get("chunk") for d in datas(hub)] == ["Hel", "lo w", "or", "ld", None]
-    assert hub.session("s1").text == "Hello world"
+    assert hub.get("s1").text == "Hello world" and hub.get("s1").end_kind == "done"
 
 
-def test_regenerated_answer_that_differs_ends_with_an_error() -> None:
-    hub = make_hub()
-    hub.apply(chunk("Hello", 0))
-    hub.apply(chunk("Howdy", 0, attempt=2))
-    assert datas(hub)[-1] == {"type": "error", "error": DIVERGED}
-    hub.apply(chunk(" more", 5))
-    assert len(hub.session("s1").events) == 2  # nothing after the end
+def test_regenerated_text_that_differs_ends_with_an_error() -> None:
+    hub = held()
+    hub.apply(text(0, "Hello"))
+    hub.apply(text(0, "Howdy"))
+    session = hub.get("s1")
+    assert session.end_kind == "error" and session.error == DIVERGED
+    hub.apply(text(5, " more"))
+    assert session.text == "Hello"
 
 
-def test_done_beyond_what_was_received_waits_for_the_redelivery() -> None:
-    hub = make_hub()
-    hub.apply(chunk("Hel", 0))
-    hub.apply(chunk("world", 6))  # gap: the batch with "lo " was lost
+def test_a_gap_is_reported_and_nothing_is_applied_until_it_is_filled() -> None:
+    hub = held()
+    gaps: list[str] = []
+    hub.on_gap = gaps.append
+    hub.apply(text(0, "Hel"))
+    hub.apply(text(6, "world"))  # "lo " was lost
+    hub.apply(done(11))  # the end needs the missing text first
+    assert gaps == ["s1", "s1"] and not hub.get("s1").ended
+    hub.apply(text(0, "Hello world"))  # the replay
     hub.apply(done(11))
-    assert not hub.session("s1").ended
-    hub.apply(chunk("Hello world", 0, attempt=2))
-    hub.apply(done(11))
-    assert hub.session("s1").text == "Hello world" and hub.session("s1").ended
+    assert hub.get("s1").text == "Hello world" and hub.get("s1").end_kind == "done"
 
 
 def test_shorter_final_answer_is_a_divergence() -> None:
-    hub = make_hub()
-    hub.apply(chunk("Hello", 0))
+    hub = held()
+    hub.apply(text(0, "Hello"))
     hub.apply(done(3))
-    assert datas(hub)[-1]["type"] == "error"
+    assert hub.get("s1").error == DIVERGED
 
 
-def test_worker_error_ends_the_session() -> None:
+def test_an_error_or_cancel_ends_the_session_whatever_was_held() -> None:
+    hub = held()
+    hub.apply(text(0, "partial"))
+    hub.apply(Frame("s1", 0, "", end=End("error", 0, "LLM error: boom")))
+    assert hub.get("s1").end_kind == "error" and hub.get("s1").error == "LLM error: boom"
+    hub = held()
+    hub.apply(Frame("s1", 0, "", end=End("cancelled", 0)))
+    assert hub.get("s1").end_kind == "cancelled"
+
+
+def test_two_replicas_with_different_deliveries_hold_the_same_text() -> None:
+    live = [text(0, "a"), text(1, "bc"), text(3, "d"), done(4)]
+    first, second = held(), held()
+    for frame in live:
+        first.apply(frame)
+    second.apply(Frame("s1", 0, "abc"))  # a replay, then the live frames
+    for frame in live[2:]:
+        second.apply(frame)
+    assert first.get("s1").text == second.get("s1").text == "abcd"
+    assert first.get("s1").end_kind == second.get("s1").end_kind == "done"
+
+
+def test_history_records_make_a_session_known_or_finished() -> None:
     hub = make_hub()
-    hub.apply(StreamEvent(session_id="s1", kind="error", error="LLM error: boom"))
-    assert datas(hub) == [{"type": "error", "error": "LLM error: boom"}]
-
-
-def test_two_hubs_fed_the_same_stream_agree_on_every_id() -> None:
-    stream = [
-        chunk("a", 0, "x"), chunk("b", 0, "y"), chunk("bc", 1, "x"), chunk("b", 0, "x", 2),
-        chunk("abcd", 0, "x", 2), done(1, "y"), done(4, "x"),
-    ]
-    first, second = make_hub(), make_hub()
-    for event in stream:
-        first.apply(event)
-        second.apply(event)
-    for sid in ("x", "y"):
-        assert first.session(sid).events == second.session(sid).events
-
-
-def test_accepted_and_started_make_a_session_known_without_events() -> None:
-    hub = make_hub()
-    assert not hub.session("s1").known
-    hub.apply(StreamEvent(session_id="s1", kind="accepted", at=123.0))
-    assert hub.session("s1").known and hub.session("s1").accepted_at == 123.0
-    assert hub.session("s1").events == []
+    hub.apply_record(HistoryRecord("accepted", "q", at=123.0))
+    assert hub.get("q").known and hub.get("q").accepted_at == 123.0 and not hub.get("q").ended
+    hub.apply_record(HistoryRecord("transcript", "t", text="all of it", end=End("done", 9)))
+    assert hub.get("t").text == "all of it" and hub.get("t").end_kind == "done"
 
 
 def test_answer_larger_than_the_limit_ends_with_an_error() -> None:
-    hub = make_hub(max_bytes=10)
-    hub.apply(chunk("0123456789", 0))
-    hub.apply(chunk("X", 10))
-    assert datas(hub)[-1] == {"type": "error", "error": "answer exceeds SESSION_MAX_BYTES"}
+    hub = held(max_bytes=10)
+    hub.apply(text(0, "0123456789"))
+    hub.apply(text(10, "X"))
+    assert hub.get("s1").error == TOO_LONG and hub.get("s1").text == "0123456789"
 
 
-def test_sweep_forgets_idle_sessions_but_not_ones_being_read() -> None:
+def test_a_buffered_answer_costs_about_its_text() -> None:
+    import sys
+
+    hub = held()
+    piece = "word " * 4
+    for i in range(250):  # 1,000 tokens of about five characters
+        hub.apply(text(i * len(piece), piece))
+    hub.apply(done(250 * len(piece)))
+    session = hub.get("s1")
+    size = sys.getsizeof(session) + sys.getsizeof(session.text)
+    assert len(session.text) == 5000
+    assert size < 2 * 5000 + 500
+
+
+def test_sweep_forgets_idle_sessions_not_ones_being_read_and_unknown_ones_sooner() -> None:
     clock = Clock()
-    hub = make_hub(clock, ttl_s=60)
-    hub.apply(chunk("a", 0, "old"))
-    hub.apply(chunk("a", 0, "read"))
-    hub.session("read").readers = 1
-    clock.now += 61
-    hub.apply(chunk("a", 0, "new"))
+    hub = make_hub(clock, ttl_s=60, unknown_ttl_s=10)
+    for sid in ("old", "read"):
+        hub.accept(sid, 1.0, None)
+    hub.session("ghost")
+    hub.get("read").readers = 1
+    clock.now += 11
+    assert hub.sweep() == 1 and hub.get("ghost") is None
+    clock.now += 50
+    hub.accept("new", 2.0, None)
     assert hub.sweep() == 1
     assert hub.get("old") is None and hub.get("read") is not None and hub.get("new") is not None
 
@@ -130,18 +158,25 @@ def test_sweep_forgets_idle_sessions_but_not_ones_being_read() -> None:
 def test_session_count_is_bounded() -> None:
     hub = make_hub(max_sessions=100)
     for i in range(150):
-        hub.apply(chunk("a", 0, f"s{i}"))
+        hub.accept(f"s{i}", 1.0, None)
     assert len(hub) == 100
     assert hub.get("s0") is None and hub.get("s149") is not None
 
 
-@pytest.mark.parametrize("kind", ["accepted", "started"])
-async def test_waiters_wake_on_markers(kind: str) -> None:
-    import asyncio
+def test_presence_lists_what_is_read_and_what_is_tracked_unfinished() -> None:
+    hub = held()
+    hub.accept("finished", 1.0, None)
+    hub.apply(done(0, sid="finished"))
+    hub.session("ghost").tracked = True  # asked for, unknown, nobody reading: not listed
+    hub.get("s1").readers = 1
+    assert hub.served_sessions() == ["s1"]
+    assert hub.tracked_sessions() == ["s1"]
 
-    hub = make_hub()
-    session = hub.session("s1")
+
+async def test_waiters_wake_on_start_and_on_text() -> None:
+    hub = held()
+    session = hub.get("s1")
     waiter = asyncio.create_task(session.wait(5))
     await asyncio.sleep(0)
-    hub.apply(StreamEvent(session_id="s1", kind=kind))
-    assert await asyncio.wait_for(waiter, 1) is True
+    hub.apply(Frame("s1", 0, "", started=True))
+    assert await asyncio.wait_for(waiter, 1) is True and session.started

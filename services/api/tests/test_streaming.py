@@ -1,14 +1,14 @@
-"""Readers of the hub: resume by id, timeouts for unknown and silent sessions."""
+"""Readers of the hub: positions as ids, resume, timeouts, the SSE and text bodies."""
 
 from __future__ import annotations
 
 import asyncio
 
 import orjson
-from llm_stream_api.hub import SessionHub, event_data
+from llm_stream_api.hub import SessionHub
 from llm_stream_api.settings import APISettings
 from llm_stream_api.streaming import follow, sse_body, text_body
-from mqcommon.schemas import StreamEvent
+from mqcommon.schemas import End, Frame
 
 
 def settings(**kw) -> APISettings:
@@ -19,77 +19,89 @@ def hub() -> SessionHub:
     return SessionHub(ttl_s=60, max_sessions=1000, max_bytes=100_000)
 
 
+class Discoveries:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __call__(self, session) -> None:
+        self.asked.append(session.id)
+        session.tracked = True
+
+
 def feed(h: SessionHub, sid: str, parts: list[str], finish: bool = True) -> None:
+    h.accept(sid, 1.0, None)
     offset = 0
     for part in parts:
-        h.apply(StreamEvent(session_id=sid, kind="chunk", offset=offset, text=part))
+        h.apply(Frame(sid, offset, part))
         offset += len(part)
     if finish:
-        h.apply(StreamEvent(session_id=sid, kind="done", offset=offset))
+        h.apply(Frame(sid, offset, "", end=End("done", offset)))
 
 
 async def collect(it) -> list:
-    return [item async for batch in it for item in batch]
+    return [item async for item in it]
 
 
-async def test_resume_after_an_id_continues_with_the_next_event() -> None:
+def parse_sse(raw: bytes) -> list[tuple[str | None, dict]]:
+    out = []
+    for block in raw.decode().strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((fields.get("id"), orjson.loads(fields["data"])))
+    return out
+
+
+async def test_ids_are_positions_and_the_end_is_one_past_the_text() -> None:
     h = hub()
-    feed(h, "s", ["a", "b", "c"])
-    items = await collect(follow(h, "s", 2, settings()))
-    assert [i.id for i in items] == [3, 4]
-    assert [i.event[0] for i in items] == ["chunk", "done"]
+    feed(h, "s", ["ab", "cd"])
+    raw = b"".join(await collect(sse_body(h, "s", 0, settings(), Discoveries())))
+    assert parse_sse(raw) == [("4", {"chunk": "abcd"}), ("5", {"type": "done"})]
 
 
-async def test_reader_waits_for_events_that_arrive_later() -> None:
+async def test_resume_at_any_position_continues_there() -> None:
     h = hub()
-    reader = asyncio.create_task(collect(follow(h, "s", 0, settings(stream_wait_timeout_s=5))))
+    feed(h, "s", ["ab", "cd"])
+    pieces = await collect(follow(h, "s", 3, settings(), Discoveries()))
+    assert [(p.position, p.text, p.kind) for p in pieces] == [(4, "d", None), (5, "", "done")]
+    assert await collect(follow(h, "s", 5, settings(), Discoveries())) == []  # had the end
+
+
+async def test_reader_waits_for_text_that_arrives_later() -> None:
+    h = hub()
+    h.accept("s", 1.0, None)
+    reader = asyncio.create_task(collect(follow(h, "s", 0, settings(stream_wait_timeout_s=5), Discoveries())))
     await asyncio.sleep(0.05)
-    feed(h, "s", ["x", "y"])
-    items = await asyncio.wait_for(reader, 2)
-    assert [i.event[1] for i in items[:2]] == ["x", "y"] and items[-1].event[0] == "done"
+    h.apply(Frame("s", 0, "xy"))
+    h.apply(Frame("s", 2, "", end=End("done", 2)))
+    pieces = await asyncio.wait_for(reader, 2)
+    assert "".join(p.text for p in pieces) == "xy" and pieces[-1].kind == "done"
 
 
-async def test_unknown_session_ends_with_a_not_found_error() -> None:
-    items = await asyncio.wait_for(collect(follow(hub(), "ghost", 0, settings())), 2)
-    assert len(items) == 1
-    assert orjson.loads(event_data(items[0].event))["type"] == "error"
-    assert "not found" in items[0].event[1]
+async def test_a_session_this_replica_does_not_hold_is_asked_for() -> None:
+    h = hub()
+    discover = Discoveries()
+    pieces = await asyncio.wait_for(collect(follow(h, "ghost", 0, settings(), discover)), 2)
+    assert discover.asked[0] == "ghost"
+    assert len(pieces) == 1 and pieces[0].kind == "timeout" and "not found" in pieces[0].error
 
 
 async def test_known_but_silent_session_ends_with_an_idle_error() -> None:
     h = hub()
-    h.apply(StreamEvent(session_id="s", kind="accepted"))
-    feed(h, "s", ["a"], finish=False)
-    items = await asyncio.wait_for(collect(follow(h, "s", 0, settings())), 2)
-    assert [orjson.loads(event_data(i.event)).get("type") for i in items] == [None, "error"]
-    assert items[-1].id == 2 and "no answer event" in items[-1].event[1]
+    h.accept("s", 1.0, None)
+    pieces = await asyncio.wait_for(collect(follow(h, "s", 0, settings(), Discoveries())), 2)
+    assert pieces[-1].kind == "timeout" and "no answer" in pieces[-1].error
 
 
-async def test_reader_count_is_released() -> None:
+async def test_a_timeout_event_has_no_id_so_a_resume_asks_again() -> None:
+    raw = b"".join(await collect(sse_body(hub(), "ghost", 0, settings(), Discoveries())))
+    [(event_id, data)] = parse_sse(raw)
+    assert event_id is None and data["type"] == "error"
+
+
+async def test_text_body_is_the_answer_and_ends_errors_with_a_line() -> None:
     h = hub()
-    feed(h, "s", ["a"])
-    await collect(follow(h, "s", 0, settings()))
-    assert h.session("s").readers == 0
-
-
-async def test_sse_frames_carry_ids_and_json_data() -> None:
-    h = hub()
-    feed(h, "s", ["he", "llo"])
-    body = b"".join([frame async for frame in sse_body(h, "s", 0, settings())])
-    assert body == (
-        b'id: 1\ndata: {"chunk":"he"}\n\n'
-        b'id: 2\ndata: {"chunk":"llo"}\n\n'
-        b'id: 3\ndata: {"type": "done"}\n\n'
-    )
-    for block in body.decode().strip().split("\n\n"):
-        orjson.loads(block.split("data: ", 1)[1])
-
-
-async def test_plain_text_body_is_the_answer_and_reports_errors_inline() -> None:
-    h = hub()
-    feed(h, "ok", ["Hello", " world"])
-    text = b"".join([part async for part in text_body(h, "ok", settings(), 0.0)])
-    assert text == b"Hello world"
-    h.apply(StreamEvent(session_id="bad", kind="error", error="LLM error: nope"))
-    text = b"".join([part async for part in text_body(h, "bad", settings(), 0.0)])
-    assert text == b"\n[error] LLM error: nope\n"
+    feed(h, "ok", ["Hel", "lo"])
+    assert b"".join(await collect(text_body(h, "ok", settings(), 0.0, Discoveries()))) == b"Hello"
+    h.accept("bad", 1.0, None)
+    h.apply(Frame("bad", 0, "", end=End("error", 0, "LLM error: nope")))
+    body = b"".join(await collect(text_body(h, "bad", settings(), 0.0, Discoveries())))
+    assert body == b"\n[error] LLM error: nope\n"

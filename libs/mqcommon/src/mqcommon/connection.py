@@ -34,3 +34,17 @@ async def connect(url: str, role: str, *, reconnect_interval_s: float = 1.0) -> 
         reconnect_interval=reconnect_interval_s,
         fail_fast=True,
     )
+
+
+def broker_version(connection: AbstractRobustConnection) -> tuple[int, ...]:
+    """The broker's version as announced when the connection opened, e.g. ``(4, 0, 5)``."""
+    properties = getattr(connection.transport.connection, "server_properties", None) or {}
+    raw = properties.get("version", b"0")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts) or (0,)

@@ -1,9 +1,19 @@
-"""Versioned wire formats: the chat task (API -> worker) and answer events (worker -> API).
+"""Versioned wire formats, in one place. ``docs/events.md`` describes them for readers.
 
-Events travel in batches: one stream message carries the events of many sessions that a
-worker produced within one flush interval, which keeps the message rate independent of the
-token rate. ``offset`` is the position (in characters) of a chunk in the answer, so the API
-can merge a redelivered task's regenerated answer without gaps or duplicates.
+Four things travel between the processes:
+
+- **Tasks** (API -> worker, the ``llm.tasks`` queue): one ``ChatTask`` per request.
+- **Live frames** (worker -> the API replicas that serve a session, the ``llm.live`` direct
+  exchange, routed by replica id): one message per replica per flush, holding one ``Frame``
+  per session with all the text produced since the previous flush.
+- **History records** (the ``llm.events`` stream, filtered by session id): the ``accepted``
+  marker of each session, its final ``transcript``, and the ``probe`` a lookup appends to know
+  where the stream ended when it started reading.
+- **Presence** (API -> workers, the ``llm.presence`` fanout): which sessions a replica
+  serves, tracks or wants replayed.
+
+Offsets are positions in characters of the answer, so a replica merges frames and replays
+from any worker without gaps or duplicates, whatever their boundaries.
 """
 
 from __future__ import annotations
@@ -11,19 +21,42 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
 
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
-EventKind = Literal["accepted", "started", "chunk", "done", "error"]
+
+FRAMES_VERSION = 2
+HISTORY_VERSION = 2
+PRESENCE_VERSION = 2
+
+# How a session ends. "cancelled" is a client's decision; "error" covers everything else.
+EndKind = Literal["done", "error", "cancelled"]
+END_KINDS = frozenset(("done", "error", "cancelled"))
+
+FILTER_HEADER = "x-stream-filter-value"
+SESSION_HEADER = "session_id"
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+class MalformedMessage(ValueError):
+    """A message that is not in a format this version understands (``reason`` says why)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+# -- tasks ---------------------------------------------------------------------------------
 
 
 class ChatTask(BaseModel):
@@ -37,6 +70,7 @@ class ChatTask(BaseModel):
     message: str = Field(min_length=1)
     model: str | None = None
     created_at: float = Field(default_factory=time.time)
+    reply_to: str | None = None  # the API replica that accepted it gets live frames from the start
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()
@@ -46,33 +80,200 @@ class ChatTask(BaseModel):
         return cls.model_validate_json(body)
 
 
-class StreamEvent(BaseModel):
-    """One event of one session's answer."""
+# -- live frames ---------------------------------------------------------------------------
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+
+@dataclass(slots=True)
+class End:
+    kind: str  # one of END_KINDS
+    length: int  # characters of the whole answer
+    error: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "length": self.length}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(slots=True)
+class Frame:
+    """What one session produced since its previous frame (or, in a replay, since offset 0)."""
 
     session_id: str
-    kind: EventKind
-    offset: int = Field(default=0, ge=0)
+    offset: int = 0
     text: str = ""
-    error: str | None = None
+    started: bool = False
+    end: End | None = None
     attempt: int = 1
-    at: float = Field(default_factory=time.time)
-    trace_id: str | None = None  # on accepted/started/final events, so logs join up
+    trace_id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sid": self.session_id, "off": self.offset, "text": self.text}
+        if self.started:
+            out["started"] = True
+        if self.end is not None:
+            out["end"] = self.end.to_wire()
+        if self.attempt != 1:
+            out["attempt"] = self.attempt
+        if self.trace_id:
+            out["trace"] = self.trace_id
+        return out
 
 
-class EventBatch(BaseModel):
-    """What one message on the events stream carries."""
+def encode_frames(producer: str, frames: list[dict[str, Any]]) -> bytes:
+    """One live message: ``frames`` are already in wire form (``Frame.to_wire``)."""
+    return orjson.dumps({"v": FRAMES_VERSION, "producer": producer, "frames": frames})
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
-    v: Literal[1] = 1
-    producer: str
-    events: list[StreamEvent]
+def decode_frames(body: bytes) -> tuple[list[Frame], int]:
+    """The frames of a live message and how many were malformed and skipped.
+
+    Raises ``MalformedMessage`` when the message as a whole is unusable.
+    """
+    data = _json_object(body)
+    version = data.get("v")
+    if version != FRAMES_VERSION:
+        raise MalformedMessage("version", f"live message version {version!r}, expected {FRAMES_VERSION}")
+    raw = data.get("frames")
+    if not isinstance(raw, list):
+        raise MalformedMessage("malformed", "live message without a frames list")
+    frames: list[Frame] = []
+    skipped = 0
+    for item in raw:
+        frame = _frame(item)
+        if frame is None:
+            skipped += 1
+        else:
+            frames.append(frame)
+    return frames, skipped
+
+
+def _frame(item: Any) -> Frame | None:
+    if not isinstance(item, dict):
+        return None
+    sid, offset, text = item.get("sid"), item.get("off", 0), item.get("text", "")
+    if not (isinstance(sid, str) and isinstance(offset, int) and offset >= 0 and isinstance(text, str)):
+        return None
+    end = None
+    if (raw_end := item.get("end")) is not None:
+        end = _end(raw_end)
+        if end is None:
+            return None
+    attempt = item.get("attempt", 1)
+    trace = item.get("trace")
+    return Frame(
+        sid, offset, text, bool(item.get("started")), end,
+        attempt if isinstance(attempt, int) else 1, trace if isinstance(trace, str) else None,
+    )
+
+
+def _end(raw: Any) -> End | None:
+    if not isinstance(raw, dict):
+        return None
+    kind, length, error = raw.get("kind"), raw.get("length"), raw.get("error")
+    if kind not in END_KINDS or not isinstance(length, int) or length < 0:
+        return None
+    return End(kind, length, error if isinstance(error, str) else None)
+
+
+# -- history records -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class HistoryRecord:
+    kind: Literal["accepted", "transcript", "probe"]
+    session_id: str
+    at: float = 0.0
+    text: str = ""
+    end: End | None = None
+    probe: str | None = None
+    trace_id: str | None = None
 
     def encode(self) -> bytes:
-        return self.model_dump_json(exclude_defaults=False).encode()
+        out: dict[str, Any] = {"v": HISTORY_VERSION, "kind": self.kind, "sid": self.session_id, "at": self.at}
+        if self.kind == "transcript":
+            out["text"] = self.text
+            if self.end is not None:
+                out["end"] = self.end.to_wire()
+        if self.probe is not None:
+            out["probe"] = self.probe
+        if self.trace_id:
+            out["trace"] = self.trace_id
+        return orjson.dumps(out)
+
+    def headers(self) -> dict[str, str]:
+        """The stream filter value (RabbitMQ >= 3.13) and the same id for older brokers."""
+        return {FILTER_HEADER: self.session_id, SESSION_HEADER: self.session_id}
 
     @classmethod
-    def decode(cls, body: bytes) -> EventBatch:
-        return cls.model_validate_json(body)
+    def decode(cls, body: bytes) -> HistoryRecord:
+        data = _json_object(body)
+        if data.get("v") != HISTORY_VERSION:
+            raise MalformedMessage("version", f"history record version {data.get('v')!r}")
+        kind, sid = data.get("kind"), data.get("sid")
+        if kind not in ("accepted", "transcript", "probe") or not isinstance(sid, str):
+            raise MalformedMessage("malformed", "history record without a kind and a session id")
+        end = _end(data["end"]) if data.get("end") is not None else None
+        text = data.get("text", "")
+        if kind == "transcript" and (end is None or not isinstance(text, str)):
+            raise MalformedMessage("malformed", "transcript without text and end")
+        at = data.get("at", 0.0)
+        probe, trace = data.get("probe"), data.get("trace")
+        return cls(
+            kind, sid, float(at) if isinstance(at, int | float) else 0.0,
+            text if isinstance(text, str) else "", end,
+            probe if isinstance(probe, str) else None, trace if isinstance(trace, str) else None,
+        )
+
+
+# -- presence ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Presence:
+    """What one API replica tells every worker.
+
+    ``served``: sessions a client is reading there now (a generation nobody serves for long is
+    abandoned). ``tracked``: unfinished sessions the replica holds and wants live frames for.
+    ``want``: sessions it needs replayed from offset 0 (a new reader, or a gap it noticed).
+    """
+
+    replica: str | None
+    served: list[str]
+    tracked: list[str]
+    want: list[str]
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "v": PRESENCE_VERSION, "replica": self.replica,
+            "served": self.served, "tracked": self.tracked, "want": self.want,
+        })
+
+    @classmethod
+    def decode(cls, body: bytes) -> Presence:
+        data = _json_object(body)
+        if data.get("v") != PRESENCE_VERSION:
+            # The first format listed the served sessions only.
+            return cls(None, _ids(data.get("sessions")), [], [])
+        replica = data.get("replica")
+        return cls(
+            replica if isinstance(replica, str) else None,
+            _ids(data.get("served")), _ids(data.get("tracked")), _ids(data.get("want")),
+        )
+
+
+def _ids(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, str)]
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage("malformed", f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedMessage("malformed", "not a JSON object")
+    return data

@@ -26,11 +26,16 @@ class BrokerSettings(BaseSettings):
     )
     task_queue: str = Field(default="llm.tasks", description="Durable quorum queue of chat tasks.")
     events_stream: str = Field(
-        default="llm.events", description="Stream that carries answer events back to the API."
+        default="llm.events",
+        description="Stream of session history: acceptance markers and final transcripts.",
+    )
+    live_exchange: str = Field(
+        default="llm.live",
+        description="Direct exchange that carries live answer frames to the replicas serving them.",
     )
     presence_exchange: str = Field(
         default="llm.presence",
-        description="Fanout exchange on which API processes announce the sessions they serve.",
+        description="Fanout exchange on which API processes tell workers which sessions they serve.",
     )
     workers_exchange: str = Field(
         default="llm.workers",

@@ -35,6 +35,7 @@ class ExchangeSpec:
 class Topology:
     task_queue: QueueSpec
     events_stream: QueueSpec
+    live_exchange: ExchangeSpec
     dead_letter_exchange: ExchangeSpec
     dead_letter_queue: QueueSpec
     presence_exchange: ExchangeSpec
@@ -54,8 +55,10 @@ class Topology:
                     "x-dead-letter-routing-key": settings.dead_letter_queue,
                 },
             ),
-            # One append-only log of answer events that every API process tails; see
-            # docs/adr/0001-return-path.md.
+            # The history of every session (acceptance and final transcript), read on demand by
+            # session id; see docs/adr/0002-scale-out-return-path.md. The largest Bloom filter
+            # per chunk keeps filtered reads exact enough with many sessions per chunk
+            # (RabbitMQ >= 3.13; older brokers ignore the argument).
             events_stream=QueueSpec(
                 name=settings.events_stream,
                 arguments={
@@ -63,8 +66,11 @@ class Topology:
                     "x-max-age": settings.events_max_age,
                     "x-max-length-bytes": settings.events_max_bytes,
                     "x-stream-max-segment-size-bytes": 16_000_000,
+                    "x-stream-filter-size-bytes": 255,
                 },
             ),
+            # Live frames, routed by replica id to the one queue of each API replica.
+            live_exchange=ExchangeSpec(name=settings.live_exchange, type=aio_pika.ExchangeType.DIRECT),
             dead_letter_exchange=ExchangeSpec(
                 name=settings.dead_letter_exchange, type=aio_pika.ExchangeType.DIRECT
             ),
@@ -87,6 +93,7 @@ class Topology:
         await dlq.bind(dlx, routing_key=self.dead_letter_queue.name)
         await declare_queue(channel, self.task_queue)
         await declare_queue(channel, self.events_stream)
+        await declare_exchange(channel, self.live_exchange)
         await declare_exchange(channel, self.presence_exchange)
         await declare_exchange(channel, self.workers_exchange)
 

@@ -1,7 +1,9 @@
-"""The API's side of the broker: publish tasks, tail answer events, announce served sessions.
+"""The API's side of the broker: publish tasks, receive live frames, find sessions it lacks.
 
 The connection is made in the background and retried, so the API starts (and answers
-``/health``) while the broker is down; ``/health/full`` reports the truth.
+``/health``) while the broker is down; ``/health/full`` reports the truth. Nothing is read
+ahead at start-up: a replica is ready as soon as its live queue is consumed, and history is
+read on demand (``discover``).
 """
 
 from __future__ import annotations
@@ -9,31 +11,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 
 import aio_pika
-import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
-from mqcommon.batching import EventBatcher
-from mqcommon.connection import connect, process_name
+from mqcommon.connection import broker_version, connect, process_name
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.publishing import publish_confirmed
-from mqcommon.schemas import ChatTask, StreamEvent
+from mqcommon.schemas import ChatTask, Presence
 from mqcommon.topology import Topology
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 
 from llm_stream_api import metrics
-from llm_stream_api.hub import SessionHub
+from llm_stream_api.history import History
+from llm_stream_api.hub import Session, SessionHub
+from llm_stream_api.live import LiveFeed
 from llm_stream_api.settings import APISettings
-from llm_stream_api.tail import StreamTail
 
 log = structlog.get_logger(__name__)
 
 CONNECT_RETRY_S = 2.0
 SWEEP_INTERVAL_S = 5.0
-ANNOUNCE_FLUSH_S = 0.005
+WANT_FLUSH_S = 0.005
+# A running session's replay from its worker usually arrives within milliseconds; only when it
+# does not is the history read.
+REPLAY_GRACE_S = 0.15
+STREAM_FILTERING_SINCE = (3, 13)
 
 
 class Broker:
@@ -41,21 +47,23 @@ class Broker:
         self.settings = settings
         self.hub = hub
         self.topology = Topology.from_settings(settings)
-        self.tail = StreamTail(hub, self.topology.events_stream, settings.session_ttl_s)
+        self.replica_id = f"{process_name('api')}:{uuid.uuid4().hex[:8]}"
+        self.live = LiveFeed(hub, self.topology.live_exchange, self.replica_id)
+        self.history = History(
+            self.topology.events_stream, window_s=settings.session_ttl_s,
+            timeout_s=settings.history_timeout_s, concurrency=settings.history_lookups_max,
+        )
+        hub.on_gap = self.resync
+        self._wants: set[str] = set()
+        self._want_timer: asyncio.TimerHandle | None = None
+        self._discovering: dict[str, asyncio.Task[None]] = {}
+        self._background_sends: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._stats_channel: AbstractChannel | None = None
         self._ready = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._stats_cache: tuple[float, dict[str, int]] | None = None
-        # A lost announcement only means other processes learn of the session when its
-        # worker starts; the task itself is already queued.
-        self.announcements = EventBatcher(
-            self._publish_events,
-            producer=process_name("api"),
-            flush_interval_s=ANNOUNCE_FLUSH_S,
-            flush_max_bytes=256_000,
-        )
 
     @property
     def connected(self) -> bool:
@@ -83,10 +91,9 @@ class Broker:
             return False
 
     async def stop(self) -> None:
-        await self.announcements.drain()
-        for task in self._background:
+        for task in (*self._background, *self._discovering.values()):
             task.cancel()
-        for task in self._background:
+        for task in (*self._background, *self._discovering.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._connection is not None:
@@ -95,12 +102,12 @@ class Broker:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def enqueue(self, task: ChatTask, traceparent: str) -> None:
-        """Durably queue ``task``, then announce its session; raises ``BrokerUnavailable``.
+    async def enqueue(self, task: ChatTask, traceparent: str) -> Session:
+        """Durably queue ``task`` (raises ``BrokerUnavailable``), then record its acceptance.
 
-        Only the task's confirm is awaited. The announcement (which tells every API process
-        that the session exists before a worker starts it) follows in the next coalesced
-        batch, so a session is never announced without a queued task.
+        Only the task's confirm is awaited. Its live frames come to this replica (the task
+        names it in ``reply_to``); the acceptance marker on the history stream lets any other
+        replica learn that the session exists while it is still queued.
         """
         if not self.connected:
             raise BrokerUnavailable("not connected to the broker")
@@ -114,27 +121,69 @@ class Broker:
             message_id=task.task_id,
         )
         trace_id = trace_id_of(traceparent)
-        self.announcements.emit(
-            StreamEvent(
-                session_id=task.session_id, kind="accepted", at=task.created_at, trace_id=trace_id
-            ),
-            urgent=True,
-        )
-        # This process knows at once, without waiting for its own event to come back.
-        session = self.hub.session(task.session_id)
-        if session.accepted_at is None:
-            session.accepted_at = task.created_at
-            session.trace_id = trace_id
+        self.history.accepted(task.session_id, task.created_at, trace_id)
+        return self.hub.accept(task.session_id, task.created_at, trace_id)
 
-    async def _publish_events(self, body: bytes) -> None:
-        if self._publish_channel is None:
-            raise BrokerUnavailable("not connected to the broker")
-        await publish_confirmed(
-            self._publish_channel,
-            self.topology.events_stream.name,
-            body,
-            timeout_s=self.settings.enqueue_timeout_s,
-        )
+    # -- sessions this replica does not hold -----------------------------------------------
+
+    def discover(self, session: Session) -> None:
+        """A client asks for a session whose frames do not come here: ask for them.
+
+        The workers replay it from offset 0 if it runs (or just ended) and route it here from
+        now on; if no replay comes quickly, the history says whether it is queued or over.
+        """
+        session.tracked = True
+        self._want(session.id)
+        if session.id not in self._discovering:
+            task = asyncio.create_task(self._look_up(session))
+            self._discovering[session.id] = task
+            task.add_done_callback(lambda _: self._discovering.pop(session.id, None))
+
+    def resync(self, session_id: str) -> None:
+        """Text went missing (a lost message): have it replayed, or read the transcript."""
+        session = self.hub.get(session_id)
+        if session is not None and session.tracked:
+            self.discover(session)
+
+    async def _look_up(self, session: Session) -> None:
+        await asyncio.sleep(REPLAY_GRACE_S)
+        if session.ended or (session.started and session.looked_up):
+            return
+        try:
+            records = await self.history.lookup(session.id)
+        except BrokerUnavailable as exc:
+            log.warning("history lookup failed", session_id=session.id, error=str(exc))
+            return
+        session.looked_up = True
+        for record in records:
+            self.hub.apply_record(record)
+        session.notify()
+
+    def _want(self, session_id: str) -> None:
+        self._wants.add(session_id)
+        if self._want_timer is None:
+            self._want_timer = asyncio.get_running_loop().call_later(WANT_FLUSH_S, self._send_wants)
+
+    def _send_wants(self) -> None:
+        self._want_timer = None
+        wants, self._wants = sorted(self._wants), set()
+        if wants:
+            task = asyncio.create_task(self._announce(Presence(self.replica_id, [], [], wants)))
+            self._background_sends.add(task)
+            task.add_done_callback(self._background_sends.discard)
+
+    async def _announce(self, presence: Presence) -> None:
+        if not self.connected or self._publish_channel is None:
+            return
+        try:
+            exchange = await self._publish_channel.get_exchange(
+                self.topology.presence_exchange.name, ensure=False
+            )
+            # Not mandatory: with no worker bound there is nobody to tell. What is lost is
+            # repeated by the next periodic announcement.
+            await exchange.publish(aio_pika.Message(presence.encode()), routing_key="", mandatory=False)
+        except (AMQPException, AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
+            log.warning("presence announcement failed", error=str(exc))
 
     async def queue_stats(self) -> dict[str, int]:
         """Ready messages and consumers of the task queue (cached briefly)."""
@@ -169,11 +218,21 @@ class Broker:
                 self._publish_channel = await connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
-                await self.tail.start(await connection.channel())
+                version = broker_version(connection)
+                await self.history.start(
+                    self._publish_channel, await connection.channel(),
+                    filtering=version >= STREAM_FILTERING_SINCE,
+                )
+                await self.live.start(await connection.channel())
+                connection.reconnect_callbacks.add(self._on_reconnect)
                 self._connection = connection
                 self._ready.set()
                 metrics.BROKER_CONNECTED.set(1)
-                log.info("connected to the broker", queue=self.topology.task_queue.name)
+                log.info(
+                    "connected to the broker", queue=self.topology.task_queue.name,
+                    replica=self.replica_id, broker_version=".".join(map(str, version)),
+                    stream_filtering=self.history.filtering,
+                )
                 return
             except (AMQPException, AMQPError, ConnectionError, OSError, RuntimeError) as exc:
                 log.error(
@@ -184,25 +243,17 @@ class Broker:
                 )
                 await asyncio.sleep(CONNECT_RETRY_S)
 
+    def _on_reconnect(self, *_: object) -> None:
+        """Frames sent while the connection was down are lost: have every open session replayed."""
+        for session_id in self.hub.tracked_sessions():
+            self._want(session_id)
+
     async def _announce_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.presence_interval_s)
-            sessions = self.hub.served_sessions()
-            if not sessions or not self.connected or self._publish_channel is None:
-                continue
-            try:
-                exchange = await self._publish_channel.get_exchange(
-                    self.topology.presence_exchange.name, ensure=False
-                )
-                # Not mandatory: with no worker bound there is nobody to tell. A lost
-                # announcement is repeated a few seconds later.
-                await exchange.publish(
-                    aio_pika.Message(orjson.dumps({"sessions": sessions})),
-                    routing_key="",
-                    mandatory=False,
-                )
-            except (AMQPException, AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
-                log.warning("presence announcement failed", error=str(exc))
+            served, tracked = self.hub.served_sessions(), self.hub.tracked_sessions()
+            if served or tracked:
+                await self._announce(Presence(self.replica_id, served, tracked, []))
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -71,7 +71,9 @@ async def _enqueue(
     # processes the claim travels as the "accepted" event, milliseconds later.
     session.reserved = True
     traceparent = child_of(request.headers.get(TRACEPARENT_HEADER))
-    task = ChatTask(session_id=session_id, message=body.message, model=body.model)
+    task = ChatTask(
+        session_id=session_id, message=body.message, model=body.model, reply_to=broker.replica_id
+    )
     structlog.contextvars.bind_contextvars(
         session_id=session_id, task_id=task.task_id, trace_id=trace_id_of(traceparent)
     )
@@ -119,7 +121,7 @@ async def chat(
     requested_at = time.time()
     task, traceparent = await _enqueue(body, request, settings, broker, hub)
     return StreamingResponse(
-        text_body(hub, task.session_id, settings, requested_at),
+        text_body(hub, task.session_id, settings, requested_at, broker.discover),
         media_type="text/plain; charset=utf-8",
         headers={**_session_headers(task.session_id, traceparent), **STREAM_HEADERS},
     )
@@ -149,6 +151,7 @@ async def stream(
     session_id: Annotated[str, Path(pattern=SESSION_ID_PATTERN)],
     settings: SettingsDep,
     hub: HubDep,
+    broker: BrokerDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     after = 0
@@ -157,7 +160,7 @@ async def stream(
             raise APIError(400, "invalid_last_event_id", "Last-Event-ID must be a whole number")
         after = int(last_event_id.strip())
     return EventSourceResponse(
-        sse_body(hub, session_id, after, settings),
+        sse_body(hub, session_id, after, settings, broker.discover),
         ping=settings.sse_ping_s,
         headers={"X-Session-ID": session_id, **STREAM_HEADERS},
     )

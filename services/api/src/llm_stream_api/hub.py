@@ -1,14 +1,15 @@
-"""The session hub: every answer event of the last ``session_ttl`` seconds, in memory.
+"""The session hub: the sessions this API replica holds, each as one string of answer text.
 
-Each API process tails the events stream into its own hub. The stream is totally ordered and
-every process applies the same events in the same order with the same rules, so every process
-derives the same numbered event list per session: SSE ids agree across processes and replicas,
-which is what makes ``Last-Event-ID`` resume exact anywhere.
+A replica holds the sessions it accepted and the ones a client reads from it; nothing else
+reaches it (see docs/adr/0002-scale-out-return-path.md). Frames carry their character offset,
+so whatever their boundaries (live flushes, a worker's replay, a transcript from history),
+every replica derives the same text, and a position in it means the same thing everywhere:
+SSE ids are positions, which is what makes ``Last-Event-ID`` resume exact on any replica.
 
-Chunks carry their character offset in the answer. A redelivered task regenerates the answer
-from offset 0; the hub keeps only text beyond what it already has, and if a regenerated piece
-disagrees with text already published, the session ends with an error instead of a garbled
-answer.
+A redelivered task regenerates the answer from offset 0: the hub keeps only text beyond what
+it holds, and if a regenerated piece disagrees with text already held, the session ends with
+an error instead of a garbled answer. A frame that starts beyond the held text is a gap (a
+lost message): the hub reports it and the replica asks for a replay.
 """
 
 from __future__ import annotations
@@ -16,79 +17,56 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
-import orjson
-from mqcommon.schemas import StreamEvent
+from mqcommon.schemas import End, Frame, HistoryRecord
 
-DONE = "done"
-ERROR = "error"
+from llm_stream_api import metrics
+
+DONE, ERROR, CANCELLED = "done", "error", "cancelled"
 TIMEOUT = "timeout"  # an error decided by a reader that waited too long; never stored
-CHUNK = "chunk"
 
 DIVERGED = "the answer was regenerated after a worker failure and differs from what was sent"
+TOO_LONG = "answer exceeds SESSION_MAX_BYTES"
 
 
-# One numbered event of a session: (kind, text), where text is the chunk or the error
-# message. A plain tuple of strings on purpose: CPython stops tracking such tuples in the
-# garbage collector (not tuple subclasses), so a hub holding thousands of answers does not
-# make every full collection walk every event.
-HubEvent = tuple[str, str]
-
-
-def event_data(event: HubEvent) -> bytes:
-    """The SSE data line's JSON, built when sent. Keeping it instead would cost ~4 KiB an
-    event: orjson's result holds on to its whole output buffer."""
-    kind, text = event
-    if kind == CHUNK:
-        return b'{"chunk":%s}' % orjson.dumps(text)
-    if kind == DONE:
-        return b'{"type": "done"}'
-    return b'{"type": "error", "error": %s}' % orjson.dumps(text)
-
-
-def chunk_event(text: str) -> HubEvent:
-    return (CHUNK, text)
-
-
-def done_event() -> HubEvent:
-    return (DONE, "")
-
-
-def error_event(message: str) -> HubEvent:
-    return (ERROR, message)
-
-
-def timeout_event(message: str) -> HubEvent:
-    return (TIMEOUT, message)
-
-
-@dataclass(slots=True)
 class Session:
-    id: str
-    touched: float
-    events: list[HubEvent] = field(default_factory=list)
-    parts: list[str] = field(default_factory=list)
-    length: int = 0
-    accepted_at: float | None = None  # wall clock of the POST that queued it
-    started: bool = False
-    ended: bool = False
-    trace_id: str | None = None
-    reserved: bool = False  # a POST of this process is queueing it right now
-    readers: int = 0
-    _waiter: asyncio.Event | None = None
+    """One answer. About 200 bytes plus the text (one ``str``, 1 byte per ASCII character)."""
+
+    __slots__ = (
+        "_waiter", "accepted_at", "end_kind", "error", "id", "looked_up", "readers", "reserved",
+        "started", "text", "touched", "trace_id", "tracked",
+    )
+
+    def __init__(self, session_id: str, touched: float) -> None:
+        self.id = session_id
+        self.touched = touched
+        self.text = ""
+        self.end_kind: str | None = None
+        self.error: str | None = None
+        self.accepted_at: float | None = None  # wall clock of the POST that queued it
+        self.started = False
+        self.trace_id: str | None = None
+        self.reserved = False  # a POST of this replica is queueing it right now
+        self.tracked = False  # this replica receives its frames (accepted here, or asked for)
+        self.looked_up = False  # the history has been read for it at least once
+        self.readers = 0
+        self._waiter: asyncio.Event | None = None
 
     @property
     def known(self) -> bool:
-        """Some process accepted it or some worker produced for it."""
-        return self.reserved or self.accepted_at is not None or self.started or bool(self.events)
+        """Some replica accepted it or some worker produced for it."""
+        return (
+            self.reserved or self.accepted_at is not None or self.started or bool(self.text)
+            or self.end_kind is not None
+        )
 
     @property
-    def text(self) -> str:
-        return "".join(self.parts)
+    def ended(self) -> bool:
+        return self.end_kind is not None
 
     async def wait(self, timeout: float) -> bool:
-        """Wait until something is appended; False on timeout."""
+        """Wait until something changes; False on timeout."""
         if self._waiter is None:
             self._waiter = asyncio.Event()
         try:
@@ -98,19 +76,33 @@ class Session:
         except TimeoutError:
             return False
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         if self._waiter is not None:
             self._waiter.set()
             self._waiter = None
 
 
+def _ignore(_: str) -> None:
+    return None
+
+
 class SessionHub:
-    def __init__(self, *, ttl_s: float, max_sessions: int, max_bytes: int, clock=time.monotonic):
+    def __init__(
+        self,
+        *,
+        ttl_s: float,
+        max_sessions: int,
+        max_bytes: int,
+        unknown_ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ttl = ttl_s
+        self._unknown_ttl = unknown_ttl_s
         self._max_sessions = max_sessions
         self._max_bytes = max_bytes
         self._clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.on_gap: Callable[[str], None] = _ignore
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -119,7 +111,7 @@ class SessionHub:
         return self._sessions.get(session_id)
 
     def session(self, session_id: str) -> Session:
-        """The session, created empty if this process has not heard of it yet."""
+        """The session, created empty if this replica has not heard of it yet."""
         found = self._sessions.get(session_id)
         if found is None:
             found = Session(session_id, self._clock())
@@ -128,72 +120,120 @@ class SessionHub:
                 self._evict_oldest()
         return found
 
+    def accept(self, session_id: str, accepted_at: float, trace_id: str | None) -> Session:
+        """A POST of this replica queued the session: its frames come here from the start."""
+        session = self.session(session_id)
+        session.tracked = True
+        if session.accepted_at is None:
+            session.accepted_at = accepted_at
+            session.trace_id = session.trace_id or trace_id
+        session.notify()
+        return session
+
     def served_sessions(self) -> list[str]:
         return [s.id for s in self._sessions.values() if s.readers > 0 and not s.ended]
 
-    def apply(self, event: StreamEvent) -> None:
-        session = self.session(event.session_id)
-        session.touched = self._clock()
-        self._sessions.move_to_end(event.session_id)
-        if event.trace_id and session.trace_id is None:
-            session.trace_id = event.trace_id
+    def tracked_sessions(self) -> list[str]:
+        """Unfinished sessions this replica wants live frames for."""
+        return [
+            s.id for s in self._sessions.values()
+            if s.tracked and not s.ended and (s.readers > 0 or s.known)
+        ]
+
+    # -- applying what arrives -------------------------------------------------------------
+
+    def apply(self, frame: Frame) -> bool:
+        """Merge a live frame; False when the session is not held here."""
+        session = self._sessions.get(frame.session_id)
+        if session is None:
+            return False
+        self._touch(session)
+        if frame.trace_id and session.trace_id is None:
+            session.trace_id = frame.trace_id
         if session.ended:
-            return
-        kind = event.kind
-        if kind == "chunk":
-            self._merge_chunk(session, event.offset, event.text)
-        elif kind == "done":
-            if event.offset == session.length:
-                self._end(session, done_event())
-            elif event.offset < session.length:
-                self._end(session, error_event(DIVERGED))
-            # offset beyond what we hold: an earlier batch was lost, the task is redelivered
-        elif kind == "error":
-            self._end(session, error_event(event.error or "generation failed"))
-        elif kind == "accepted":
-            if session.accepted_at is None:
-                session.accepted_at = event.at
-            session._notify()
-        elif kind == "started":
+            return True
+        if frame.started and not session.started:
             session.started = True
-            session._notify()
+            session.notify()
+        if frame.text and not self._merge(session, frame.offset, frame.text):
+            return True
+        if frame.end is not None:
+            self._apply_end(session, frame.end)
+        return True
+
+    def apply_record(self, record: HistoryRecord) -> None:
+        """Merge what the history stream holds for a session (acceptance, transcript)."""
+        session = self.session(record.session_id)
+        self._touch(session)
+        if record.trace_id and session.trace_id is None:
+            session.trace_id = record.trace_id
+        if record.kind == "accepted":
+            if session.accepted_at is None:
+                session.accepted_at = record.at
+            session.notify()
+        elif record.kind == "transcript" and not session.ended and record.end is not None:
+            session.started = True
+            if record.text and not self._merge(session, 0, record.text):
+                return
+            self._apply_end(session, record.end)
 
     def sweep(self) -> int:
-        """Forget sessions untouched for ``ttl`` with no reader; returns how many."""
-        horizon = self._clock() - self._ttl
-        stale = [s.id for s in self._sessions.values() if s.touched < horizon and s.readers == 0]
+        """Forget sessions untouched for ``ttl`` (never-known ones sooner) with no reader."""
+        now = self._clock()
+        stale = [
+            s.id for s in self._sessions.values()
+            if s.readers == 0 and now - s.touched > (self._ttl if s.known else self._unknown_ttl)
+        ]
         for sid in stale:
             del self._sessions[sid]
         return len(stale)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _merge_chunk(self, session: Session, offset: int, text: str) -> None:
-        held = session.length
-        if offset > held or not text:
-            return  # a gap: an earlier batch was lost and the task will be redelivered
+    def _touch(self, session: Session) -> None:
+        session.touched = self._clock()
+        self._sessions.move_to_end(session.id)
+
+    def _merge(self, session: Session, offset: int, text: str) -> bool:
+        """Add ``text`` at ``offset``; False if the session ended or a gap was found."""
+        held = len(session.text)
+        if offset > held:
+            metrics.LIVE_GAPS.inc()
+            self.on_gap(session.id)
+            return False
         end = offset + len(text)
         if end <= held:
             if session.text[offset:end] != text:
-                self._end(session, error_event(DIVERGED))
-            return
+                self._end(session, ERROR, DIVERGED)
+                return False
+            return True
         overlap = held - offset
         if overlap and session.text[offset:held] != text[:overlap]:
-            self._end(session, error_event(DIVERGED))
-            return
-        fresh = text[overlap:]
-        if session.length + len(fresh) > self._max_bytes:
-            self._end(session, error_event("answer exceeds SESSION_MAX_BYTES"))
-            return
-        session.parts.append(fresh)
-        session.length += len(fresh)
-        session.events.append(chunk_event(fresh))
-        session._notify()
+            self._end(session, ERROR, DIVERGED)
+            return False
+        if end > self._max_bytes:
+            self._end(session, ERROR, TOO_LONG)
+            return False
+        session.text += text[overlap:]
+        session.notify()
+        return True
 
-    def _end(self, session: Session, event: HubEvent) -> None:
-        session.events.append(event)
-        session.ended = True
-        session._notify()
+    def _apply_end(self, session: Session, end: End) -> None:
+        held = len(session.text)
+        if end.kind != DONE:
+            self._end(session, end.kind, end.error or "generation failed")
+        elif end.length == held:
+            self._end(session, DONE, None)
+        elif end.length < held:
+            self._end(session, ERROR, DIVERGED)
+        else:  # text is missing: a lost message
+            metrics.LIVE_GAPS.inc()
+            self.on_gap(session.id)
+
+    def _end(self, session: Session, kind: str, error: str | None) -> None:
+        session.end_kind = kind
+        session.error = error
+        session.notify()
 
     def _evict_oldest(self) -> None:
         for sid, session in self._sessions.items():

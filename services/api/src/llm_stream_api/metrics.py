@@ -85,7 +85,30 @@ REJECTED = Counter(
     ["reason"],
 )
 EVENTS_RECEIVED = Counter(
-    "llmstream_events_received_total", "Answer events read from the events stream."
+    "llmstream_events_received_total",
+    "Live frames applied (one per session per worker flush, only for sessions held here).",
+)
+UNKNOWN_SESSION_FRAMES = Counter(
+    "llmstream_unknown_session_frames_total",
+    "Live frames for sessions this replica no longer holds (dropped).",
+)
+MALFORMED = Counter(
+    "llmstream_malformed_messages_total",
+    "Broker messages that could not be used, by source (live, history) and reason "
+    "(malformed, version, frame).",
+    ["source", "reason"],
+)
+LIVE_GAPS = Counter(
+    "llmstream_live_gaps_total",
+    "Frames that started beyond the text held (a lost message); each asks for a replay.",
+)
+HISTORY_LOOKUPS = Histogram(
+    "llmstream_history_lookup_duration_seconds",
+    "Time to read one session's records from the history stream.", buckets=LATENCY_BUCKETS,
+)
+HISTORY_FAILURES = Counter(
+    "llmstream_history_failures_total",
+    "History operations that failed, by kind (marker, lookup).", ["kind"],
 )
 BROKER_CONNECTED = Gauge(
     "llmstream_broker_connected", "1 when the API process holds a broker connection.",

@@ -45,6 +45,12 @@ class APISettings(BrokerSettings, LLMSettings):
         default=False, description="POST /chat calls the LLM from the API instead of the workers."
     )
     stats_cache_s: float = Field(default=1.0, ge=0, description="Cache of queue statistics.")
+    history_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest one history lookup (a session this replica lacks) may take.",
+    )
+    history_lookups_max: int = Field(
+        default=32, ge=1, le=1000, description="History lookups one API process runs at once.",
+    )
     cors_allow_origins: str = Field(
         default="*",
         description="Origins allowed to call the API from a browser: '*', a comma-separated list "

@@ -1,72 +1,106 @@
 """Turning a session in the hub into what a client reads: SSE frames or plain text.
 
-A reader starts after the events it already has (``Last-Event-ID``), so resuming on any
-process continues with no gap and no duplicate. A session nobody announces ends with an
-error event after ``stream_wait_timeout``; a known one that stays silent, after
-``stream_idle_timeout``.
+An SSE id is a position in the answer: a chunk's id is the number of characters sent once it
+is read, and the final event's id is that number plus one. Positions mean the same on every
+replica, so ``Last-Event-ID: N`` continues at character N anywhere, with no gap and no
+duplicate; events without an id (waiting, timeouts) are never replayed. A session nobody
+knows ends with an error event after ``stream_wait_timeout``; a known one that stays silent,
+after ``stream_idle_timeout``. ``docs/events.md`` lists every event.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import orjson
 import structlog
 
 from llm_stream_api import metrics
-from llm_stream_api.hub import CHUNK, DONE, TIMEOUT, HubEvent, Session, SessionHub, event_data, timeout_event
+from llm_stream_api.hub import DONE, TIMEOUT, Session, SessionHub
 from llm_stream_api.settings import APISettings
 
 log = structlog.get_logger(__name__)
 
+# How often a reader asks again for a session it cannot see: unknown ones (the POST may not
+# have landed yet), and silent ones (a replay or the end may have been missed).
+REDISCOVER_UNKNOWN_S = 2.0
+REDISCOVER_SILENT_S = 10.0
+
+Discover = Callable[[Session], None]
+
 
 @dataclass(slots=True)
-class Numbered:
-    id: int
-    event: HubEvent
+class Piece:
+    """What a reader gets next: new text up to ``position``, or the end (``kind`` set)."""
+
+    position: int
+    text: str = ""
+    kind: str | None = None
+    error: str | None = None
 
 
 async def follow(
-    hub: SessionHub, session_id: str, after: int, settings: APISettings
-) -> AsyncIterator[list[Numbered]]:
-    """Yield the session's events numbered from ``after + 1`` on, until it ends."""
+    hub: SessionHub, session_id: str, after: int, settings: APISettings, discover: Discover
+) -> AsyncIterator[Piece]:
+    """Yield the session's text from character ``after`` on, then how it ended."""
     session = hub.session(session_id)
     session.readers += 1
     try:
+        if not session.tracked:
+            discover(session)
         position = after
-        progress_at = time.monotonic()
+        progress_at = asked_at = time.monotonic()
         while True:
-            events = session.events
-            if position < len(events):
-                batch = [Numbered(i + 1, events[i]) for i in range(position, len(events))]
-                position = len(events)
+            text = session.text
+            if position < len(text):
+                yield Piece(len(text), text[position:])
+                position = len(text)
                 progress_at = time.monotonic()
-                yield batch
                 continue
             if session.ended:
+                if position <= len(text):
+                    yield Piece(len(text) + 1, kind=session.end_kind, error=session.error)
                 return
+            now = time.monotonic()
             if session.known:
                 limit, why = settings.stream_idle_timeout_s, (
                     f"no answer event for {settings.stream_idle_timeout_s:g}s"
                 )
+                again = REDISCOVER_SILENT_S
             else:
                 limit, why = settings.stream_wait_timeout_s, (
                     f"session {session_id!r} not found: nothing was queued for it within "
                     f"{settings.stream_wait_timeout_s:g}s"
                 )
-            remaining = limit - (time.monotonic() - progress_at)
+                again = REDISCOVER_UNKNOWN_S
+            remaining = limit - (now - progress_at)
             if remaining <= 0:
-                yield [Numbered(position + 1, timeout_event(why))]
+                yield Piece(position, kind=TIMEOUT, error=why)
                 return
-            if await session.wait(remaining):
+            if now - asked_at >= again:
+                asked_at = now
+                discover(session)
+            before = (session.started, session.known)
+            await session.wait(min(remaining, again))
+            if (session.started, session.known) != before:
                 progress_at = time.monotonic()
     finally:
         session.readers -= 1
 
 
-def sse_frame(item: Numbered) -> bytes:
-    return b"id: %d\ndata: %s\n\n" % (item.id, event_data(item.event))
+def sse_frame(piece: Piece) -> bytes:
+    if piece.kind is None:
+        return b"id: %d\ndata: {\"chunk\":%s}\n\n" % (piece.position, orjson.dumps(piece.text))
+    if piece.kind == TIMEOUT:  # decided here, not stored: no id, so a resume asks again
+        return b"data: %s\n\n" % orjson.dumps({"type": "error", "error": piece.error})
+    if piece.kind == DONE:
+        return b'id: %d\ndata: {"type": "done"}\n\n' % piece.position
+    if piece.kind == "error":
+        body = orjson.dumps({"type": "error", "error": piece.error})
+        return b"id: %d\ndata: %s\n\n" % (piece.position, body)
+    return b"id: %d\ndata: %s\n\n" % (piece.position, orjson.dumps({"type": piece.kind}))
 
 
 class StreamMeter:
@@ -80,21 +114,19 @@ class StreamMeter:
         self.how = "disconnect"
         metrics.OPEN_STREAMS.labels(mode).inc()
 
-    def sent(self, items: list[Numbered], nbytes: int) -> None:
-        if not self.first_sent and self.requested_at is not None:
-            if any(item.event[0] == CHUNK for item in items):
-                self.first_sent = True
-                metrics.CLIENT_TTFT.labels(self.mode).observe(max(0.0, time.time() - self.requested_at))
-        metrics.STREAM_EVENTS.labels(self.mode).inc(len(items))
+    def sent(self, piece: Piece, nbytes: int) -> None:
+        if piece.kind is None and not self.first_sent and self.requested_at is not None:
+            self.first_sent = True
+            metrics.CLIENT_TTFT.labels(self.mode).observe(max(0.0, time.time() - self.requested_at))
+        metrics.STREAM_EVENTS.labels(self.mode).inc()
         metrics.STREAM_BYTES.labels(self.mode).inc(nbytes)
-        last = items[-1].event[0]
-        if last != CHUNK:
-            self.how = {DONE: "done", TIMEOUT: "timeout"}.get(last, "error")
+        if piece.kind is not None:
+            self.how = {DONE: "done", TIMEOUT: "timeout", "cancelled": "cancelled"}.get(piece.kind, "error")
 
-    def close(self, session: Session) -> None:
+    def close(self, session: Session | None, session_id: str) -> None:
         log.info(
-            "stream closed", session_id=session.id, trace_id=session.trace_id, mode=self.mode,
-            how=self.how, seconds=round(time.monotonic() - self.opened, 3),
+            "stream closed", session_id=session_id, trace_id=session.trace_id if session else None,
+            mode=self.mode, how=self.how, seconds=round(time.monotonic() - self.opened, 3),
         )
         metrics.OPEN_STREAMS.labels(self.mode).dec()
         metrics.STREAM_DURATION.labels(self.mode).observe(time.monotonic() - self.opened)
@@ -102,38 +134,39 @@ class StreamMeter:
 
 
 async def sse_body(
-    hub: SessionHub, session_id: str, after: int, settings: APISettings
+    hub: SessionHub, session_id: str, after: int, settings: APISettings, discover: Discover
 ) -> AsyncIterator[bytes]:
     session = hub.get(session_id)
     requested_at = session.accepted_at if (after == 0 and session is not None) else None
     meter = StreamMeter("sse", requested_at)
     try:
-        async for items in follow(hub, session_id, after, settings):
+        async for piece in follow(hub, session_id, after, settings, discover):
             if meter.requested_at is None and after == 0:
                 meter.requested_at = hub.session(session_id).accepted_at
-            frames = b"".join(sse_frame(item) for item in items)
-            meter.sent(items, len(frames))
-            yield frames
+            frame = sse_frame(piece)
+            meter.sent(piece, len(frame))
+            yield frame
     finally:
-        meter.close(hub.session(session_id))
+        meter.close(hub.get(session_id), session_id)
 
 
 async def text_body(
-    hub: SessionHub, session_id: str, settings: APISettings, requested_at: float
+    hub: SessionHub, session_id: str, settings: APISettings, requested_at: float, discover: Discover
 ) -> AsyncIterator[bytes]:
     """The answer as plain text; a failure ends the body with an ``[error]`` line."""
     meter = StreamMeter("sync", requested_at)
     try:
-        async for items in follow(hub, session_id, 0, settings):
-            out = []
-            for item in items:
-                if item.event[0] == CHUNK:
-                    out.append(item.event[1])
-                elif item.event[0] != DONE:
-                    out.append(f"\n[error] {item.event[1]}\n")
-            data = "".join(out).encode()
-            meter.sent(items, len(data))
+        async for piece in follow(hub, session_id, 0, settings, discover):
+            if piece.kind is None:
+                data = piece.text.encode()
+            elif piece.kind == DONE:
+                data = b""
+            elif piece.kind == "cancelled":
+                data = b"\n[cancelled]\n"
+            else:
+                data = f"\n[error] {piece.error}\n".encode()
+            meter.sent(piece, len(data))
             if data:
                 yield data
     finally:
-        meter.close(hub.session(session_id))
+        meter.close(hub.get(session_id), session_id)

@@ -1,19 +1,21 @@
-"""One task, start to finish: stream from the LLM, publish events, then settle the delivery.
+"""One task, start to finish: stream from the LLM, send live frames, then settle the delivery.
 
-The task is acknowledged only after its final event is confirmed by the broker, so a crash at
-any point means redelivery, never loss. What happens on each kind of failure is decided here:
+The task is acknowledged only after its transcript (the whole answer and how it ended) is
+confirmed on the history stream, so a crash at any point means redelivery, never loss. What
+happens on each kind of failure is decided here:
 
-    completed      final event confirmed                      -> ack
+    completed      transcript confirmed                        -> ack
     retried        retryable failure, deliveries left, SIGTERM -> nack(requeue)
-    failed         poison upstream error, timeout              -> error event, ack
-    cancelled      session abandoned by every client           -> error event, ack
-    dead_lettered  bad payload, or retryable failures exhausted -> (error event,) reject to DLQ
+    failed         poison upstream error, timeout              -> error end, ack
+    cancelled      session abandoned by every client           -> error end, ack
+    dead_lettered  bad payload, or retryable failures exhausted -> (error end,) reject to DLQ
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import openai
@@ -21,20 +23,22 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
-from mqcommon.batching import EventBatcher
 from mqcommon.errors import BrokerUnavailable, UpstreamError
 from mqcommon.llm import stream_answer
-from mqcommon.schemas import ChatTask, StreamEvent
+from mqcommon.schemas import ChatTask, HistoryRecord
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 from pydantic import ValidationError
 
 from llm_stream_worker import metrics
+from llm_stream_worker.outbox import Outbox, Outgoing
 from llm_stream_worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
 
 ABANDONED = "abandoned"
 SHUTDOWN = "shutdown"
+
+RecordFn = Callable[[HistoryRecord], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -53,8 +57,10 @@ async def process(
     *,
     settings: WorkerSettings,
     llm: openai.AsyncOpenAI,
-    publisher: EventBatcher,
+    outbox: Outbox,
+    record: RecordFn,
 ) -> None:
+    """Run one delivery; ``record`` publishes a history record and waits for its confirm."""
     try:
         task = ChatTask.decode(message.body)
     except ValidationError as exc:
@@ -73,99 +79,84 @@ async def process(
     if attempt == 1:
         metrics.QUEUE_WAIT.observe(max(0.0, time.time() - task.created_at))
     log.info("generation started")
+    out = outbox.open(task.session_id, attempt=attempt, trace_id=trace_id, reply_to=task.reply_to)
 
-    def final(kind: str, error: str | None = None, offset: int = 0) -> asyncio.Future[None]:
-        event = StreamEvent(
-            session_id=task.session_id, kind=kind, offset=offset, error=error, attempt=attempt,
-            trace_id=trace_id,
-        )
-        return publisher.emit(event, urgent=True)
+    async def finish(kind: str, settle: str, error: str | None = None) -> None:
+        """End the session for every reader, and settle once its transcript is durable."""
+        outbox.close(out, kind, error)
+        try:
+            await record(_transcript(out))
+        except BrokerUnavailable as exc:
+            log.warning("transcript not confirmed; requeueing", error=str(exc))
+            metrics.PUBLISH_FAILURES.inc()
+            await _settle(message, "requeue")
+            return
+        await _settle(message, settle)
 
-    failures_before = publisher.failures
+    def retry(why: str) -> None:
+        outbox.discard(out)
+        metrics.TASKS.labels("retried").inc()
+        log.info("requeueing", why=why)
+
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.llm_timeout_s):
-            offset = await _generate(task, attempt, trace_id, settings, llm, publisher, started)
-            await final("done", offset=offset)
-        if publisher.failures != failures_before:
-            raise BrokerUnavailable("an event batch of this generation was not confirmed")
-        await _settle(message, "ack")
+            await _generate(task, out, settings, llm, outbox, started)
+        await finish("done", "ack")
         metrics.GENERATION_DURATION.observe(time.perf_counter() - started)
         metrics.TASKS.labels("completed").inc()
-        log.info("generation completed", chars=offset)
+        log.info("generation completed", chars=out.length)
     except asyncio.CancelledError:
         if running.cancel_reason == ABANDONED:
             log.info("generation cancelled: no client is reading the session")
-            await _finish_with_error(message, final("error", "session abandoned: no client"), "ack")
+            await finish("error", "ack", "session abandoned: no client")
             metrics.TASKS.labels("cancelled").inc()
         else:
-            log.info("generation interrupted by shutdown; requeueing")
+            retry("shutdown")
             await _settle(message, "requeue")
-            metrics.TASKS.labels("retried").inc()
         raise
     except TimeoutError:
         log.warning("generation timed out", timeout_s=settings.llm_timeout_s)
-        error = f"generation timed out after {settings.llm_timeout_s:g}s"
-        await _finish_with_error(message, final("error", error), "ack")
+        await finish("error", "ack", f"generation timed out after {settings.llm_timeout_s:g}s")
         metrics.TASKS.labels("failed").inc()
     except UpstreamError as exc:
         metrics.UPSTREAM_ERRORS.labels(exc.error_class, str(exc.retryable).lower()).inc()
         if exc.retryable and attempt < settings.task_max_deliveries:
-            log.warning("upstream failed; requeueing", error=str(exc))
+            log.warning("upstream failed", error=str(exc))
+            retry("upstream failure")
             await _settle(message, "requeue")
-            metrics.TASKS.labels("retried").inc()
         elif exc.retryable:
             log.error("upstream failed on the last delivery; dead-lettering", error=str(exc))
-            await _finish_with_error(message, final("error", f"LLM unavailable: {exc}"), "reject")
+            await finish("error", "reject", f"LLM unavailable: {exc}")
             metrics.TASKS.labels("dead_lettered").inc()
         else:
             log.warning("upstream refused the request", error=str(exc))
-            await _finish_with_error(message, final("error", f"LLM error: {exc}"), "ack")
+            await finish("error", "ack", f"LLM error: {exc}")
             metrics.TASKS.labels("failed").inc()
-    except BrokerUnavailable as exc:
-        log.warning("events not confirmed; requeueing", error=str(exc))
-        await _settle(message, "requeue")
-        metrics.TASKS.labels("retried").inc()
     finally:
         structlog.contextvars.unbind_contextvars("session_id", "task_id", "trace_id", "attempt")
 
 
+def _transcript(out: Outgoing) -> HistoryRecord:
+    return HistoryRecord("transcript", out.session_id, at=time.time(), text=out.text, end=out.end,
+                         trace_id=out.trace_id)
+
+
 async def _generate(
     task: ChatTask,
-    attempt: int,
-    trace_id: str | None,
+    out: Outgoing,
     settings: WorkerSettings,
     llm: openai.AsyncOpenAI,
-    publisher: EventBatcher,
+    outbox: Outbox,
     started: float,
-) -> int:
-    session_id = task.session_id
-    publisher.emit(
-        StreamEvent(session_id=session_id, kind="started", attempt=attempt, trace_id=trace_id)
-    )
-    offset = 0
-    async for text in stream_answer(llm, settings, task.message, task.model):
-        if offset == 0:
-            metrics.UPSTREAM_TTFT.observe(time.perf_counter() - started)
-        metrics.TOKENS.inc()
-        publisher.emit(
-            StreamEvent(session_id=session_id, kind="chunk", offset=offset, text=text, attempt=attempt),
-            urgent=offset == 0,
-        )
-        offset += len(text)
-    return offset
-
-
-async def _finish_with_error(
-    message: AbstractIncomingMessage, confirmed: asyncio.Future[None], settle: str
 ) -> None:
-    """Settle only once the error event is confirmed, else requeue so the client still hears."""
-    try:
-        await confirmed
-    except BrokerUnavailable:
-        await _settle(message, "requeue")
-        return
-    await _settle(message, settle)
+    first = True
+    async for text in stream_answer(llm, settings, task.message, task.model):
+        if first:
+            metrics.UPSTREAM_TTFT.observe(time.perf_counter() - started)
+            first = False
+        metrics.TOKENS.inc()
+        outbox.write(out, text)
 
 
 async def _settle(message: AbstractIncomingMessage, how: str) -> None:

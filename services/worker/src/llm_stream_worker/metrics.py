@@ -48,16 +48,22 @@ UPSTREAM_ERRORS = Counter(
     ["error_class", "retryable"],
 )
 EVENT_BATCHES = Counter(
-    "llmstream_worker_event_batches_total", "Event batches published to the events stream."
+    "llmstream_worker_event_batches_total",
+    "Live messages sent (one per API replica per flush) and transcripts published.",
 )
 EVENTS_PUBLISHED = Counter(
-    "llmstream_worker_events_published_total", "Answer events published (inside batches)."
+    "llmstream_worker_events_published_total",
+    "Session frames sent inside live messages (one per session per flush and replica).",
 )
 PUBLISH_FAILURES = Counter(
-    "llmstream_worker_event_publish_failures_total", "Event batches the broker did not confirm."
+    "llmstream_worker_event_publish_failures_total",
+    "Transcripts the broker did not confirm, and live messages that could not be sent.",
 )
-
-
-def record_batch(events: int) -> None:
-    EVENT_BATCHES.inc()
-    EVENTS_PUBLISHED.inc(events)
+MALFORMED = Counter(
+    "llmstream_worker_malformed_messages_total",
+    "Presence messages that could not be read (logged and skipped).",
+)
+REPLAYS = Counter(
+    "llmstream_worker_replays_total",
+    "Answers sent again from offset 0 to a replica that asked (a late reader or a gap).",
+)

@@ -8,8 +8,7 @@ abandoned and cancelled, so a client that left stops costing the workers.
 from __future__ import annotations
 
 import time
-
-import orjson
+from collections.abc import Iterable
 
 
 class PresenceTracker:
@@ -18,16 +17,11 @@ class PresenceTracker:
         self._clock = clock
         self._last_seen: dict[str, float] = {}
 
-    def observe(self, body: bytes) -> None:
-        """Record an announcement: ``{"sessions": [...]}``."""
-        try:
-            sessions = orjson.loads(body).get("sessions", [])
-        except (orjson.JSONDecodeError, AttributeError):
-            return
+    def observe(self, served: Iterable[str]) -> None:
+        """Record an announcement of the sessions a replica is serving."""
         now = self._clock()
-        for session_id in sessions:
-            if isinstance(session_id, str):
-                self._last_seen[session_id] = now
+        for session_id in served:
+            self._last_seen[session_id] = now
 
     def is_abandoned(self, session_id: str, started_at: float) -> bool:
         """True when nobody has watched the session since ``started_at`` (a clock reading)."""

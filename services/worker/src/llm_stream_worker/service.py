@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import aio_pika
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -13,13 +14,15 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
-from mqcommon.batching import EventBatcher
 from mqcommon.connection import connect, process_name
+from mqcommon.errors import BrokerUnavailable
 from mqcommon.llm import make_client
 from mqcommon.publishing import publish_confirmed
+from mqcommon.schemas import HistoryRecord, MalformedMessage, Presence
 from mqcommon.topology import Topology, declare_exchange, declare_queue
 
 from llm_stream_worker import generation, http, metrics
+from llm_stream_worker.outbox import Outbox
 from llm_stream_worker.presence import PresenceTracker
 from llm_stream_worker.settings import WorkerSettings
 
@@ -36,17 +39,18 @@ class Worker:
         self.presence = PresenceTracker(settings.abandon_timeout_s)
         self.running: dict[str, generation.Running] = {}
         self._connection: AbstractRobustConnection | None = None
-        self._events_channel: AbstractChannel | None = None
+        self._history_channel: AbstractChannel | None = None
+        self._live_exchange: aio_pika.abc.AbstractExchange | None = None
         self._task_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._stopping = False
-        self.publisher = EventBatcher(
-            self._publish_batch,
+        self.outbox = Outbox(
+            self._send_live,
             producer=process_name("worker"),
             flush_interval_s=settings.flush_interval_ms / 1000,
             flush_max_bytes=settings.flush_max_bytes,
-            on_published=metrics.record_batch,
-            on_failed=lambda _: metrics.PUBLISH_FAILURES.inc(),
+            route_ttl_s=settings.abandon_timeout_s,
+            keep_ended_s=settings.keep_ended_s,
         )
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -75,9 +79,12 @@ class Worker:
         await self.topology.declare(setup)
         await setup.close()
 
-        self._events_channel = await self._connection.channel(
+        self._history_channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
+        # Live frames are not confirmed: a replica that misses one sees the gap and asks again.
+        live_channel = await self._connection.channel(publisher_confirms=False)
+        self._live_exchange = await declare_exchange(live_channel, self.topology.live_exchange)
 
         presence_channel = await self._connection.channel()
         presence_exchange = await declare_exchange(presence_channel, self.topology.presence_exchange)
@@ -112,6 +119,7 @@ class Worker:
                     if run.task is not None:
                         run.task.cancel()
             self.presence.prune()
+            self.outbox.prune()
 
     async def shutdown(self) -> None:
         """Stop taking tasks, let in-flight ones finish within the grace period, requeue the rest."""
@@ -127,7 +135,7 @@ class Worker:
                 task.cancel()
             if still_running:
                 await asyncio.wait(still_running, timeout=10)
-        await self.publisher.drain()
+        await self.outbox.drain()
         if self._connection is not None:
             await self._connection.close()
         await self.llm.close()
@@ -135,7 +143,20 @@ class Worker:
     # -- callbacks -----------------------------------------------------------------------
 
     async def _on_presence(self, message: AbstractIncomingMessage) -> None:
-        self.presence.observe(message.body)
+        try:
+            presence = Presence.decode(message.body)
+        except MalformedMessage as exc:
+            metrics.MALFORMED.inc()
+            log.warning("ignoring a malformed presence message", error=str(exc)[:200])
+            return
+        self.presence.observe(presence.served)
+        replica = presence.replica
+        if replica is None:
+            return
+        for session_id in presence.want:
+            self.outbox.interest(replica, session_id, replay=True)
+        for session_id in (*presence.served, *presence.tracked):
+            self.outbox.interest(replica, session_id, replay=False)
 
     async def _on_task(self, message: AbstractIncomingMessage) -> None:
         if self._stopping:
@@ -150,7 +171,8 @@ class Worker:
     async def _process(self, key: str, message: AbstractIncomingMessage, run: generation.Running) -> None:
         try:
             await generation.process(
-                message, run, settings=self.settings, llm=self.llm, publisher=self.publisher
+                message, run, settings=self.settings, llm=self.llm, outbox=self.outbox,
+                record=self._record,
             )
         except asyncio.CancelledError:
             pass  # settled inside; the task ends here
@@ -163,15 +185,25 @@ class Worker:
             self.running.pop(key, None)
             metrics.TASKS_IN_PROGRESS.dec()
 
-    async def _publish_batch(self, body: bytes) -> None:
-        assert self._events_channel is not None
+    async def _send_live(self, replica: str, body: bytes) -> None:
+        if self._live_exchange is None:
+            raise BrokerUnavailable("not connected to the broker")
+        await self._live_exchange.publish(
+            aio_pika.Message(body, content_type="application/json"), routing_key=replica, mandatory=False
+        )
+
+    async def _record(self, record: HistoryRecord) -> None:
+        if self._history_channel is None:
+            raise BrokerUnavailable("not connected to the broker")
         await publish_confirmed(
-            self._events_channel,
+            self._history_channel,
             self.topology.events_stream.name,
-            body,
+            record.encode(),
             timeout_s=self.settings.confirm_timeout_s,
             persistent=True,
+            headers=record.headers(),
         )
+        metrics.EVENT_BATCHES.inc()
 
 
 def _session_hint(message: AbstractIncomingMessage) -> str:

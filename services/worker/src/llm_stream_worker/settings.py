@@ -24,6 +24,10 @@ class WorkerSettings(BrokerSettings, LLMSettings):
         default=256_000, ge=1024, le=16_000_000,
         description="Publish a batch early once it holds this many bytes of text.",
     )
+    keep_ended_s: float = Field(
+        default=15.0, ge=0, le=600,
+        description="How long a finished answer stays on the worker for replicas that missed its end.",
+    )
     shutdown_grace_s: float = Field(
         default=30.0, ge=0,
         description="On SIGTERM, how long in-flight generations may finish before being requeued.",

@@ -1,0 +1,136 @@
+"""The history stream, as this replica uses it: acceptance markers out, lookups by session id.
+
+A replica reads history only on demand, for a session a client asks it about and that it does
+not hold (a reader on another replica than the one that accepted the POST, a resume after a
+replica died, a reader long after the end). A lookup appends a probe record for the session,
+then reads the stream from ``window`` seconds ago up to that probe: everything recorded for
+the session before the lookup began comes back, and the probe says where to stop.
+
+On RabbitMQ 3.13 and later the read is filtered by the broker (``x-stream-filter``), so a
+lookup costs about the records of that one session. Older brokers have no stream filtering:
+there a lookup reads every record of the window (acceptances and transcripts, never tokens)
+and drops the others itself, which the start-up log says once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import AMQPException
+from aiormq.exceptions import AMQPError
+from mqcommon.errors import BrokerUnavailable
+from mqcommon.publishing import publish_confirmed
+from mqcommon.schemas import SESSION_HEADER, HistoryRecord, MalformedMessage, new_id
+from mqcommon.topology import QueueSpec, declare_queue
+
+from llm_stream_api import metrics
+
+log = structlog.get_logger(__name__)
+
+LOOKUP_PREFETCH = 500
+
+
+class History:
+    def __init__(self, stream: QueueSpec, *, window_s: float, timeout_s: float, concurrency: int) -> None:
+        self._stream = stream
+        self._window = window_s
+        self._timeout = timeout_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._publish: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self.filtering = False
+        self._pending_markers: set[asyncio.Task[None]] = set()
+
+    async def start(self, publish: AbstractChannel, read: AbstractChannel, *, filtering: bool) -> None:
+        self._publish = publish
+        self.filtering = filtering
+        await read.set_qos(prefetch_count=LOOKUP_PREFETCH)
+        self._queue = await declare_queue(read, self._stream)
+        if not filtering:
+            log.warning(
+                "this RabbitMQ has no stream filtering (3.13+): a history lookup reads every "
+                "record of the window", window_s=self._window,
+            )
+
+    def accepted(self, session_id: str, at: float, trace_id: str | None) -> None:
+        """Record that the session was queued, without holding up the POST."""
+        record = HistoryRecord("accepted", session_id, at=at, trace_id=trace_id)
+        task = asyncio.create_task(self._record_marker(record))
+        self._pending_markers.add(task)
+        task.add_done_callback(self._pending_markers.discard)
+
+    async def _record_marker(self, record: HistoryRecord) -> None:
+        try:
+            await self._append(record)
+        except BrokerUnavailable as exc:
+            # Only a reader on another replica, before the task starts, would miss it.
+            metrics.HISTORY_FAILURES.labels("marker").inc()
+            log.warning("acceptance marker not recorded", session_id=record.session_id, error=str(exc))
+
+    async def _append(self, record: HistoryRecord) -> None:
+        if self._publish is None:
+            raise BrokerUnavailable("not connected to the broker")
+        await publish_confirmed(
+            self._publish, self._stream.name, record.encode(), timeout_s=self._timeout,
+            persistent=True, headers=record.headers(),
+        )
+
+    async def lookup(self, session_id: str) -> list[HistoryRecord]:
+        """Every record of ``session_id`` in the window; raises ``BrokerUnavailable``."""
+        async with self._slots:
+            started = time.perf_counter()
+            try:
+                records = await self._lookup(session_id)
+            except BrokerUnavailable:
+                metrics.HISTORY_FAILURES.labels("lookup").inc()
+                raise
+            metrics.HISTORY_LOOKUPS.observe(time.perf_counter() - started)
+            return records
+
+    async def _lookup(self, session_id: str) -> list[HistoryRecord]:
+        if self._queue is None:
+            raise BrokerUnavailable("not connected to the broker")
+        probe = new_id()
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._window)
+        await self._append(HistoryRecord("probe", session_id, at=time.time(), probe=probe))
+        found: list[HistoryRecord] = []
+        reached = asyncio.Event()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await message.ack()
+            if reached.is_set() or (message.headers or {}).get(SESSION_HEADER) != session_id:
+                return  # another session's record (a Bloom false positive, or no filtering)
+            try:
+                record = HistoryRecord.decode(message.body)
+            except MalformedMessage as exc:
+                metrics.MALFORMED.labels("history", exc.reason).inc()
+                return
+            if record.kind == "probe":
+                if record.probe == probe:
+                    reached.set()
+            elif record.session_id == session_id:
+                found.append(record)
+
+        arguments: dict[str, object] = {"x-stream-offset": since}
+        if self.filtering:
+            arguments["x-stream-filter"] = session_id
+            arguments["x-stream-match-unfiltered"] = False
+        try:
+            tag = await self._queue.consume(on_message, arguments=arguments)
+        except (AMQPException, AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"cannot read the history: {exc}") from exc
+        try:
+            async with asyncio.timeout(self._timeout):
+                await reached.wait()
+        except TimeoutError as exc:
+            raise BrokerUnavailable(f"history lookup did not finish within {self._timeout:g}s") from exc
+        finally:
+            try:
+                await self._queue.cancel(tag)
+            except (AMQPException, AMQPError, ConnectionError, RuntimeError):
+                pass  # the channel is gone; so is the consumer
+        return found
