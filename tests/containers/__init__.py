@@ -1,0 +1,1 @@
+"""The real images, built with podman and run as the chart runs them."""
