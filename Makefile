@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-deploy test-observability bench tools lint images
+.PHONY: help install run test test-unit test-tools test-integration test-deploy test-observability bench tools lint images
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -22,19 +22,22 @@ images: ## Build the api, worker and mockllm images with podman (skipped when th
 tools: ## Make helm and kubectl available (PATH, or installed into .tools/bin)
 	bash deploy/tools/install-tools.sh
 
-test: install tools ## Run every test: unit, integration, deploy, observability
+test: install tools test-tools ## Run every test: unit, integration, deploy, observability (private RabbitMQ node)
 	$(UV) run pytest
+
+test-tools: ## Install the Debian packages the tests need when missing (RabbitMQ, Prometheus, Chromium)
+	bash scripts/ensure-test-tools.sh
 
 test-unit: install ## Unit tests of every member
 	$(UV) run pytest libs services
 
-test-integration: install ## Integration tests against the real broker and real processes
+test-integration: install test-tools ## Integration tests against a real broker (TEST_BROKER) and real processes
 	$(UV) run pytest tests/integration
 
 test-deploy: install tools ## Render and validate the Helm chart, kustomize overlays and skaffold
 	$(UV) run pytest tests/deploy
 
-test-observability: install ## promtool checks and dashboards/alerts against a real Prometheus
+test-observability: install test-tools ## promtool checks and dashboards/alerts against a real Prometheus
 	$(UV) run pytest tests/observability
 
 bench: install ## Benchmark the stack against the mock LLM and direct (writes bench/results/)
