@@ -1,5 +1,10 @@
 """Run the whole system locally: the API, LLM_WORKERS workers and, without OPENAI_API_KEY,
-the mock LLM; all against the local RabbitMQ. Ctrl-C stops everything."""
+the mock LLM; all against the local RabbitMQ. Ctrl-C stops everything.
+
+Every port is checked before anything starts. A port set explicitly (PORT, MOCK_PORT,
+WORKER_METRICS_PORT_BASE) that is taken stops the run with a message naming it; a default one
+that is taken is replaced by the next free port, and the run says so.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,62 @@ from urllib.parse import urlsplit
 
 from mqcommon.settings import BrokerSettings
 
-MOCK_PORT = int(os.environ.get("MOCK_PORT", "8008"))
-WORKER_METRICS_BASE = int(os.environ.get("WORKER_METRICS_PORT_BASE", "9100"))
+DEFAULT_API_PORT = 8007
+DEFAULT_MOCK_PORT = 8008
+# Next to the API's and the mock's ports, away from the exporters' 9100-9999 (node_exporter 9100).
+DEFAULT_WORKER_METRICS_BASE = 8110
+PORT_SEARCH = 50  # how far past a taken default port to look for a free one
 STOP_TIMEOUT_S = 40.0
+
+
+class PortBusy(Exception):
+    pass
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (as uvicorn would: SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Ports:
+    """Ports for every process, checked before anything starts; none handed out twice."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.taken: set[int] = set()
+
+    def pick(self, what: str, variable: str, default: int, host: str, after: int | None = None) -> int:
+        """The port for ``what``: ``variable``'s value, or ``default``; ``after`` (a port handed
+        out just before) makes it the next port of a consecutive range instead."""
+        explicit = variable in self.env
+        base = int(self.env[variable]) if explicit else default
+        wanted = base if after is None else after + 1
+        if explicit:
+            if wanted in self.taken or not port_free(host, wanted):
+                raise PortBusy(
+                    f"port {wanted} ({what}, from {variable}={self.env[variable]}) is in use. "
+                    f"Stop whatever listens there (`ss -ltnp 'sport = :{wanted}'` shows it) or "
+                    f"set {variable} to a free port."
+                )
+            self.taken.add(wanted)
+            return wanted
+        for port in range(wanted, wanted + PORT_SEARCH):
+            if port in self.taken:
+                continue
+            if port_free(host, port):
+                self.taken.add(port)
+                return port
+            say(f"port {port} ({what}) is in use: trying the next one.")
+        raise PortBusy(
+            f"ports {wanted}-{wanted + PORT_SEARCH - 1} ({what}) are all in use: set {variable} "
+            "to a free port."
+        )
 
 
 def say(text: str) -> None:
@@ -57,25 +115,47 @@ async def main() -> int:
 
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "console")
+    workers = int(env.get("LLM_WORKERS", "2"))
+    use_mock = not env.get("OPENAI_API_KEY")
+    ports = Ports(env)
+    try:
+        api_port = ports.pick("API", "PORT", DEFAULT_API_PORT, env.get("HOST", "0.0.0.0"))
+        mock_port = ports.pick("mock LLM", "MOCK_PORT", DEFAULT_MOCK_PORT, "127.0.0.1") if use_mock else 0
+        metrics_host = env.get("METRICS_HOST", "0.0.0.0")
+        worker_ports: list[int] = []
+        for i in range(workers):
+            worker_ports.append(
+                ports.pick(
+                    f"worker-{i} metrics", "WORKER_METRICS_PORT_BASE", DEFAULT_WORKER_METRICS_BASE,
+                    metrics_host, after=worker_ports[-1] if worker_ports else None,
+                )
+            )
+    except PortBusy as exc:
+        say(str(exc))
+        say("Nothing was started.")
+        return 1
+    env["PORT"] = str(api_port)
+
     procs: list[tuple[str, asyncio.subprocess.Process]] = []
-    if not env.get("OPENAI_API_KEY"):
+    if use_mock:
         say("!" * 72)
         say("OPENAI_API_KEY is not set: answers come from the built-in MOCK LLM, not a real model.")
         say("Set OPENAI_API_KEY (and OPENAI_BASE_URL for vLLM/Ollama/...) to use a real one.")
         say("!" * 72)
         env["OPENAI_API_KEY"] = "mock"
-        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{MOCK_PORT}/v1"
-        mock_env = {**env, "MOCK_PORT": str(MOCK_PORT)}
+        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{mock_port}/v1"
+        mock_env = {**env, "MOCK_PORT": str(mock_port)}
         procs.append(("mockllm", await start("mockllm", ["llm-stream-mockllm"], mock_env)))
 
-    workers = int(env.get("LLM_WORKERS", "2"))
-    for i in range(workers):
-        worker_env = {**env, "METRICS_PORT": str(WORKER_METRICS_BASE + i)}
+    for i, metrics_port in enumerate(worker_ports):
+        worker_env = {**env, "METRICS_PORT": str(metrics_port)}
         procs.append((f"worker-{i}", await start(f"worker-{i}", ["llm-stream-worker"], worker_env)))
     api_env = {k: v for k, v in env.items() if k != "OPENAI_API_KEY" or env.get("CHAT_DIRECT_LLM")}
     procs.append(("api", await start("api", ["llm-stream-api"], api_env)))
-    port = env.get("PORT", "8007")
+    port = api_port
     say(f"API on http://localhost:{port}  (chat page: http://localhost:{port}/), {workers} worker(s).")
+    mock_note = f", mock LLM on {mock_port}" if use_mock else ""
+    say(f"worker metrics on {', '.join(str(p) for p in worker_ports)}{mock_note}.")
     say("Ctrl-C stops everything.")
 
     stop = asyncio.Event()
