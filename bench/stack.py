@@ -60,7 +60,9 @@ def broker_names(run_id: str) -> dict[str, str]:
     return {
         "TASK_QUEUE": f"{prefix}.tasks",
         "EVENTS_STREAM": f"{prefix}.events",
+        "LIVE_EXCHANGE": f"{prefix}.live",
         "PRESENCE_EXCHANGE": f"{prefix}.presence",
+        "WORKERS_EXCHANGE": f"{prefix}.workers",
         "DEAD_LETTER_EXCHANGE": f"{prefix}.dlx",
         "DEAD_LETTER_QUEUE": f"{prefix}.dead",
     }
@@ -179,7 +181,7 @@ async def delete_topology(amqp_url: str, names: dict[str, str]) -> list[str]:
                 failed.append(f"{names[key]}: {exc}")
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.close()
-        for key in ("PRESENCE_EXCHANGE", "DEAD_LETTER_EXCHANGE"):
+        for key in ("LIVE_EXCHANGE", "PRESENCE_EXCHANGE", "WORKERS_EXCHANGE", "DEAD_LETTER_EXCHANGE"):
             channel = await connection.channel()
             try:
                 await channel.exchange_delete(names[key])
