@@ -122,14 +122,14 @@ def service_names(objects: Iterable[Manifest]) -> list[str]:
     return [o["metadata"]["name"] for o in objects if o["kind"] == "Service"]
 
 
-def _quantity_bytes(quantity: str) -> int:
+def quantity_bytes(quantity: str) -> int:
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
     match = re.fullmatch(r"(\d+)([KMG]i?)?", str(quantity))
     assert match, f"quantity {quantity}"
     return int(match.group(1)) * units.get(match.group(2) or "", 1)
 
 
-def _cpus(quantity: str) -> str:
+def cpus(quantity: str) -> str:
     q = str(quantity)
     return str(int(q[:-1]) / 1000) if q.endswith("m") else q
 
@@ -166,13 +166,13 @@ def run_args(objects: list[Manifest], deployment: Manifest, name: str) -> list[s
         assert "emptyDir" in volume, f"volume {mount['name']}: only emptyDir is emulated"
         size = volume["emptyDir"].get("sizeLimit")
         tmpfs = f"type=tmpfs,destination={mount['mountPath']},tmpfs-mode=1777"
-        args += ["--mount", tmpfs + (f",tmpfs-size={_quantity_bytes(size)}" if size else "")]
+        args += ["--mount", tmpfs + (f",tmpfs-size={quantity_bytes(size)}" if size else "")]
     # resources.limits
     limits = c.get("resources", {}).get("limits", {})
     if "memory" in limits:
-        args += ["--memory", str(_quantity_bytes(limits["memory"]))]
+        args += ["--memory", str(quantity_bytes(limits["memory"]))]
     if "cpu" in limits:
-        args += ["--cpus", _cpus(limits["cpu"])]
+        args += ["--cpus", cpus(limits["cpu"])]
     # shutdown: SIGTERM, then SIGKILL after the grace period
     args += ["--stop-signal", "SIGTERM", "--stop-timeout", str(spec.get("terminationGracePeriodSeconds", 30))]
     for key, value in resolve_env(objects, c).items():
