@@ -191,7 +191,8 @@ async def test_preflight_and_exposed_headers(stack: Deployment, page_origin: str
         other = await client.get(f"{strict}/health", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in other.headers
         refused = await client.options(
-            f"{strict}/chat", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+            f"{strict}/chat",
+            headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
         )
         assert refused.status_code == 400
 

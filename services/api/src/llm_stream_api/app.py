@@ -14,7 +14,7 @@ from mqcommon.logging import setup_logging
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_stream_api import chat, errors, metrics, ops
+from llm_stream_api import chat, errors, metrics, openapi, ops
 from llm_stream_api.broker import Broker
 from llm_stream_api.hub import SessionHub
 from llm_stream_api.settings import APISettings
@@ -133,6 +133,7 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(ops.router)
+    openapi.install(app, settings)
     return app
 
 

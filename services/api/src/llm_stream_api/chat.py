@@ -10,7 +10,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from mqcommon.errors import UpstreamError
 from mqcommon.llm import stream_answer
 from mqcommon.schemas import SESSION_ID_PATTERN, ChatTask, new_id
@@ -20,7 +20,14 @@ from sse_starlette import EventSourceResponse
 
 from llm_stream_api import metrics
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
-from llm_stream_api.errors import APIError, BodyTooLarge, SessionConflict
+from llm_stream_api.errors import (
+    CHAT_ASYNC_RESPONSES,
+    CHAT_TEXT_RESPONSES,
+    STREAM_RESPONSES,
+    APIError,
+    BodyTooLarge,
+    SessionConflict,
+)
 from llm_stream_api.models import ChatRequest, Queued
 from llm_stream_api.streaming import sse_body, text_body
 
@@ -100,7 +107,8 @@ CHAT_BODY = {
 
 
 @router.post(
-    "/chat/async", response_model=Queued, summary="Queue a chat request", openapi_extra=CHAT_BODY
+    "/chat/async", response_model=Queued, summary="Queue a chat request", openapi_extra=CHAT_BODY,
+    responses=CHAT_ASYNC_RESPONSES,
 )
 async def chat_async(
     request: Request, response: Response, settings: SettingsDep, broker: BrokerDep, hub: HubDep
@@ -111,7 +119,10 @@ async def chat_async(
     return Queued(session_id=task.session_id, stream_url=f"/stream/{task.session_id}")
 
 
-@router.post("/chat", summary="Ask and stream the answer as plain text", openapi_extra=CHAT_BODY)
+@router.post(
+    "/chat", summary="Ask and stream the answer as plain text", openapi_extra=CHAT_BODY,
+    response_class=PlainTextResponse, responses=CHAT_TEXT_RESPONSES,
+)
 async def chat(
     request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> StreamingResponse:
@@ -146,7 +157,10 @@ def _direct(body: ChatRequest, request: Request) -> StreamingResponse:
     )
 
 
-@router.get("/stream/{session_id}", summary="Stream a session's answer as Server-Sent Events")
+@router.get(
+    "/stream/{session_id}", summary="Stream a session's answer as Server-Sent Events",
+    response_class=EventSourceResponse, responses=STREAM_RESPONSES,
+)
 async def stream(
     session_id: Annotated[str, Path(pattern=SESSION_ID_PATTERN)],
     settings: SettingsDep,

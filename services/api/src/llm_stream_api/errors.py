@@ -15,6 +15,7 @@ from mqcommon.errors import BrokerUnavailable
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_stream_api import metrics
+from llm_stream_api.models import ErrorBody
 
 RETRY_AFTER_S = 5
 
@@ -33,6 +34,68 @@ class SessionConflict(APIError):
 class BodyTooLarge(APIError):
     def __init__(self, limit: int) -> None:
         super().__init__(413, "too_large", f"request body is larger than {limit} bytes")
+
+
+# -- what the OpenAPI document says about these errors (``responses=`` of the routes) -------
+
+RETRY_AFTER_HEADER = {
+    "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}
+}
+SESSION_HEADERS = {
+    "X-Session-ID": {"description": "The session's id.", "required": True, "schema": {"type": "string"}},
+    "X-Trace-ID": {"description": "The request's W3C trace id (may be empty).", "schema": {"type": "string"}},
+}
+
+
+def _error(description: str, **extra: Any) -> dict[str, Any]:
+    # The schema inline rather than as ``model``: FastAPI would list a model under the route's
+    # own media type (text/plain, text/event-stream), while errors are always JSON.
+    schema = ErrorBody.model_json_schema()
+    return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
+
+
+BROKER_UNAVAILABLE = _error(
+    "`broker_unavailable`: the broker is down or did not confirm in time.", headers=RETRY_AFTER_HEADER
+)
+CHAT_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("`invalid_json`: the body is not JSON."),
+    409: _error("`conflict`: `session_id` is already in use."),
+    413: _error("`too_large`: the body is over MAX_BODY_BYTES."),
+    422: _error("`validation_error`: a field is missing or invalid (`detail` lists each problem)."),
+    503: BROKER_UNAVAILABLE,
+}
+STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("`invalid_last_event_id`: `Last-Event-ID` is not a whole number."),
+    422: _error("`validation_error`: the session id is not valid."),
+}
+
+# One event of the stream, as an SSE parser sees it: ``data`` is JSON text, ``id`` resumes.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "event": {"type": "string"},
+    },
+    "required": ["data"],
+}
+CHAT_ASYNC_RESPONSES = {200: {"headers": SESSION_HEADERS}, **CHAT_BODY_ERRORS}
+CHAT_TEXT_RESPONSES = {
+    200: {
+        "description": "The answer as it is generated. A failure ends it with a line `[error] <message>`.",
+        "headers": SESSION_HEADERS,
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    **CHAT_BODY_ERRORS,
+}
+STREAM_RESPONSES = {
+    200: {
+        "description": 'Server-Sent Events: `{"chunk": "..."}`, then `{"type": "done"}` or '
+        '`{"type": "error", "error": "..."}`; each with an `id` to resume from (Last-Event-ID).',
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+    },
+    **STREAM_ERRORS,
+}
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

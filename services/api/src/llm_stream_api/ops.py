@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from importlib import resources
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -12,9 +13,17 @@ from mqcommon.llm import check_connection, stream_answer
 
 from llm_stream_api import metrics
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
-from llm_stream_api.errors import RETRY_AFTER_S
+from llm_stream_api.errors import BROKER_UNAVAILABLE, RETRY_AFTER_S
+from llm_stream_api.models import HealthFull, LLMCheck, Stats
 
 router = APIRouter()
+
+
+def _test_content(text_pattern: str) -> dict[str, Any]:
+    return {
+        "text/plain": {"schema": {"type": "string", "pattern": text_pattern}},
+        "application/json": {"schema": LLMCheck.model_json_schema()},
+    }
 
 LLM_CHECK_TIMEOUT_S = 10.0
 TEST_PROMPT = "Say 'test successful' and nothing else."
@@ -40,7 +49,13 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/full", summary="Readiness: the broker connection is up")
+@router.get(
+    "/health/full", summary="Readiness: the broker connection is up",
+    responses={
+        200: {"model": HealthFull, "description": "Ready."},
+        503: {"model": HealthFull, "description": "Degraded: not connected to the broker."},
+    },
+)
 async def health_full(
     request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> JSONResponse:
@@ -54,7 +69,10 @@ async def health_full(
     return JSONResponse(body, status_code=200 if connected else 503)
 
 
-@router.get("/stats", summary="Task queue statistics")
+@router.get(
+    "/stats", summary="Task queue statistics",
+    responses={200: {"model": Stats, "description": "Statistics."}, 503: BROKER_UNAVAILABLE},
+)
 async def stats(
     request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> JSONResponse:
@@ -82,7 +100,14 @@ async def stats(
     )
 
 
-@router.get("/test", summary="Check the LLM from the API: a tiny completion, or a model list as JSON")
+@router.get(
+    "/test", summary="Check the LLM from the API: a tiny completion, or a model list as JSON",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"description": "The LLM answered.", "content": _test_content("^OK: ")},
+        503: {"description": "The LLM cannot be reached.", "content": _test_content("^ERROR: ")},
+    },
+)
 async def test(request: Request, settings: SettingsDep) -> Response:
     """``text/plain`` ``OK: <reply>`` / ``ERROR: <why>`` (the old contract) by default; with
     ``Accept: application/json`` the model list as JSON."""

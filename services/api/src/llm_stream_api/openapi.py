@@ -1,0 +1,49 @@
+"""The OpenAPI document, completed with what this process enforces.
+
+Some limits are settings (``MAX_MESSAGE_CHARS``), and ``Last-Event-ID`` is checked by the
+stream route itself (so a bad one gets its own 400, not a generic 422). The document states
+both, so that a client generated from it, or schemathesis, sees the rules the API applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from llm_stream_api.settings import APISettings
+
+# What the stream route accepts: empty (no resume), or a whole number, blanks around it.
+LAST_EVENT_ID_PATTERN = r"^\s*([0-9]+\s*)?$"
+
+
+def install(app: FastAPI, settings: APISettings) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            complete(generate(), settings)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def complete(document: dict[str, Any], settings: APISettings) -> None:
+    for operation in _operations(document):
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+        message = body.get("schema", {}).get("properties", {}).get("message")
+        if isinstance(message, dict) and message.get("type") == "string":
+            message["maxLength"] = settings.max_message_chars
+        for parameter in operation.get("parameters", []):
+            if parameter.get("in") == "header" and parameter.get("name", "").lower() == "last-event-id":
+                parameter["schema"] = {"type": "string", "pattern": LAST_EVENT_ID_PATTERN}
+                parameter["description"] = "Resume after this event id (a whole number)."
+
+
+def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        operation
+        for item in document.get("paths", {}).values()
+        for method, operation in item.items()
+        if method in ("get", "post", "put", "patch", "delete") and isinstance(operation, dict)
+    ]
