@@ -109,6 +109,8 @@ class Played:
     """The chart as rendered (before translation)."""
     containers: dict[str, Container]
     base_url: str
+    values: list[str]
+    """The --set values the release was rendered with."""
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +140,8 @@ def played(
     if broker.management_url:
         common.append(f"rabbitmq.managementUrl={broker.management_url}")
     # The release as configured for an OpenAI-compatible endpoint at the mock pod's address.
-    objects = helm_render(release, [*common, f"llm.baseUrl=http://127.0.0.1:{ports['mockllm']}/v1"])
+    values = [*common, f"llm.baseUrl=http://127.0.0.1:{ports['mockllm']}/v1"]
+    objects = helm_render(release, values)
     # The mock's own Deployment, from the demo configuration that enables it.
     mock_objects = helm_render(release, [*common, "mockllm.enabled=true"])
 
@@ -166,7 +169,7 @@ def played(
             containers[component] = Container(name, spec)
         for component in ("mockllm", "worker", "api"):
             containers[component].wait_ready(90)
-        yield Played(objects, containers, f"http://127.0.0.1:{ports['api']}")
+        yield Played(objects, containers, f"http://127.0.0.1:{ports['api']}", values)
     finally:
         podman("kube", "down", str(play_file), check=False, timeout=180)
         podman("secret", "rm", secret_name, check=False)
@@ -223,3 +226,137 @@ def test_podman_applied_the_pod_spec(played: Played, component: str) -> None:
     limits = c.spec["resources"]["limits"]
     assert host["Memory"] == quantity_bytes(limits["memory"])
     assert host["NanoCpus"] == int(float(cpus(limits["cpu"])) * 1e9)
+
+
+# --- what podman cannot run, proven against the running pods -----------------------------------
+
+
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def pod_of(objects: list[Manifest], component: str) -> Manifest:
+    (deployment,) = [
+        o
+        for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return deployment["spec"]["template"]
+
+
+def tcp_connections(container: Container) -> list[Any]:
+    """TCP sockets of the container's processes, seen from the host (shared network)."""
+    import psutil
+
+    pid = int(podman("inspect", "--format", "{{.State.Pid}}", container.name).stdout)
+    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return [conn for p in processes for conn in p.net_connections(kind="tcp")]
+
+
+def container_port(pod: Manifest, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    (c,) = pod["spec"]["containers"]
+    (number,) = [p["containerPort"] for p in c["ports"] if p["name"] == port]
+    return number
+
+
+def test_the_api_service_selects_the_api_pod_and_targets_the_port_it_serves(played: Played) -> None:
+    """No Services under podman: check that the rendered Service would route to the running pod
+    (selector on its labels, targetPort = the port its process listens on), then run the chart's
+    `helm test` pod with the Service address replaced by that endpoint, as kube-proxy would."""
+    (service,) = [
+        o
+        for o in played.objects
+        if o["kind"] == "Service" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
+    ]
+    pod = pod_of(played.objects, "api")
+    assert labels_match(service["spec"]["selector"], pod["metadata"]["labels"])
+    for other in ("worker",):
+        assert not labels_match(
+            service["spec"]["selector"], pod_of(played.objects, other)["metadata"]["labels"]
+        )
+    (port,) = service["spec"]["ports"]
+    target = container_port(pod, port["targetPort"])
+    listening = {c.laddr.port for c in tcp_connections(played.containers["api"]) if c.status == "LISTEN"}
+    assert target in listening, (target, listening)
+
+    # The helm test pod, under podman, against the endpoint the Service resolves to.
+    (test_pod,) = [o for o in played.objects if o["kind"] == "Pod"]
+    test_pod = copy.deepcopy(test_pod)
+    test_pod["metadata"]["name"] = f"{test_pod['metadata']['name']}-{unique('run')}"
+    test_pod["spec"]["hostNetwork"] = True
+    (c,) = test_pod["spec"]["containers"]
+    service_url = f"http://{service['metadata']['name']}:{port['port']}/"
+    assert c["command"][-1].startswith(service_url)
+    c["command"][-1] = c["command"][-1].replace(service_url, f"http://127.0.0.1:{target}/")
+    for volume in test_pod["spec"].get("volumes", []):
+        old, volume["name"] = volume["name"], f"{test_pod['metadata']['name']}-{volume['name']}"
+        for mount in c.get("volumeMounts", []):
+            if mount["name"] == old:
+                mount["name"] = volume["name"]
+    path = (
+        Path(podman("info", "--format", "{{.Store.RunRoot}}").stdout.strip())
+        / f"{test_pod['metadata']['name']}.yaml"
+    )
+    path.write_text(yaml.safe_dump(test_pod))
+    try:
+        podman("kube", "play", str(path), timeout=120)
+        name = f"{test_pod['metadata']['name']}-{c['name']}"
+        podman("wait", name, timeout=60)
+        state = json.loads(podman("inspect", "--format", "{{json .State}}", name).stdout)
+        logs = podman("logs", name, check=False).stdout
+        assert state["ExitCode"] == 0, logs
+        assert '"status":"ok"' in logs.replace(" ", ""), logs
+    finally:
+        podman("kube", "down", str(path), check=False, timeout=120)
+        path.unlink(missing_ok=True)
+
+
+def test_network_policies_allow_every_connection_the_running_pods_made(
+    played: Played, broker: BrokerURLs
+) -> None:
+    """No NetworkPolicy under podman: render the same release with `networkPolicy.enabled`,
+    then check every TCP connection the API and worker pods actually hold after streaming an
+    answer, against the policy that selects the pod: outbound to an allowed port, inbound only to
+    an allowed port. Enforced, the policies would let this traffic through."""
+    release = played.objects[0]["metadata"]["labels"]["app.kubernetes.io/instance"]
+    values = [*played.values, "networkPolicy.enabled=true"]
+    policies = [o for o in helm_render(release, values) if o["kind"] == "NetworkPolicy"]
+    message = "through the network policies"
+    response = httpx.post(
+        f"{played.base_url}/chat/async", json={"message": message}, timeout=30, trust_env=False
+    )
+    assert answer_of(read_stream(played.base_url, response.json()["session_id"])) == expected_answer(
+        message, 50
+    )
+
+    for component in ("api", "worker"):
+        pod = pod_of(played.objects, component)
+        (policy,) = [
+            p
+            for p in policies
+            if labels_match(p["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+        ]
+        egress = {
+            container_port(pod, p["port"]) for rule in policy["spec"]["egress"] for p in rule.get("ports", [])
+        }
+        ingress = {
+            container_port(pod, p["port"])
+            for rule in policy["spec"]["ingress"]
+            for p in rule.get("ports", [])
+        }
+        connections = [c for c in tcp_connections(played.containers[component]) if c.raddr]
+        listening = {
+            c.laddr.port for c in tcp_connections(played.containers[component]) if c.status == "LISTEN"
+        }
+        assert connections, f"{component}: no connection observed"
+        for conn in connections:
+            if conn.laddr.port in listening:
+                assert conn.laddr.port in ingress, (
+                    f"{component}: inbound to {conn.laddr.port}, allowed {ingress}"
+                )
+            else:
+                assert conn.raddr.port in egress, (
+                    f"{component}: outbound to {conn.raddr.port}, allowed {egress}"
+                )
