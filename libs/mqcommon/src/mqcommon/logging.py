@@ -40,6 +40,7 @@ def setup_logging(level: str = "INFO", fmt: str = "json", *, service: str) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiormq", "aio_pika", "httpx", "openai"):
+    # httpx2 is the SDK's transport: one INFO line per LLM request costs more than it tells.
+    for noisy in ("aiormq", "aio_pika", "httpx", "httpx2", "openai"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     structlog.contextvars.bind_contextvars(service=service)

@@ -121,7 +121,7 @@ class Broker:
             message_id=task.task_id,
         )
         trace_id = trace_id_of(traceparent)
-        self.history.accepted(task.session_id, task.created_at, trace_id)
+        await self.history.accepted(task.session_id, task.created_at, trace_id)
         return self.hub.accept(task.session_id, task.created_at, trace_id)
 
     # -- sessions this replica does not hold -----------------------------------------------
@@ -220,7 +220,9 @@ class Broker:
                 )
                 version = broker_version(connection)
                 await self.history.start(
-                    self._publish_channel, await connection.channel(),
+                    self._publish_channel,
+                    await connection.channel(publisher_confirms=False),
+                    await connection.channel(),
                     filtering=version >= STREAM_FILTERING_SINCE,
                 )
                 await self.live.start(await connection.channel())

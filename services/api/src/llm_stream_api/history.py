@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import time
 
+import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPException
@@ -41,12 +42,16 @@ class History:
         self._timeout = timeout_s
         self._slots = asyncio.Semaphore(concurrency)
         self._publish: AbstractChannel | None = None
+        self._markers: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self.filtering = False
-        self._pending_markers: set[asyncio.Task[None]] = set()
 
-    async def start(self, publish: AbstractChannel, read: AbstractChannel, *, filtering: bool) -> None:
+    async def start(
+        self, publish: AbstractChannel, markers: AbstractChannel, read: AbstractChannel, *, filtering: bool
+    ) -> None:
+        """``publish`` confirms (probes); ``markers`` does not; ``read`` carries lookups."""
         self._publish = publish
+        self._markers = markers
         self.filtering = filtering
         await read.set_qos(prefetch_count=LOOKUP_PREFETCH)
         self._queue = await declare_queue(read, self._stream)
@@ -56,20 +61,22 @@ class History:
                 "record of the window", window_s=self._window,
             )
 
-    def accepted(self, session_id: str, at: float, trace_id: str | None) -> None:
-        """Record that the session was queued, without holding up the POST."""
+    async def accepted(self, session_id: str, at: float, trace_id: str | None) -> None:
+        """Record that the session was queued. Not confirmed: the task itself is durable, and
+        a lost marker only means a reader on another replica learns of the session when a
+        worker starts it."""
         record = HistoryRecord("accepted", session_id, at=at, trace_id=trace_id)
-        task = asyncio.create_task(self._record_marker(record))
-        self._pending_markers.add(task)
-        task.add_done_callback(self._pending_markers.discard)
-
-    async def _record_marker(self, record: HistoryRecord) -> None:
         try:
-            await self._append(record)
-        except BrokerUnavailable as exc:
-            # Only a reader on another replica, before the task starts, would miss it.
+            if self._markers is None:
+                raise BrokerUnavailable("not connected to the broker")
+            await self._markers.default_exchange.publish(
+                aio_pika.Message(record.encode(), headers=record.headers(),
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=self._stream.name, mandatory=False,
+            )
+        except (BrokerUnavailable, AMQPException, AMQPError, ConnectionError, RuntimeError) as exc:
             metrics.HISTORY_FAILURES.labels("marker").inc()
-            log.warning("acceptance marker not recorded", session_id=record.session_id, error=str(exc))
+            log.warning("acceptance marker not recorded", session_id=session_id, error=str(exc))
 
     async def _append(self, record: HistoryRecord) -> None:
         if self._publish is None:

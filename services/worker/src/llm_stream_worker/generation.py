@@ -150,13 +150,15 @@ async def _generate(
     outbox: Outbox,
     started: float,
 ) -> None:
-    first = True
-    async for text in stream_answer(llm, settings, task.message, task.model):
-        if first:
-            metrics.UPSTREAM_TTFT.observe(time.perf_counter() - started)
-            first = False
-        metrics.TOKENS.inc()
-        outbox.write(out, text)
+    pieces = 0
+    try:
+        async for text in stream_answer(llm, settings, task.message, task.model):
+            if not pieces:
+                metrics.UPSTREAM_TTFT.observe(time.perf_counter() - started)
+            pieces += 1
+            outbox.write(out, text)
+    finally:
+        metrics.TOKENS.inc(pieces)
 
 
 async def _settle(message: AbstractIncomingMessage, how: str) -> None:
