@@ -1,7 +1,7 @@
 """Build the three images with podman from the repository's Dockerfile, cached by their inputs.
 
     python3 scripts/images.py build [--force]    # what `make images` runs
-    python3 scripts/images.py sizes              # the images' sizes, as a Markdown table
+    python3 scripts/images.py sizes [--write]    # their sizes (--write: into docs/deploy.md)
 
 Every image is tagged ``localhost/llm-stream-<service>:dev`` and labelled with a digest of its
 inputs: the Dockerfile, the build arguments and every file of the build context (the
@@ -194,10 +194,26 @@ def build(force: bool = False) -> dict[str, float]:
 
 
 def sizes_table() -> str:
-    lines = ["| image | size |", "|---|--:|"]
-    for service in SERVICES:
-        lines.append(f"| `{image_name(service)}` | {image_size(image_name(service)) / 1e6:.0f} MB |")
-    return "\n".join(lines)
+    sizes = " | ".join(f"{image_size(image_name(s)) / 1e6:.0f} MB" for s in SERVICES)
+    return "\n".join(
+        [
+            "| | " + " | ".join(SERVICES) + " |",
+            "|---|" + "--:|" * len(SERVICES),
+            f"| image size (`podman image inspect`) | {sizes} |",
+        ]
+    )
+
+
+SIZES_BEGIN, SIZES_END = "<!-- image-sizes: scripts/images.py sizes --write -->", "<!-- /image-sizes -->"
+
+
+def write_sizes(doc: Path) -> None:
+    """Replace the block between the image-sizes markers of `doc` with the current table."""
+    text = doc.read_text()
+    begin, end = text.find(SIZES_BEGIN), text.find(SIZES_END)
+    if begin < 0 or end < begin:
+        fail(f"{doc}: no {SIZES_BEGIN} ... {SIZES_END} block to write the sizes into")
+    doc.write_text(text[: begin + len(SIZES_BEGIN)] + "\n" + sizes_table() + "\n" + text[end:])
 
 
 def main() -> None:
@@ -207,7 +223,10 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     build_parser = sub.add_parser("build", help="build the images (skipped when their inputs are unchanged)")
     build_parser.add_argument("--force", action="store_true", help="build even when the inputs are unchanged")
-    sub.add_parser("sizes", help="print the images' sizes")
+    sizes_parser = sub.add_parser("sizes", help="print the images' sizes")
+    sizes_parser.add_argument(
+        "--write", action="store_true", help="also write them into docs/deploy.md (between its markers)"
+    )
     args = parser.parse_args()
     if args.command == "build":
         took = build(force=args.force)
@@ -215,6 +234,8 @@ def main() -> None:
             state = f"built in {seconds:.0f} s" if seconds else "reused"
             print(f"images: {image_name(service)}: {state}", file=sys.stderr)
     print(sizes_table())
+    if args.command == "sizes" and args.write:
+        write_sizes(REPO / "docs" / "deploy.md")
 
 
 if __name__ == "__main__":
