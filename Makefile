@@ -4,10 +4,10 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-tools test-integration test-deploy test-observability bench tools lint images
+.PHONY: help install run test test-unit test-tools test-integration test-integration-rabbitmq4 test-deploy test-observability bench tools lint images
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
 
 install: ## Install uv (from PyPI if absent) and the whole workspace
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -22,8 +22,9 @@ images: ## Build the api, worker and mockllm images with podman (skipped when th
 tools: ## Make helm and kubectl available (PATH, or installed into .tools/bin)
 	bash deploy/tools/install-tools.sh
 
-test: install tools test-tools ## Run every test: unit, integration, deploy, observability (private RabbitMQ node)
+test: install tools test-tools ## Every test (private RabbitMQ 3.x node), then the integration tests again on RabbitMQ 4
 	$(UV) run pytest
+	$(MAKE) --no-print-directory test-integration-rabbitmq4
 
 test-tools: ## Install the Debian packages the tests need when missing (RabbitMQ, Prometheus, Chromium)
 	bash scripts/ensure-test-tools.sh
@@ -33,6 +34,10 @@ test-unit: install ## Unit tests of every member
 
 test-integration: install test-tools ## Integration tests against a real broker (TEST_BROKER) and real processes
 	$(UV) run pytest tests/integration
+
+test-integration-rabbitmq4: install test-tools ## Integration tests on RabbitMQ 4.0 in a container (podman, testcontainers)
+	bash scripts/containers.sh install
+	TEST_BROKER=container $(UV) run pytest tests/integration
 
 test-deploy: install tools ## Render and validate the Helm chart, kustomize overlays and skaffold
 	$(UV) run pytest tests/deploy
