@@ -3,11 +3,12 @@
     python3 scripts/images.py build [--force]    # what `make images` runs
     python3 scripts/images.py sizes [--write]    # their sizes (--write: into docs/deploy.md)
 
-Every image is tagged ``localhost/llm-stream-<service>:dev`` and labelled with a digest of its
-inputs: the Dockerfile, the build arguments and every file of the build context (the
-repository filtered by .dockerignore). When the image present carries the digest of the
-current inputs, its build is skipped; otherwise podman builds it, reusing its own layer cache
-(the dependency layers change only with uv.lock and the pyproject.toml files).
+Every image is tagged ``localhost/llm-stream-<service>:dev``, and also
+``:inputs-<digest>`` with a digest of its inputs: the Dockerfile, the build arguments, the base
+image and every file of the build context (the repository filtered by .dockerignore). When
+``:dev`` is the image of the current inputs' tag, its build is skipped; otherwise podman builds
+it, reusing its own layer cache (the dependency layers change only with uv.lock and the
+pyproject.toml files).
 
 Base images come from scripts/containers.sh (Debian's python3 on a debootstrapped bookworm);
 set PYTHON_IMAGE to build from another one (for example python:3.11.15-slim-bookworm, where a
@@ -30,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONTAINERS_SH = REPO / "scripts" / "containers.sh"
 SERVICES = ("api", "worker", "mockllm")
 TAG = "dev"
-LABEL = "io.llm-stream.inputs"
 
 
 def image_name(service: str) -> str:
@@ -129,9 +129,31 @@ def podman(*args: str, capture: bool = True, check: bool = True) -> subprocess.C
     return result
 
 
-def image_label(name: str) -> str | None:
-    result = podman("image", "inspect", "--format", f'{{{{index .Labels "{LABEL}"}}}}', name, check=False)
+def image_id(name: str) -> str | None:
+    result = podman("image", "inspect", "--format", "{{.Id}}", name, check=False)
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+def inputs_tag(service: str, digest: str) -> str:
+    return f"localhost/llm-stream-{service}:inputs-{digest}"
+
+
+def up_to_date(service: str, digest: str) -> bool:
+    """The image tagged :dev is the one built from these inputs."""
+    built = image_id(inputs_tag(service, digest))
+    return built is not None and built == image_id(image_name(service))
+
+
+def record_inputs(service: str, digest: str) -> None:
+    """Tag the image with its inputs digest, and drop the tags of earlier inputs. (A label would
+    not do: buildah reuses a cached image whole, with the label of the build that made it.)"""
+    repository = f"localhost/llm-stream-{service}"
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", repository, check=False).stdout
+    for tag in listed.split():
+        if tag.startswith(f"{repository}:inputs-") and tag != inputs_tag(service, digest):
+            # Only that name; the image goes too when no other name or container holds it.
+            podman("rmi", tag, check=False)
+    podman("tag", image_name(service), inputs_tag(service, digest))
 
 
 def image_size(name: str) -> int:
@@ -157,7 +179,7 @@ def build(force: bool = False) -> dict[str, float]:
     for service in SERVICES:
         name = image_name(service)
         digest = inputs_digest(service, base_id)
-        if not force and image_label(name) == digest:
+        if not force and up_to_date(service, digest):
             print(f"images: {name} is up to date (inputs {digest})", file=sys.stderr)
             took[service] = 0.0
             continue
@@ -175,7 +197,6 @@ def build(force: bool = False) -> dict[str, float]:
             "--pull=never",
             "--layers",
             f"--target={service}",
-            f"--label={LABEL}={digest}",
             f"--tag={name}",
             *args,
             "--file",
@@ -189,6 +210,7 @@ def build(force: bool = False) -> dict[str, float]:
                 f"building {name} failed (output above). Without network to PyPI and Debian the "
                 "build cannot install uv or the dependencies; see scripts/containers.sh for the setup."
             )
+        record_inputs(service, digest)
         took[service] = time.monotonic() - started
     return took
 
