@@ -12,6 +12,7 @@ from mqcommon.gc import freeze_startup_heap
 from mqcommon.llm import make_client
 from mqcommon.logging import setup_logging
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_stream_api import chat, errors, metrics, openapi, ops
@@ -134,6 +135,8 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(ops.router)
     openapi.install(app, settings)
+    # The chat page's vendored libraries (static/vendor/README.md); the page itself is at /.
+    app.mount("/static", StaticFiles(packages=[("llm_stream_api", "static")]), name="static")
     return app
 
 
