@@ -188,6 +188,36 @@ async def test_stop_ends_the_answer_and_says_what_happens_to_the_generation(
     await shots.take(page, f"stopped-{mode}")
 
 
+# -- queue position --------------------------------------------------------------------------
+
+
+async def test_the_queue_position_is_shown_while_the_answer_waits(
+    browser: Browser, api: str, shots: Shots
+) -> None:
+    """The API does not report queue positions yet, so the browser's network layer answers
+    the stream with the events the API will send; the POST still goes to the real API."""
+    page = await browser.new_page()
+    events = [
+        {"type": "queued", "position": 3, "eta_s": 4.2},
+        {"type": "queued", "position": 2, "eta_s": 1.6},
+    ]
+    body = "retry: 600000\n\n" + "".join(f"data: {json.dumps(e)}\n\n" for e in events)
+    await page.route("**/stream/*", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body
+    ))
+    await page.goto(api + "/")
+    await page.fill("#message", prompt("queue-position").text)
+    await page.keyboard.press("Enter")
+    note = page.locator(".msg.bot .notes .queue")
+    await note.wait_for(timeout=ANSWER_TIMEOUT_MS)
+    await page.wait_for_function(
+        "document.querySelector('.msg.bot .notes .queue').textContent.includes('position 2')"
+    )
+    assert await note.text_content() == "Queued: position 2, about 2 s"
+    assert await page.get_attribute(".msg.bot", "data-state") == "waiting"
+    await shots.take(page, "queued-position")
+
+
 # -- markdown, safely ---------------------------------------------------------------------------
 
 HOSTILE = """Here is code:
