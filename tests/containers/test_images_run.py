@@ -54,12 +54,6 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.api.port('http')}"
 
-    def config(self, component: str) -> dict[str, str]:
-        for o in self.objects:
-            if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith(f"-{component}"):
-                return o["data"]
-        raise AssertionError(component)
-
 
 def render(broker: BrokerURLs, prefix: str, *extra: str, ports: dict[str, int] | None = None) -> list[dict]:
     """The chart with this broker, the in-chart mock LLM, free ports and names of its own;
@@ -124,7 +118,7 @@ def post(base_url: str, message: str) -> str:
     return body["session_id"]
 
 
-def test_images_are_built_small_and_non_root(images: dict[str, int], figures: list[str]) -> None:
+def test_images_are_built_small_and_non_root(images: dict[str, int]) -> None:
     for service in SERVICES:
         config = json.loads(
             podman("image", "inspect", "--format", "{{json .Config}}", image_name(service)).stdout
@@ -174,6 +168,18 @@ def test_containers_run_hardened_as_the_pod_spec_says(stack: Stack, component: s
     assert root.split()[3].startswith("ro"), root
     (tmp,) = [m for m in mounts if m.split()[1] == "/tmp"]
     assert tmp.split()[2] == "tmpfs" and "size=65536k" in tmp, tmp
+
+
+@pytest.mark.parametrize("component", ["api", "mockllm"])
+def test_sigterm_stops_the_api_and_the_mock_cleanly(stack: Stack, component: str) -> None:
+    """PID 1 gets no default signal handler: the entry point must handle SIGTERM itself, or
+    the runtime kills it after the grace period (exit 137). Runs after the tests above that
+    use the same containers."""
+    c = {"api": stack.api, "mockllm": stack.mock}[component]
+    began = time.monotonic()
+    state = c.stop(20)
+    took = time.monotonic() - began
+    assert state["ExitCode"] == 0 and took < 20, f"exit {state['ExitCode']} after {took:.1f} s:\n{c.logs()}"
 
 
 def test_sigterm_lets_the_in_flight_generation_finish(images: dict[str, int], broker: BrokerURLs) -> None:
