@@ -26,6 +26,8 @@ import orjson
 from llm_stream_mockllm.answer import expected_answer
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+SERVED_BY = "X-Served-By"
+"""The header a load balancer in front of several API processes names the one that answered."""
 ERROR_LINE = "\n[error] "
 """How ``POST /chat`` reports a failure inside its plain-text body."""
 DRAIN_TIMEOUT_S = 1.0
@@ -44,6 +46,12 @@ class Result:
     post: float | None = None
     """``async`` only: how long the POST took."""
     error: str | None = None
+    sent: float | None = None
+    """``time.perf_counter()`` when the request was sent (set by :func:`closed_loop`)."""
+    post_by: str | None = None
+    stream_by: str | None = None
+    """Behind a load balancer: its ``X-Served-By`` header on the POST and on the stream
+    (``sync``: both are the one request's)."""
 
 
 class SSEParser:
@@ -123,6 +131,7 @@ def chat_async(base_url: str, n_tokens: int) -> RequestFn:
         result = Result()
         start = time.perf_counter()
         async with session.post(url, data=orjson.dumps({"message": prompt}), headers=JSON_HEADERS) as r:
+            result.post_by = r.headers.get(SERVED_BY)
             await _raise_for_status(r)
             queued = orjson.loads(await r.read())
         result.post = time.perf_counter() - start
@@ -136,6 +145,7 @@ async def read_stream(session: aiohttp.ClientSession, url: str, result: Result, 
     """Read ``GET /stream/{id}`` to its ``done`` event; return the answer pieces."""
     parts: list[str] = []
     async with session.get(url, headers=SSE_HEADERS) as response:
+        result.stream_by = response.headers.get(SERVED_BY)
         await _raise_for_status(response)
         parser = SSEParser()
         async for chunk in response.content.iter_any():
@@ -164,6 +174,7 @@ def chat_sync(base_url: str, n_tokens: int) -> RequestFn:
         body = bytearray()
         start = time.perf_counter()
         async with session.post(url, data=orjson.dumps({"message": prompt}), headers=JSON_HEADERS) as r:
+            result.post_by = result.stream_by = r.headers.get(SERVED_BY)
             await _raise_for_status(r)
             async for chunk in r.content.iter_any():
                 if chunk:
@@ -207,8 +218,10 @@ async def closed_loop(
     request_timeout: float,
     deadline: float,
     ramp: float = 0.0,
+    stop: asyncio.Event | None = None,
 ) -> Run:
-    """Send ``prompts`` with ``concurrency`` users; stop taking new ones after ``deadline`` s.
+    """Send ``prompts`` with ``concurrency`` users; stop taking new ones after ``deadline`` s
+    or once ``stop`` is set (the prompts not sent stay ``not sent``).
 
     User ``k`` starts ``k * ramp / concurrency`` seconds late. With ``ramp`` about one answer
     long, requests arrive evenly instead of in waves of ``concurrency`` at once.
@@ -221,9 +234,12 @@ async def closed_loop(
         if ramp:
             await asyncio.sleep(k * ramp / concurrency)
         for index in pending:
-            if time.perf_counter() - start > deadline:
+            sent = time.perf_counter()
+            if sent - start > deadline or (stop is not None and stop.is_set()):
                 return
-            results[index] = await guarded(session, request, prompts[index], request_timeout)
+            result = await guarded(session, request, prompts[index], request_timeout)
+            result.sent = sent
+            results[index] = result
 
     await asyncio.gather(*(user(k) for k in range(concurrency)))
     return Run(results, time.perf_counter() - start)

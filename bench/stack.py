@@ -46,6 +46,9 @@ class Service:
     popen: subprocess.Popen[bytes]
     log: Path
     health_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    program: str = ""
+    args: tuple[str, ...] = ()
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -60,6 +63,7 @@ def broker_names(run_id: str) -> dict[str, str]:
     return {
         "TASK_QUEUE": f"{prefix}.tasks",
         "EVENTS_STREAM": f"{prefix}.events",
+        "CANCELS_STREAM": f"{prefix}.cancels",
         "LIVE_EXCHANGE": f"{prefix}.live",
         "PRESENCE_EXCHANGE": f"{prefix}.presence",
         "WORKERS_EXCHANGE": f"{prefix}.workers",
@@ -73,12 +77,23 @@ class Stack:
     run_id: str
     log_dir: Path
     services: list[Service] = field(default_factory=list)
+    topologies: list[dict[str, str]] = field(default_factory=list)
+    """Broker names of the run's other stacks (scale-out), deleted at the end like the main one's."""
 
-    def start(self, name: str, program: str, env: dict[str, str], health_url: str) -> Service:
+    def start(
+        self,
+        name: str,
+        program: str,
+        env: dict[str, str],
+        health_url: str,
+        args: Iterable[str] = (),
+    ) -> Service:
+        """Start ``program`` (a workspace entry point, or an absolute path) with ``args``."""
         log = self.log_dir / f"{name}.log"
+        executable = program if os.path.isabs(program) else str(BIN / program)
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [str(BIN / program)],
+                [executable, *args],
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -86,9 +101,20 @@ class Stack:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
-        service = Service(name, popen, log, health_url)
+        service = Service(name, popen, log, health_url, env, program, tuple(args))
         self.services.append(service)
         return service
+
+    def restart(self, service: Service, name: str) -> Service:
+        """Start the same program again, same environment (so the same port), logging to ``name``."""
+        return self.start(name, service.program, service.env, service.health_url, service.args)
+
+    def kill(self, service: Service) -> None:
+        """SIGKILL the process group, as a crash or an OOM kill would end it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.popen.pid, signal.SIGKILL)
+        service.popen.wait()
+        self.services.remove(service)
 
     async def wait_ready(self, services: Iterable[Service], timeout: float = 60.0) -> None:
         """Poll every health URL until it answers 200; fail fast if a process exits."""
@@ -112,21 +138,22 @@ class Stack:
                 if pending:
                     await asyncio.sleep(0.2)
 
-    def stop(self) -> None:
-        """SIGTERM every process group we started, then SIGKILL what is left."""
-        for service in self.services:
+    def stop(self, services: Iterable[Service] | None = None) -> None:
+        """SIGTERM the process groups (default: every one we started), then SIGKILL what is left."""
+        chosen = list(self.services if services is None else services)
+        for service in chosen:
             if service.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(service.popen.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        for service in self.services:
+        for service in chosen:
             try:
                 service.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(service.popen.pid, signal.SIGKILL)
                 service.popen.wait()
-        self.services.clear()
+        self.services = [s for s in self.services if s not in chosen]
 
 
 class CpuMeter:
@@ -173,7 +200,7 @@ async def delete_topology(amqp_url: str, names: dict[str, str]) -> list[str]:
     failed = []
     connection = await aio_pika.connect(amqp_url, timeout=10)
     async with connection:
-        for key in ("TASK_QUEUE", "EVENTS_STREAM", "DEAD_LETTER_QUEUE"):
+        for key in ("TASK_QUEUE", "EVENTS_STREAM", "CANCELS_STREAM", "DEAD_LETTER_QUEUE"):
             channel = await connection.channel()
             try:
                 await channel.queue_delete(names[key])
