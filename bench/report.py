@@ -152,6 +152,66 @@ def burst_targets(b: dict[str, Any]) -> list[Target]:
     ]
 
 
+SCALE_OUT_RATIO_LIMIT = 1.15
+
+
+def scale_out_targets(part: dict[str, Any] | None) -> list[Target]:
+    """The scale-out targets: per R, the R_max / R=1 CPU ratio, buffered RSS, the restart."""
+    if not part:
+        return []
+    targets: list[Target] = []
+    by_r = {s["replicas"]: s for s in part.get("scenarios", [])}
+    for _, s in sorted(by_r.items()):
+        name, pr, vs = s["name"], s["per_replica"], s.get("vs_direct")
+        for row in pr["replicas"]:
+            if row["role"] == "idle":
+                targets.append(
+                    Target(
+                        name,
+                        "idle replica CPU µs per token it does not serve",
+                        row["cpu_us_per_unserved_token"],
+                        1,
+                    )
+                )
+        targets.append(
+            Target(name, "API+worker CPU ms per token", s["cpu_ms_per_token"].get("api+worker"), 0.08)
+        )
+        if vs is not None:
+            targets.append(Target(name, "throughput / direct", vs["throughput_ratio"], 0.95, at_least=True))
+        targets += [Target(name, "errors", s["errors"], 0), Target(name, "wrong answers", s["wrong"], 0)]
+    if 1 in by_r and len(by_r) > 1:
+        top = max(by_r)
+        one, many = (
+            by_r[1]["per_replica"]["api_cpu_ms_per_token"],
+            by_r[top]["per_replica"]["api_cpu_ms_per_token"],
+        )
+        ratio = round(many / one, 3) if one and many is not None else None
+        targets.append(
+            Target(f"scale-out R={top} vs R=1", "total API CPU per token ratio", ratio, SCALE_OUT_RATIO_LIMIT)
+        )
+    if rss := part.get("rss"):
+        targets.append(
+            Target(
+                "buffered answers",
+                f"RSS KB per buffered {rss['tokens_per_answer']:,}-token answer",
+                rss["kb_per_answer"],
+                30,
+            )
+        )
+    if restart := part.get("restart"):
+        name = f"restart R={restart['replicas']}"
+        targets += [
+            Target(name, "restart to /health/full 200 (s)", restart["ready_s"], 3),
+            Target(
+                name,
+                "sessions after the restart with TTFT above steady p99",
+                restart["after_above_steady_p99"],
+                0,
+            ),
+        ]
+    return targets
+
+
 def machine_info(rabbitmq: str | None) -> dict[str, Any]:
     model = platform.processor() or "unknown"
     try:
@@ -258,12 +318,20 @@ def markdown(report: dict[str, Any]) -> str:
             f"({b['wrong']} wrong, {b['stream_errors']} errors), the last answer "
             f"{b['all_done_s']:.1f} s after the first POST ({b['read_s']:.1f} s of reading).",
         ]
+    if part := report.get("scale_out"):
+        lines += _scale_out_markdown(part)
     if report["targets"]:
         lines += ["", "## Targets", "", "| scenario | target | value | limit | |", "|---|---|--:|--:|---|"]
         for t in report["targets"]:
             value = "-" if t["value"] is None else f"{t['value']:g}"
             lines.append(f"| {t['scenario']} | {t['target']} | {value} | {t['limit']} | {_mark(t['met'])} |")
-    errors = [(s["name"], s["error_kinds"]) for s in report["scenarios"] if s["error_kinds"]]
+    errors = [
+        (s["name"], s["error_kinds"])
+        for s in [*report["scenarios"], *((report.get("scale_out") or {}).get("scenarios") or [])]
+        if s["error_kinds"]
+    ]
+    if (restart := (report.get("scale_out") or {}).get("restart")) and restart.get("error_kinds"):
+        errors.append((f"restart R={restart['replicas']}", restart["error_kinds"]))
     if b and b.get("error_kinds"):
         errors.append(("burst", b["error_kinds"]))
     if errors:
@@ -278,3 +346,112 @@ def markdown(report: dict[str, Any]) -> str:
 
 def _cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if part.get("scenarios"):
+        lines += [
+            "",
+            "## Scale-out",
+            "",
+            "Async closed loop through HAProxy (round-robin, no affinity; POST and GET balanced "
+            "separately), R API processes of one uvicorn process each, plus one API process on "
+            "the same broker that no client reaches (idle). CPU in ms per delivered token; API = "
+            "all API processes, idle one included; balancer = HAProxy.",
+            "",
+            "| R | req/s | vs direct | TTFT p50 / p99 | errors | wrong | CPU API total | CPU worker "
+            "| CPU API+worker | CPU broker | CPU balancer | idle replica µs per token | other load (cores) |",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for s in part["scenarios"]:
+            vs, cpu, pr = s.get("vs_direct"), s["cpu_ms_per_token"], s["per_replica"]
+            idle = next((r for r in pr["replicas"] if r["role"] == "idle"), None)
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        str(s["replicas"]),
+                        f"{s['throughput_rps']:.1f}",
+                        "-" if vs is None else f"{vs['throughput_ratio']:.3f}",
+                        f"{_ms(s['ttft_ms']['p50'])} / {_ms(s['ttft_ms']['p99'])}",
+                        str(s["errors"]),
+                        str(s["wrong"]),
+                        _cpu(pr["api_cpu_ms_per_token"]),
+                        *(_cpu(cpu.get(k)) for k in ("worker", "api+worker", "broker", "balancer")),
+                        "-"
+                        if idle is None or idle["cpu_us_per_unserved_token"] is None
+                        else f"{idle['cpu_us_per_unserved_token']:.2f}",
+                        _cpu(s.get("background_cores")),
+                    ]
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            "Per replica: POSTs it accepted, streams it sent (correct answers), their tokens, its "
+            "CPU seconds, and CPU per token it served (ms) or, for the idle one, per token the "
+            "stack delivered (µs). psutil reads CPU in 10 ms ticks.",
+            "",
+            "| R | replica | POSTs | streams | tokens | CPU s | CPU per served token (ms) "
+            "| CPU per token not served (µs) |",
+            "|--:|---|--:|--:|--:|--:|--:|--:|",
+        ]
+        for s in part["scenarios"]:
+            for row in s["per_replica"]["replicas"]:
+                served = row.get("cpu_ms_per_served_token")
+                unserved = row.get("cpu_us_per_unserved_token")
+                lines.append(
+                    f"| {s['replicas']} | {row['name']} | {row['posts']} | {row['streams']} | "
+                    f"{row['tokens']} | {row['cpu_s']:.3f} | {_cpu(served)} | "
+                    f"{'-' if unserved is None else f'{unserved:.2f}'} |"
+                )
+    if rss := part.get("rss"):
+        lines += [
+            "",
+            "## Buffered answers",
+            "",
+            f"One API process, {rss['answers']} answers of {rss['tokens_per_answer']:,} tokens "
+            f"({rss['correct']} correct, {rss['errors']} errors, in {rss['wall_s']:.1f} s), each "
+            f"{rss['text_kb_per_answer']:.1f} KB of UTF-8 text; {rss['sessions_held']} sessions held "
+            f"at the end. RSS {rss['rss_before_mb']:.1f} MB before, {rss['rss_after_mb']:.1f} MB "
+            f"after (+{rss['rss_growth_mb']:.2f} MB): **{_cpu(rss['kb_per_answer'])} KB per answer** "
+            "(growth / answers; no garbage collection can be forced from outside, so this is an "
+            "upper bound of what the buffers keep).",
+        ]
+    if r := part.get("restart"):
+        h = r["history"]
+        lines += [
+            "",
+            "## Restart with history",
+            "",
+            f"The history stream of the R={r['replicas']} stack held {h['sessions']:,} sessions "
+            f"({h['records']:,} records: what {h['seconds_of_load']:g} s of the measured load "
+            f"leave, published in {h['publish_s']:.1f} s). The closed loop ran through the "
+            f"balancer; after {r['kill_after_s']:g} s replica `{r['replica']}` was SIGKILLed and "
+            f"started again on its port: **ready (`/health/full` 200) {_s(r['ready_s'])} s after "
+            "the process started**.",
+            "",
+            "| requests | TTFT p50 | p99 | max | above steady p99 | errors |",
+            "|---|--:|--:|--:|--:|--:|",
+            f"| steady state before the kill: {r['steady_requests']} | "
+            f"{_ms(r['steady_ttft_ms']['p50'])} | {_ms(r['steady_ttft_ms']['p99'])} | "
+            f"{_ms(r['steady_ttft_ms']['max'])} | - | - |",
+            f"| sent ≤ {r['window_s']:g} s after ready: {r['after_requests']} | "
+            f"{_ms(r['after_ttft_ms']['p50'])} | {_ms(r['after_ttft_ms']['p99'])} | "
+            f"{_ms(r['after_ttft_ms']['max'])} | {r['after_above_steady_p99']} | {r['after_errors']} |",
+            f"| of which served by `{r['replica']}`: {r['touching_requests']} | "
+            f"{_ms(r['touching_ttft_ms']['p50'])} | {_ms(r['touching_ttft_ms']['p99'])} | "
+            f"{_ms(r['touching_ttft_ms']['max'])} | {r['touching_above_steady_p99']} | - |",
+            "",
+            f"{r['broken_by_kill']} of the {r['in_flight_at_kill']} requests in flight at the kill "
+            f"failed (streams cut by it; a client would resume elsewhere with Last-Event-ID). "
+            f"In all {r['requests']} requests, {r['errors']} errors, {r['wrong']} wrong answers. "
+            f"Steady-state TTFT p99 of the scale-out scenario at R={r['replicas']} (history of "
+            f"that run only): {_ms(r['scale_out_ttft_p99_ms'])} ms.",
+        ]
+    return lines
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -37,6 +37,7 @@ import uvloop
 
 import loadgen
 import report
+import scaleout
 from stack import CpuMeter, Stack, broker_names, delete_topology, free_port, rabbitmq_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,7 +90,52 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scenario-timeout", type=float, default=180, help="seconds before a scenario stops")
     p.add_argument("--out", help="results file name (default 'latest', quick: 'quick')")
     p.add_argument("--check", action="store_true", help="exit 1 if a target is not met")
+    scale = p.add_argument_group("scale-out (API processes behind HAProxy; see bench/README.md)")
+    scale.add_argument(
+        "--only",
+        choices=("all", "scale-out"),
+        default="all",
+        help="scale-out: only the direct baseline at --scale-out-concurrency, the scale-out "
+        "scenarios, buffered-answer RSS and the restart",
+    )
+    scale.add_argument(
+        "--scale-out",
+        default="1,2,4",
+        metavar="R,...",
+        help="API processes behind the balancer, one scenario each ('' or 0 to skip the whole part)",
+    )
+    scale.add_argument("--scale-out-concurrency", type=int, default=50, help="users of the scale-out loop")
+    scale.add_argument(
+        "--rss-answers", type=int, help="buffered 1,000-token answers, 0 to skip (default 500, quick 100)"
+    )
+    scale.add_argument(
+        "--history-s",
+        type=float,
+        help="seconds of load whose history fills the stream before the restart, 0 to skip the "
+        "restart (default 600, quick 60)",
+    )
+    scale.add_argument(
+        "--restart-after",
+        type=float,
+        help="seconds of steady load before the replica is killed (default 8, quick 4)",
+    )
+    scale.add_argument(
+        "--restart-window",
+        type=float,
+        default=3.0,
+        help="sessions sent this many seconds after the restarted replica is ready count as 'after'",
+    )
     args = p.parse_args(argv)
+    try:
+        args.scale_out = [int(r) for r in args.scale_out.split(",") if r.strip() and int(r) > 0]
+    except ValueError:
+        p.error(f"--scale-out: not a list of numbers: {args.scale_out!r}")
+    if args.rss_answers is None:
+        args.rss_answers = 100 if args.quick else 500
+    if args.history_s is None:
+        args.history_s = 60.0 if args.quick else 600.0
+    if args.restart_after is None:
+        args.restart_after = 4.0 if args.quick else 8.0
     args.modes = [m for m in args.modes.split(",") if m]
     if unknown := set(args.modes) - {"async", "sync"}:
         p.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
@@ -98,8 +144,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.requests_per_user = 2 if args.quick else 10
     if args.burst is None:
         args.burst = 400 if args.quick else 2000
+    if args.only == "scale-out":
+        if not args.scale_out:
+            p.error("--only scale-out needs --scale-out")
+        args.modes, args.burst, args.concurrency = [], 0, [args.scale_out_concurrency]
     if args.out is None:
         args.out = "quick" if args.quick else "latest"
+        if args.only == "scale-out":
+            args.out += "-scale-out"
+    if args.direct_only or args.target:
+        # The scale-out part starts its own processes: not with a stack given by --target.
+        args.scale_out, args.rss_answers, args.history_s = [], 0, 0.0
     if args.direct_only:
         args.modes, args.burst = [], 0
     return args
@@ -120,6 +175,8 @@ class Bench:
         self.n_tokens = args.tokens
         self.mock_url = args.mock_url
         self.api_url = args.target.rstrip("/") if args.target else None
+        self.main_services: list[Any] = []
+        self.answer_s = 0.0
 
     async def start(self) -> None:
         args = self.args
@@ -145,8 +202,9 @@ class Bench:
             health = orjson.loads(await r.read())
         self.mock_config = {k: health[k] for k in ("ttft_ms", "tokens", "tps")}
         self.n_tokens = int(health["tokens"])
+        self.answer_s = (health["ttft_ms"] / 1000) + max(self.n_tokens - 1, 0) / health["tps"]
         if self.args.ramp is None:
-            self.args.ramp = (health["ttft_ms"] / 1000) + max(self.n_tokens - 1, 0) / health["tps"]
+            self.args.ramp = self.answer_s
 
         if args.modes or args.burst:
             if args.target:
@@ -196,6 +254,7 @@ class Bench:
                 )
             )
         await self.stack.wait_ready([api, *workers], timeout=60)
+        self.main_services = [api, *workers]
         self.api_url = f"http://127.0.0.1:{api_port}"
         self.meters["api"] = CpuMeter.of_pids([api.popen.pid])
         self.meters["worker"] = CpuMeter.of_pids([w.popen.pid for w in workers])
@@ -375,6 +434,7 @@ class Bench:
         scenarios: list[dict[str, Any]] = []
         burst = None
         aborted = None
+        scale: dict[str, Any] = {"scenarios": [], "rss": None, "restart": None}
         connections = max(self.args.concurrency) + self.args.burst + 100
         try:
             async with loadgen.new_session(connections) as session:
@@ -395,11 +455,25 @@ class Bench:
                 if self.args.burst:
                     burst = await self.burst(session)
                     self.check_alive("the burst")
+                if self.args.scale_out:
+                    # The main stack would only add idle CPU to the scale-out figures.
+                    self.stack.stop(self.main_services)
+                    direct = next(
+                        (
+                            s
+                            for s in scenarios
+                            if s["mode"] == "direct" and s["concurrency"] == self.args.scale_out_concurrency
+                        ),
+                        None,
+                    )
+                    await self.scale_out_part(session, direct, scale)
         except StackDied as exc:
             # Keep what was measured; the scenario during which it happened is not trustworthy.
             aborted = str(exc)
             self.notes.append(f"Run aborted: {aborted.splitlines()[0].rstrip(':')}")
-        busy = [s["name"] for s in scenarios if s.get("background_cores", 0) > BUSY_CORES]
+        busy = [
+            s["name"] for s in [*scenarios, *scale["scenarios"]] if s.get("background_cores", 0) > BUSY_CORES
+        ]
         if burst and burst["background_cores"] > BUSY_CORES:
             busy.append("burst")
         if busy:
@@ -410,6 +484,7 @@ class Bench:
         targets = [t for s in scenarios for t in report.scenario_targets(s)]
         if burst:
             targets += report.burst_targets(burst)
+        targets += report.scale_out_targets(scale)
         return {
             "run_id": self.run_id,
             "started_at": started_at,
@@ -426,10 +501,61 @@ class Bench:
             },
             "scenarios": scenarios,
             "burst": burst,
+            "scale_out": scale if (scale["scenarios"] or scale["rss"] or scale["restart"]) else None,
             "targets": [t.as_dict() for t in targets],
             "notes": self.notes,
             "aborted": aborted,
         }
+
+    async def scale_out_part(
+        self, session: aiohttp.ClientSession, direct: dict[str, Any] | None, out: dict[str, Any]
+    ) -> None:
+        """Scale-out scenarios, then buffered-answer RSS, then the restart on the largest stack.
+
+        Results are added to ``out`` as they come, so an abort keeps what was measured.
+        """
+        part = scaleout.ScaleOut(self)
+        if scaleout.find_haproxy() is None:
+            raise RuntimeError(f"the scale-out part needs HAProxy: {scaleout.HAPROXY_INSTALL}")
+        largest = max(self.args.scale_out)
+        keep = None
+        for replicas in self.args.scale_out:
+            group = await part.start_group(f"r{replicas}", replicas, idle=True, balancer=True)
+            kept = False
+            try:
+                await part.warm_up(session, group.url, group.label)
+                summary = await part.scenario(session, group, direct)
+                out["scenarios"].append(summary)
+                print(_progress(summary) + _replica_progress(summary), flush=True)
+                part.check_alive(group, summary["name"])
+                if replicas == largest and keep is None and self.args.history_s:
+                    keep, kept = (group, summary), True  # the restart runs on it
+            finally:
+                if not kept:
+                    part.stop_group(group)
+            await asyncio.sleep(1)
+        if self.args.rss_answers:
+            out["rss"] = await part.rss(session)
+            r = out["rss"]
+            print(
+                f"buffered answers: {r['correct']}/{r['answers']} correct, RSS "
+                f"{r['rss_before_mb']} -> {r['rss_after_mb']} MB, {r['kb_per_answer']} KB per answer",
+                flush=True,
+            )
+        if keep is not None:
+            group, steady = keep
+            try:
+                rate = steady["throughput_rps"] if steady else (direct or {}).get("throughput_rps", 40.0)
+                out["restart"] = await part.restart(session, group, rate, steady)
+                r = out["restart"]
+                print(
+                    f"restart: ready {r['ready_s']} s after start; TTFT steady p99 "
+                    f"{r['steady_ttft_ms']['p99']} ms, after the restart max {r['after_ttft_ms']['max']} "
+                    f"ms ({r['after_above_steady_p99']} of {r['after_requests']} above)",
+                    flush=True,
+                )
+            finally:
+                part.stop_group(group)
 
     def _stack_description(self) -> str:
         a = self.args
@@ -441,6 +567,15 @@ class Bench:
             f"{a.api_workers} API process(es), {a.workers} worker process(es) x "
             f"{a.worker_concurrency} concurrent generations, LOG_LEVEL={a.log_level}"
         )
+
+
+def _replica_progress(s: dict[str, Any]) -> str:
+    pr = s["per_replica"]
+    idle = [r for r in pr["replicas"] if r["role"] == "idle"]
+    text = f" | API CPU {pr['api_cpu_ms_per_token']} ms/token"
+    if idle:
+        text += f", idle replica {idle[0]['cpu_us_per_unserved_token']} us/token"
+    return text
 
 
 def _progress(s: dict[str, Any]) -> str:
@@ -498,11 +633,14 @@ def _clean_up(args: argparse.Namespace, stack: Stack) -> None:
         if stack.services:
             print("stopping the stack ...", file=sys.stderr, flush=True)
         stack.stop()
+        topologies = list(stack.topologies)
         if not args.target and (args.modes or args.burst):
+            topologies.insert(0, broker_names(stack.run_id))
+        for names in topologies:
             try:
-                leftovers = _run(delete_topology(args.amqp_url, broker_names(stack.run_id)))
+                leftovers = _run(delete_topology(args.amqp_url, names))
             except (OSError, RuntimeError, TimeoutError) as exc:
-                leftovers = [f"the run's queues ({exc})"]
+                leftovers = [f"the queues of {names['TASK_QUEUE'].removesuffix('.tasks')} ({exc})"]
             for leftover in leftovers:
                 print(f"could not delete {leftover}", file=sys.stderr)
     finally:
