@@ -66,7 +66,10 @@ class Topology:
         return {
             "TASK_QUEUE": self.task_queue,
             "EVENTS_STREAM": f"{self.prefix}.events",
+            "CANCELS_STREAM": f"{self.prefix}.cancels",
+            "LIVE_EXCHANGE": f"{self.prefix}.live",
             "PRESENCE_EXCHANGE": f"{self.prefix}.presence",
+            "WORKERS_EXCHANGE": f"{self.prefix}.workers",
             "DEAD_LETTER_EXCHANGE": f"{self.prefix}.dlx",
             "DEAD_LETTER_QUEUE": f"{self.prefix}.dead",
         }
@@ -74,11 +77,12 @@ class Topology:
     async def delete(self, amqp_url: str) -> None:
         connection = await aio_pika.connect(amqp_url)
         async with connection:
-            for queue in ("TASK_QUEUE", "EVENTS_STREAM", "DEAD_LETTER_QUEUE"):
+            for queue in ("TASK_QUEUE", "EVENTS_STREAM", "CANCELS_STREAM", "DEAD_LETTER_QUEUE"):
                 channel = await connection.channel()  # a failed delete closes the channel
                 with contextlib.suppress(aio_pika.exceptions.AMQPError):
                     await channel.queue_delete(self.env[queue])
-            for exchange in ("PRESENCE_EXCHANGE", "DEAD_LETTER_EXCHANGE"):
+            exchanges = ("LIVE_EXCHANGE", "PRESENCE_EXCHANGE", "WORKERS_EXCHANGE", "DEAD_LETTER_EXCHANGE")
+            for exchange in exchanges:
                 channel = await connection.channel()
                 with contextlib.suppress(aio_pika.exceptions.AMQPError):
                     await channel.exchange_delete(self.env[exchange])

@@ -100,8 +100,21 @@ async def test_a_timeout_event_has_no_id_so_a_resume_asks_again() -> None:
 async def test_text_body_is_the_answer_and_ends_errors_with_a_line() -> None:
     h = hub()
     feed(h, "ok", ["Hel", "lo"])
-    assert b"".join(await collect(text_body(h, "ok", settings(), 0.0, Discoveries()))) == b"Hello"
+    left: list[str] = []
+    body = b"".join(await collect(text_body(h, "ok", settings(), 0.0, Discoveries(), left.append)))
+    assert body == b"Hello"
     h.accept("bad", 1.0, None)
     h.apply(Frame("bad", 0, "", end=End("error", 0, "LLM error: nope")))
-    body = b"".join(await collect(text_body(h, "bad", settings(), 0.0, Discoveries())))
+    body = b"".join(await collect(text_body(h, "bad", settings(), 0.0, Discoveries(), left.append)))
     assert body == b"\n[error] LLM error: nope\n"
+    assert left == []  # both ended: nothing to cancel
+
+
+async def test_a_text_body_left_before_the_end_cancels_its_generation() -> None:
+    h = hub()
+    feed(h, "s", ["Hel"], finish=False)
+    left: list[str] = []
+    body = text_body(h, "s", settings(stream_idle_timeout_s=5), 0.0, Discoveries(), left.append)
+    assert await body.__anext__() == b"Hel"
+    await body.aclose()  # the client went away
+    assert left == ["s"]

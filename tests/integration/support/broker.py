@@ -38,6 +38,7 @@ class Names:
 
     task_queue: str
     events_stream: str
+    cancels_stream: str
     live_exchange: str
     presence_exchange: str
     workers_exchange: str
@@ -50,6 +51,7 @@ class Names:
         return cls(
             task_queue=f"{prefix}.tasks",
             events_stream=f"{prefix}.events",
+            cancels_stream=f"{prefix}.cancels",
             live_exchange=f"{prefix}.live",
             presence_exchange=f"{prefix}.presence",
             workers_exchange=f"{prefix}.workers",
@@ -61,6 +63,7 @@ class Names:
         return {
             "TASK_QUEUE": self.task_queue,
             "EVENTS_STREAM": self.events_stream,
+            "CANCELS_STREAM": self.cancels_stream,
             "LIVE_EXCHANGE": self.live_exchange,
             "PRESENCE_EXCHANGE": self.presence_exchange,
             "WORKERS_EXCHANGE": self.workers_exchange,
@@ -73,7 +76,7 @@ async def delete_topology(url: str, names: Names) -> None:
     """Delete every queue and exchange of ``names`` (missing ones are fine)."""
     connection = await aio_pika.connect(url)
     try:
-        for queue in (names.task_queue, names.events_stream, names.dead_letter_queue):
+        for queue in (names.task_queue, names.events_stream, names.cancels_stream, names.dead_letter_queue):
             channel = await connection.channel()
             try:
                 await channel.queue_delete(queue)

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-TERMINAL = ("done", "error")
+TERMINAL = ("done", "error", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)

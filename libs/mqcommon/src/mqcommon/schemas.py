@@ -8,7 +8,8 @@ Four things travel between the processes:
   per session with all the text produced since the previous flush.
 - **History records** (the ``llm.events`` stream, filtered by session id): the ``accepted``
   marker of each session, its final ``transcript``, and the ``probe`` a lookup appends to know
-  where the stream ended when it started reading.
+  where the stream ended when it started reading. The same records on the small
+  ``llm.cancels`` stream: a ``cancel`` per cancelled session, which every worker reads.
 - **Presence** (API -> workers, the ``llm.presence`` fanout): which sessions a replica
   serves, tracks or wants replayed.
 
@@ -182,7 +183,7 @@ def _end(raw: Any) -> End | None:
 
 @dataclass(slots=True)
 class HistoryRecord:
-    kind: Literal["accepted", "transcript", "probe"]
+    kind: Literal["accepted", "transcript", "probe", "cancel"]
     session_id: str
     at: float = 0.0
     text: str = ""
@@ -212,7 +213,7 @@ class HistoryRecord:
         if data.get("v") != HISTORY_VERSION:
             raise MalformedMessage("version", f"history record version {data.get('v')!r}")
         kind, sid = data.get("kind"), data.get("sid")
-        if kind not in ("accepted", "transcript", "probe") or not isinstance(sid, str):
+        if kind not in ("accepted", "transcript", "probe", "cancel") or not isinstance(sid, str):
             raise MalformedMessage("malformed", "history record without a kind and a session id")
         end = _end(data["end"]) if data.get("end") is not None else None
         text = data.get("text", "")

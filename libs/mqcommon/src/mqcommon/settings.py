@@ -29,6 +29,10 @@ class BrokerSettings(BaseSettings):
         default="llm.events",
         description="Stream of session history: acceptance markers and final transcripts.",
     )
+    cancels_stream: str = Field(
+        default="llm.cancels",
+        description="Stream of cancelled sessions, read by every worker (their queued tasks are dropped).",
+    )
     live_exchange: str = Field(
         default="llm.live",
         description="Direct exchange that carries live answer frames to the replicas serving them.",

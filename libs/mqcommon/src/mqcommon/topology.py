@@ -35,6 +35,7 @@ class ExchangeSpec:
 class Topology:
     task_queue: QueueSpec
     events_stream: QueueSpec
+    cancels_stream: QueueSpec
     live_exchange: ExchangeSpec
     dead_letter_exchange: ExchangeSpec
     dead_letter_queue: QueueSpec
@@ -69,6 +70,12 @@ class Topology:
                     "x-stream-filter-size-bytes": 255,
                 },
             ),
+            # Cancels: few and small, so a worker reads all of the last hour when it starts and
+            # drops a queued task whose session was cancelled before it arrived.
+            cancels_stream=QueueSpec(
+                name=settings.cancels_stream,
+                arguments={"x-queue-type": "stream", "x-max-age": "1h", "x-max-length-bytes": 100_000_000},
+            ),
             # Live frames, routed by replica id to the one queue of each API replica.
             live_exchange=ExchangeSpec(name=settings.live_exchange, type=aio_pika.ExchangeType.DIRECT),
             dead_letter_exchange=ExchangeSpec(
@@ -93,6 +100,7 @@ class Topology:
         await dlq.bind(dlx, routing_key=self.dead_letter_queue.name)
         await declare_queue(channel, self.task_queue)
         await declare_queue(channel, self.events_stream)
+        await declare_queue(channel, self.cancels_stream)
         await declare_exchange(channel, self.live_exchange)
         await declare_exchange(channel, self.presence_exchange)
         await declare_exchange(channel, self.workers_exchange)

@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_stream_api import chat, errors, metrics, openapi, ops
+from llm_stream_api.routes import sessions
 from llm_stream_api.broker import Broker
 from llm_stream_api.hub import SessionHub
 from llm_stream_api.settings import APISettings
@@ -134,6 +135,7 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(ops.router)
+    app.include_router(sessions.router)
     openapi.install(app, settings)
     # The chat page's vendored libraries (static/vendor/README.md); the page itself is at /.
     app.mount("/static", StaticFiles(packages=[("llm_stream_api", "static")]), name="static")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from dataclasses import dataclass
 
 import aio_pika
 import structlog
@@ -21,7 +22,7 @@ from aiormq.exceptions import AMQPError
 from mqcommon.connection import broker_version, connect, process_name
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.publishing import publish_confirmed
-from mqcommon.schemas import ChatTask, Presence
+from mqcommon.schemas import ChatTask, HistoryRecord, Presence
 from mqcommon.topology import Topology
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 
@@ -40,6 +41,17 @@ WANT_FLUSH_S = 0.005
 # does not is the history read.
 REPLAY_GRACE_S = 0.15
 STREAM_FILTERING_SINCE = (3, 13)
+RECONNECT_REPLAY_DELAY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """``cancelled``: it ended cancelled. ``finished``: it had already ended (``end`` says how).
+    ``cancelling``: not ended yet (queued: its task is dropped when a worker takes it).
+    ``not_found``: no replica or worker knows it."""
+
+    status: str
+    end: str | None = None
 
 
 class Broker:
@@ -146,9 +158,10 @@ class Broker:
             self.discover(session)
 
     async def _look_up(self, session: Session) -> None:
+        before = (session.started, len(session.text))
         await asyncio.sleep(REPLAY_GRACE_S)
-        if session.ended or (session.started and session.looked_up):
-            return
+        if session.ended or (session.started, len(session.text)) != before:
+            return  # a worker answered: it runs, or has just finished
         try:
             records = await self.history.lookup(session.id)
         except BrokerUnavailable as exc:
@@ -158,6 +171,46 @@ class Broker:
         for record in records:
             self.hub.apply_record(record)
         session.notify()
+
+    async def cancel(self, session_id: str) -> CancelOutcome:
+        """Cancel a session from any replica; idempotent. Raises ``BrokerUnavailable``."""
+        if not self.connected:
+            raise BrokerUnavailable("not connected to the broker")
+        session = self.hub.session(session_id)
+        if not session.tracked:
+            self.discover(session)
+        if (finding := self._discovering.get(session_id)) is not None:
+            await asyncio.wait([finding], timeout=self.settings.history_timeout_s + 1)
+        if session.ended:
+            return self._outcome(session)
+        if not session.known:
+            return CancelOutcome("not_found")
+        # Durable and read by every worker, also by one that starts after this.
+        record = HistoryRecord("cancel", session_id, at=time.time())
+        await publish_confirmed(
+            self._publish_channel, self.topology.cancels_stream.name, record.encode(),
+            timeout_s=self.settings.enqueue_timeout_s, headers=record.headers(),
+        )
+        deadline = time.monotonic() + self.settings.cancel_wait_s
+        while not session.ended and (remaining := deadline - time.monotonic()) > 0:
+            await session.wait(remaining)
+        return self._outcome(session) if session.ended else CancelOutcome("cancelling")
+
+    def cancel_soon(self, session_id: str) -> None:
+        """Cancel without waiting (a client of a sync stream went away)."""
+        task = asyncio.create_task(self._cancel_quietly(session_id))
+        self._background_sends.add(task)
+        task.add_done_callback(self._background_sends.discard)
+
+    async def _cancel_quietly(self, session_id: str) -> None:
+        with contextlib.suppress(BrokerUnavailable):
+            await self.cancel(session_id)
+
+    @staticmethod
+    def _outcome(session: Session) -> CancelOutcome:
+        if session.end_kind == "cancelled":
+            return CancelOutcome("cancelled", "cancelled")
+        return CancelOutcome("finished", session.end_kind)
 
     def _want(self, session_id: str) -> None:
         self._wants.add(session_id)
@@ -246,7 +299,11 @@ class Broker:
                 await asyncio.sleep(CONNECT_RETRY_S)
 
     def _on_reconnect(self, *_: object) -> None:
-        """Frames sent while the connection was down are lost: have every open session replayed."""
+        """Frames sent while the connection was down are lost: have every open session replayed,
+        once the live queue is bound again."""
+        asyncio.get_running_loop().call_later(RECONNECT_REPLAY_DELAY_S, self._want_all)
+
+    def _want_all(self) -> None:
         for session_id in self.hub.tracked_sessions():
             self._want(session_id)
 

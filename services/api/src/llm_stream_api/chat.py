@@ -132,7 +132,7 @@ async def chat(
     requested_at = time.time()
     task, traceparent = await _enqueue(body, request, settings, broker, hub)
     return StreamingResponse(
-        text_body(hub, task.session_id, settings, requested_at, broker.discover),
+        text_body(hub, task.session_id, settings, requested_at, broker.discover, broker.cancel_soon),
         media_type="text/plain; charset=utf-8",
         headers={**_session_headers(task.session_id, traceparent), **STREAM_HEADERS},
     )

@@ -44,6 +44,16 @@ class Queued(BaseModel):
     stream_url: str
 
 
+class CancelResult(BaseModel):
+    session_id: str
+    status: Literal["cancelled", "finished", "cancelling"] = Field(
+        description="`cancelled`: it ended cancelled. `finished`: it had already ended, nothing "
+        "changed (`end` says how). `cancelling`: still queued; its task is dropped, without calling "
+        "the LLM, when a worker takes it, and its stream then ends with `cancelled`."
+    )
+    end: Literal["done", "error", "cancelled"] | None = Field(default=None, description="How it ended.")
+
+
 class ErrorBody(BaseModel):
     """Every error: branch on ``error``, show ``message``."""
 

@@ -45,6 +45,10 @@ class APISettings(BrokerSettings, LLMSettings):
         default=False, description="POST /chat calls the LLM from the API instead of the workers."
     )
     stats_cache_s: float = Field(default=1.0, ge=0, description="Cache of queue statistics.")
+    cancel_wait_s: float = Field(
+        default=2.0, ge=0, le=30,
+        description="How long a cancel request waits for the session to end before answering 202.",
+    )
     history_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest one history lookup (a session this replica lacks) may take.",
     )

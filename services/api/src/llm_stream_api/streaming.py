@@ -151,9 +151,14 @@ async def sse_body(
 
 
 async def text_body(
-    hub: SessionHub, session_id: str, settings: APISettings, requested_at: float, discover: Discover
+    hub: SessionHub, session_id: str, settings: APISettings, requested_at: float, discover: Discover,
+    on_disconnect: Callable[[str], None],
 ) -> AsyncIterator[bytes]:
-    """The answer as plain text; a failure ends the body with an ``[error]`` line."""
+    """The answer as plain text; a failure ends the body with an ``[error]`` line.
+
+    The request is the only reader of its answer: if its client goes away before the end,
+    ``on_disconnect`` cancels the generation.
+    """
     meter = StreamMeter("sync", requested_at)
     try:
         async for piece in follow(hub, session_id, 0, settings, discover):
@@ -169,4 +174,6 @@ async def text_body(
             if data:
                 yield data
     finally:
+        if meter.how == "disconnect":
+            on_disconnect(session_id)
         meter.close(hub.get(session_id), session_id)

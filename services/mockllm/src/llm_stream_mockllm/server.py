@@ -23,6 +23,7 @@ prompt: see :mod:`llm_stream_mockllm.directives`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import math
@@ -62,6 +63,11 @@ class MockLLM:
         self._failures: dict[str, int] = {}
         self._authorization = f"Bearer {settings.api_key}".encode() if settings.api_key else None
         self._started = int(time.time())
+        # What tests and the benchmark read back from GET /debug/streams: the prompts of the
+        # latest requests, and when (wall clock) clients closed streams before their end.
+        self._streams = 0
+        self._requested: collections.deque[str] = collections.deque(maxlen=10_000)
+        self._closed_early: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -85,6 +91,12 @@ class MockLLM:
                 await _json(send, 200, wire.model_list(MODEL_IDS, self._started))
             else:
                 await _error(send, 401, "Incorrect API key provided.")
+        elif path == "/debug/streams" and method == "GET":
+            report = {
+                "streams": self._streams, "requested": list(self._requested),
+                "closed_early": list(self._closed_early),
+            }
+            await _json(send, 200, orjson.dumps(report))
         elif path == "/health":
             s = self.settings
             health = {"status": "ok", "ttft_ms": s.ttft_ms, "tokens": s.tokens, "tps": s.tps}
@@ -112,6 +124,7 @@ class MockLLM:
             await _error(send, status, str(exc), param=exc.param)
             return
 
+        self._requested.append(request.prompt)
         d, s = request.directives, self.settings
         if d.fail is not None and self._should_fail(request.prompt, d.fail_times):
             headers = []
@@ -160,6 +173,7 @@ class MockLLM:
             request.model,
             include_usage=request.include_usage,
         )
+        self._streams += 1
         headers = [*_SSE, (b"x-request-id", b"req_mock%08d" % number)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
@@ -167,6 +181,13 @@ class MockLLM:
         abort_after = request.directives.fail_after
         count = len(tokens) if abort_after is None else min(abort_after, len(tokens))
         gone = loop.create_task(_disconnected(receive))
+        done = False
+
+        def closed(task: asyncio.Task[None]) -> None:
+            if not done and not task.cancelled():
+                self._closed_early.append({"at": time.time(), "prompt": request.prompt})
+
+        gone.add_done_callback(closed)
         try:
             sent = 0
             while sent < count:
@@ -185,8 +206,10 @@ class MockLLM:
             tail = encoder.finish(finish)
             if request.include_usage:
                 tail += encoder.usage(request.prompt_tokens, len(tokens))
+            done = True
             await send({"type": "http.response.body", "body": tail + wire.DONE})
         finally:
+            done = done or not gone.done()
             gone.cancel()
 
     async def _complete(

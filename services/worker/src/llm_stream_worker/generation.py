@@ -7,7 +7,8 @@ happens on each kind of failure is decided here:
     completed      transcript confirmed                        -> ack
     retried        retryable failure, deliveries left, SIGTERM -> nack(requeue)
     failed         poison upstream error, timeout              -> error end, ack
-    cancelled      session abandoned by every client           -> error end, ack
+    cancelled      cancelled by a client (even while queued: the   -> cancelled end, ack
+                   LLM is never called), or abandoned by all       -> error end, ack
     dead_lettered  bad payload, or retryable failures exhausted -> (error end,) reject to DLQ
 """
 
@@ -36,6 +37,7 @@ from llm_stream_worker.settings import WorkerSettings
 log = structlog.get_logger(__name__)
 
 ABANDONED = "abandoned"
+CANCELLED = "cancelled"  # a client asked for it (DELETE /sessions/{id}, a dropped sync stream)
 SHUTDOWN = "shutdown"
 
 RecordFn = Callable[[HistoryRecord], Awaitable[None]]
@@ -59,6 +61,7 @@ async def process(
     llm: openai.AsyncOpenAI,
     outbox: Outbox,
     record: RecordFn,
+    is_cancelled: Callable[[str], bool] = lambda _: False,
 ) -> None:
     """Run one delivery; ``record`` publishes a history record and waits for its confirm."""
     try:
@@ -98,6 +101,12 @@ async def process(
         metrics.TASKS.labels("retried").inc()
         log.info("requeueing", why=why)
 
+    if is_cancelled(task.session_id):
+        log.info("task dropped: cancelled before it started")
+        await finish("cancelled", "ack")
+        metrics.TASKS.labels("cancelled").inc()
+        return
+
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.llm_timeout_s):
@@ -107,7 +116,11 @@ async def process(
         metrics.TASKS.labels("completed").inc()
         log.info("generation completed", chars=out.length)
     except asyncio.CancelledError:
-        if running.cancel_reason == ABANDONED:
+        if running.cancel_reason == CANCELLED:
+            log.info("generation cancelled by a client")
+            await finish("cancelled", "ack")
+            metrics.TASKS.labels("cancelled").inc()
+        elif running.cancel_reason == ABANDONED:
             log.info("generation cancelled: no client is reading the session")
             await finish("error", "ack", "session abandoned: no client")
             metrics.TASKS.labels("cancelled").inc()

@@ -61,7 +61,7 @@ PUBLISH_FAILURES = Counter(
 )
 MALFORMED = Counter(
     "llmstream_worker_malformed_messages_total",
-    "Presence messages that could not be read (logged and skipped).",
+    "Presence messages and cancel records that could not be read (logged and skipped).",
 )
 REPLAYS = Counter(
     "llmstream_worker_replays_total",

@@ -22,6 +22,7 @@ from mqcommon.schemas import HistoryRecord, MalformedMessage, Presence
 from mqcommon.topology import Topology, declare_exchange, declare_queue
 
 from llm_stream_worker import generation, http, metrics
+from llm_stream_worker.cancels import CancelFeed
 from llm_stream_worker.outbox import Outbox
 from llm_stream_worker.presence import PresenceTracker
 from llm_stream_worker.settings import WorkerSettings
@@ -38,6 +39,11 @@ class Worker:
         self.llm = make_client(settings, max_connections=settings.worker_concurrency + 8)
         self.presence = PresenceTracker(settings.abandon_timeout_s)
         self.running: dict[str, generation.Running] = {}
+        # Sessions clients cancelled: a task for one of them is dropped when it arrives.
+        self.cancelled: dict[str, float] = {}
+        self.cancels = CancelFeed(
+            self.topology.cancels_stream, window_s=settings.cancel_keep_s, on_cancel=self._cancel
+        )
         self._connection: AbstractRobustConnection | None = None
         self._history_channel: AbstractChannel | None = None
         self._live_exchange: aio_pika.abc.AbstractExchange | None = None
@@ -85,6 +91,11 @@ class Worker:
         # Live frames are not confirmed: a replica that misses one sees the gap and asks again.
         live_channel = await self._connection.channel(publisher_confirms=False)
         self._live_exchange = await declare_exchange(live_channel, self.topology.live_exchange)
+        # Before the first task: a task cancelled while queued must never reach the LLM.
+        await self.cancels.start(
+            await self._connection.channel(), self._history_channel,
+            confirm_timeout_s=self.settings.confirm_timeout_s,
+        )
 
         presence_channel = await self._connection.channel()
         presence_exchange = await declare_exchange(presence_channel, self.topology.presence_exchange)
@@ -120,6 +131,9 @@ class Worker:
                         run.task.cancel()
             self.presence.prune()
             self.outbox.prune()
+            horizon = self.presence.now() - self.settings.cancel_keep_s
+            for session_id in [s for s, at in self.cancelled.items() if at < horizon]:
+                del self.cancelled[session_id]
 
     async def shutdown(self) -> None:
         """Stop taking tasks, let in-flight ones finish within the grace period, requeue the rest."""
@@ -158,6 +172,16 @@ class Worker:
         for session_id in (*presence.served, *presence.tracked):
             self.outbox.interest(replica, session_id, replay=False)
 
+    def _cancel(self, session_id: str) -> None:
+        """Stop the session's generation if it runs here; drop its task if it comes later."""
+        if session_id not in self.cancelled:
+            log.info("cancel requested", session_id=session_id)
+        self.cancelled[session_id] = self.presence.now()
+        for run in self.running.values():
+            if run.session_id == session_id and run.cancel_reason is None and run.task is not None:
+                run.cancel_reason = generation.CANCELLED
+                run.task.cancel()
+
     async def _on_task(self, message: AbstractIncomingMessage) -> None:
         if self._stopping:
             await message.nack(requeue=True)
@@ -172,7 +196,7 @@ class Worker:
         try:
             await generation.process(
                 message, run, settings=self.settings, llm=self.llm, outbox=self.outbox,
-                record=self._record,
+                record=self._record, is_cancelled=self.cancelled.__contains__,
             )
         except asyncio.CancelledError:
             pass  # settled inside; the task ends here

@@ -28,6 +28,10 @@ class WorkerSettings(BrokerSettings, LLMSettings):
         default=15.0, ge=0, le=600,
         description="How long a finished answer stays on the worker for replicas that missed its end.",
     )
+    cancel_keep_s: float = Field(
+        default=3600.0, gt=0, le=3600,
+        description="How far back a starting worker reads cancels (its queued tasks are dropped).",
+    )
     shutdown_grace_s: float = Field(
         default=30.0, ge=0,
         description="On SIGTERM, how long in-flight generations may finish before being requeued.",
