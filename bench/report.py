@@ -406,6 +406,26 @@ def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
                     f"{row['tokens']} | {row['cpu_s']:.3f} | {_cpu(served)} | "
                     f"{'-' if unserved is None else f'{unserved:.2f}'} |"
                 )
+        lines += [
+            "",
+            "TTFT by path: the stream read on the replica that accepted the POST, or on another "
+            "one (which learns of the session from the workers or the history).",
+            "",
+            "| R | same replica: requests | TTFT p50 / p99 | other replica: requests | TTFT p50 / p99 "
+            "| API start to ready (s) |",
+            "|--:|--:|--:|--:|--:|---|",
+        ]
+        for s in part["scenarios"]:
+            paths = s.get("ttft_by_path")
+            if not paths:
+                continue
+            same, other = paths["same_replica"], paths["other_replica"]
+            lines.append(
+                f"| {s['replicas']} | {same['requests']} | {_ms(same['ttft_ms']['p50'])} / "
+                f"{_ms(same['ttft_ms']['p99'])} | {other['requests']} | {_ms(other['ttft_ms']['p50'])} / "
+                f"{_ms(other['ttft_ms']['p99'])} | "
+                f"{', '.join('-' if v is None else f'{v:.2f}' for v in s.get('start_to_ready_s', []))} |"
+            )
     if rss := part.get("rss"):
         lines += [
             "",

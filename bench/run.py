@@ -563,6 +563,12 @@ class Bench:
             return "not run (--direct-only)"
         if a.target:
             return f"running at {a.target}"
+        if a.only == "scale-out":
+            return (
+                f"scale-out only: R API processes behind HAProxy (R = {', '.join(map(str, a.scale_out))}) "
+                f"+ 1 idle, {a.workers} worker process(es) x {a.worker_concurrency} concurrent "
+                f"generations per stack, LOG_LEVEL={a.log_level}"
+            )
         return (
             f"{a.api_workers} API process(es), {a.workers} worker process(es) x "
             f"{a.worker_concurrency} concurrent generations, LOG_LEVEL={a.log_level}"

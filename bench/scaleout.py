@@ -168,6 +168,17 @@ def per_replica(
     }
 
 
+def ttft_by_path(results: Iterable[loadgen.Result]) -> dict[str, Any]:
+    """TTFT of the streams read where the POST was accepted, and of those read elsewhere."""
+    done = [r for r in results if r.ok and r.ttft is not None and r.post_by and r.stream_by]
+    same = [r.ttft for r in done if r.post_by == r.stream_by]
+    other = [r.ttft for r in done if r.post_by != r.stream_by]
+    return {
+        "same_replica": {"requests": len(same), "ttft_ms": report.distribution_ms(same)},
+        "other_replica": {"requests": len(other), "ttft_ms": report.distribution_ms(other)},
+    }
+
+
 def restart_window(
     results: Iterable[loadgen.Result],
     *,
@@ -397,6 +408,10 @@ class ScaleOut:
             report.compare(summary, direct)
         summary["replicas"] = replicas
         summary["per_replica"] = per_replica(run.results, self.bench.n_tokens, by_process, served, idle)
+        summary["ttft_by_path"] = ttft_by_path(run.results)
+        summary["start_to_ready_s"] = [
+            None if s.ready_s is None else round(s.ready_s, 2) for s in (*group.replicas, *group.idle)
+        ]
         return summary
 
     # -- memory ----------------------------------------------------------------------------

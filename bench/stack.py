@@ -27,6 +27,7 @@ import psutil
 
 BIN = Path(sys.executable).parent
 STOP_TIMEOUT_S = 10.0
+READY_POLL_S = 0.05
 
 
 def free_port() -> int:
@@ -49,6 +50,9 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     program: str = ""
     args: tuple[str, ...] = ()
+    started_at: float = field(default_factory=time.perf_counter)
+    ready_s: float | None = None
+    """Seconds from the start of the process to its health URL's first 200 (to ``READY_POLL_S``)."""
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -131,12 +135,13 @@ class Stack:
                         async with session.get(service.health_url) as response:
                             if response.status == 200:
                                 pending.remove(service)
+                                service.ready_s = time.perf_counter() - service.started_at
                 if pending and time.monotonic() > deadline:
                     names = ", ".join(s.name for s in pending)
                     tails = "\n".join(f"--- {s.name}\n{s.log_tail()}" for s in pending)
                     raise RuntimeError(f"not ready after {timeout:.0f} s: {names}\n{tails}")
                 if pending:
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(READY_POLL_S)
 
     def stop(self, services: Iterable[Service] | None = None) -> None:
         """SIGTERM the process groups (default: every one we started), then SIGKILL what is left."""
