@@ -75,7 +75,7 @@ def answer_with(*pieces: str, fail: Exception | None = None, hang: bool = False)
 
 async def run(monkeypatch, fake, *, delivery_count: int = 0, body: bytes | None = None,
               sink: Sink | None = None, **cfg):
-    monkeypatch.setattr(generation, "stream_answer", fake)
+    monkeypatch.setattr(generation, "stream_task", fake)
     sink = sink or Sink()
     outbox = sink.outbox()
     settings = WorkerSettings(**{"task_max_deliveries": 3, "llm_timeout_s": 5, **cfg})
@@ -142,7 +142,7 @@ async def test_malformed_task_is_dead_lettered(monkeypatch) -> None:
     (generation.SHUTDOWN, "requeue", False),
 ])
 async def test_cancellation_settles_by_reason(monkeypatch, reason, settled, ends) -> None:
-    monkeypatch.setattr(generation, "stream_answer", answer_with("a", hang=True))
+    monkeypatch.setattr(generation, "stream_task", answer_with("a", hang=True))
     sink = Sink()
     outbox = sink.outbox()
     delivery = FakeDelivery(ChatTask(session_id="s", message="hi", reply_to="api-1").encode())

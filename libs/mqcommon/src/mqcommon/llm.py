@@ -7,6 +7,7 @@ direct mode. Every failure leaves this module as an ``UpstreamError`` (see ``err
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import httpx2
@@ -14,6 +15,7 @@ import openai
 import orjson
 
 from mqcommon.errors import RetryableUpstreamError, map_upstream
+from mqcommon.schemas import ChatTask
 from mqcommon.settings import LLMSettings
 
 # The SDK refuses to start without a key; local OpenAI-compatible servers ignore it.
@@ -41,26 +43,64 @@ def make_client(settings: LLMSettings, *, max_connections: int = 1000) -> openai
     )
 
 
-def build_messages(settings: LLMSettings, message: str) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
-    messages.append({"role": "user", "content": message})
-    return messages
+def build_messages(
+    settings: LLMSettings, message: str | None, messages: list[dict[str, str]] | None = None
+) -> list[dict[str, str]]:
+    """The conversation to send: ``messages`` as given, or ``message`` as one user turn.
+
+    The deployment's system prompt goes first when the conversation has no system message.
+    """
+    turns = list(messages) if messages else [{"role": "user", "content": message or ""}]
+    if settings.system_prompt and not any(turn.get("role") == "system" for turn in turns):
+        turns.insert(0, {"role": "system", "content": settings.system_prompt})
+    return turns
+
+
+# Generation parameters passed through to the LLM when they are set.
+PARAMETERS = ("temperature", "top_p", "stop", "seed", "user")
+
+
+def request_arguments(settings: LLMSettings, params: dict[str, Any] | None, *, usage: bool) -> dict[str, Any]:
+    """The optional arguments of one chat completion request."""
+    params = params or {}
+    out: dict[str, Any] = {name: params[name] for name in PARAMETERS if params.get(name) is not None}
+    if isinstance(out.get("stop"), tuple):
+        out["stop"] = list(out["stop"])
+    cap, wanted = settings.llm_max_tokens, params.get("max_tokens")
+    limit = min(cap, wanted) if cap and wanted else (cap or wanted)
+    if limit:
+        out["max_tokens"] = limit
+    if usage:
+        out["stream_options"] = {"include_usage": True}
+    return out
 
 
 async def stream_answer(
-    client: openai.AsyncOpenAI, settings: LLMSettings, message: str, model: str | None = None
+    client: openai.AsyncOpenAI,
+    settings: LLMSettings,
+    message: str | None,
+    model: str | None = None,
+    *,
+    messages: list[dict[str, str]] | None = None,
+    params: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> AsyncIterator[str]:
     """Yield the answer's text pieces as the LLM produces them.
+
+    ``messages`` (a conversation) replaces ``message`` (one user turn); ``params`` are the
+    generation parameters (temperature, top_p, max_tokens, stop, seed, user; ``LLM_MAX_TOKENS``
+    caps max_tokens). When ``usage`` is a dict, the LLM is asked for its token usage and the
+    dict is filled with it once the stream ends.
 
     The SDK makes the request (auth, base URL, retries before the first byte, error types);
     the server-sent lines of the body are decoded here with orjson, which costs a fraction
     of building the SDK's typed chunk objects for every token.
     """
-    kwargs = {"max_tokens": settings.llm_max_tokens} if settings.llm_max_tokens else {}
+    kwargs = request_arguments(settings, params, usage=usage is not None)
     try:
         async with client.chat.completions.with_streaming_response.create(
             model=model or settings.llm_model,
-            messages=build_messages(settings, message),  # type: ignore[arg-type]
+            messages=build_messages(settings, message, messages),  # type: ignore[arg-type]
             stream=True,
             **kwargs,
         ) as response:
@@ -70,13 +110,32 @@ async def stream_answer(
                 data = line[5:].strip()
                 if data == "[DONE]":
                     return
-                text = _delta_text(orjson.loads(data))
+                chunk = orjson.loads(data)
+                if usage is not None and isinstance(chunk.get("usage"), dict):
+                    usage.update(chunk["usage"])
+                text = _delta_text(chunk)
                 if text:
                     yield text
     except orjson.JSONDecodeError as exc:
         raise RetryableUpstreamError(f"malformed stream chunk: {exc}") from exc
     except TRANSPORT_ERRORS as exc:
         raise map_upstream(exc) from exc
+
+
+async def stream_task(
+    client: openai.AsyncOpenAI, settings: LLMSettings, task: ChatTask, usage: dict[str, Any] | None = None
+) -> AsyncIterator[str]:
+    """``stream_answer`` for a queued task: its conversation and parameters."""
+    params = {
+        "temperature": task.temperature, "top_p": task.top_p, "max_tokens": task.max_tokens,
+        "stop": task.stop, "seed": task.seed, "user": task.user,
+    }
+    async for text in stream_answer(
+        client, settings, task.message, task.model,
+        messages=task.conversation() if task.messages else None, params=params,
+        usage=usage if task.include_usage else None,
+    ):
+        yield text
 
 
 def _delta_text(chunk: dict) -> str | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
@@ -60,21 +60,55 @@ class MalformedMessage(ValueError):
 # -- tasks ---------------------------------------------------------------------------------
 
 
+class ChatMessage(BaseModel):
+    """One turn of a conversation."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class ChatTask(BaseModel):
-    """One chat request waiting for a worker."""
+    """One chat request waiting for a worker.
+
+    ``message`` alone is one user message (the first format). ``messages`` is a whole
+    conversation; the generation parameters are optional and sent to the LLM as given.
+    Unset fields are left out of the encoding, so a task without them reads as before.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     v: Literal[1] = 1
     task_id: str = Field(default_factory=new_id)
     session_id: SessionId
-    message: str = Field(min_length=1)
+    message: str | None = Field(default=None, min_length=1)
+    messages: tuple[ChatMessage, ...] | None = Field(default=None, min_length=1)
     model: str | None = None
     created_at: float = Field(default_factory=time.time)
     reply_to: str | None = None  # the API replica that accepted it gets live frames from the start
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    user: str | None = None
+    include_usage: bool | None = None  # ask the LLM for its token usage, sent back in the end
+
+    @model_validator(mode="after")
+    def _has_a_prompt(self) -> ChatTask:
+        if self.message is None and self.messages is None:
+            raise ValueError("a task needs a message or messages")
+        return self
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The messages to send, without any system prompt of the deployment."""
+        if self.messages is not None:
+            return [{"role": m.role, "content": m.content} for m in self.messages]
+        return [{"role": "user", "content": self.message or ""}]
 
     def encode(self) -> bytes:
-        return self.model_dump_json().encode()
+        return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
     def decode(cls, body: bytes) -> ChatTask:
@@ -89,11 +123,14 @@ class End:
     kind: str  # one of END_KINDS
     length: int  # characters of the whole answer
     error: str | None = None
+    usage: dict[str, Any] | None = None  # the LLM's token usage, when the task asked for it
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "length": self.length}
         if self.error is not None:
             out["error"] = self.error
+        if self.usage is not None:
+            out["usage"] = self.usage
         return out
 
 
@@ -175,7 +212,10 @@ def _end(raw: Any) -> End | None:
     kind, length, error = raw.get("kind"), raw.get("length"), raw.get("error")
     if kind not in END_KINDS or not isinstance(length, int) or length < 0:
         return None
-    return End(kind, length, error if isinstance(error, str) else None)
+    usage = raw.get("usage")
+    return End(
+        kind, length, error if isinstance(error, str) else None, usage if isinstance(usage, dict) else None
+    )
 
 
 # -- history records -----------------------------------------------------------------------

@@ -35,7 +35,7 @@ class Session:
 
     __slots__ = (
         "_waiter", "accepted_at", "end_kind", "error", "id", "looked_up", "readers", "reserved",
-        "started", "text", "touched", "trace_id", "tracked",
+        "started", "text", "touched", "trace_id", "tracked", "usage",
     )
 
     def __init__(self, session_id: str, touched: float) -> None:
@@ -44,6 +44,7 @@ class Session:
         self.text = ""
         self.end_kind: str | None = None
         self.error: str | None = None
+        self.usage: dict | None = None  # the LLM's token usage, when the task asked for it
         self.accepted_at: float | None = None  # wall clock of the POST that queued it
         self.started = False
         self.trace_id: str | None = None
@@ -220,6 +221,8 @@ class SessionHub:
 
     def _apply_end(self, session: Session, end: End) -> None:
         held = len(session.text)
+        if end.usage is not None:
+            session.usage = end.usage
         if end.kind != DONE:
             self._end(session, end.kind, end.error or "generation failed")
         elif end.length == held:

@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 import structlog
@@ -25,7 +26,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
 from mqcommon.errors import BrokerUnavailable, UpstreamError
-from mqcommon.llm import stream_answer
+from mqcommon.llm import stream_task
 from mqcommon.schemas import ChatTask, HistoryRecord
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 from pydantic import ValidationError
@@ -84,9 +85,11 @@ async def process(
     log.info("generation started")
     out = outbox.open(task.session_id, attempt=attempt, trace_id=trace_id, reply_to=task.reply_to)
 
-    async def finish(kind: str, settle: str, error: str | None = None) -> None:
+    async def finish(
+        kind: str, settle: str, error: str | None = None, usage: dict[str, Any] | None = None
+    ) -> None:
         """End the session for every reader, and settle once its transcript is durable."""
-        outbox.close(out, kind, error)
+        outbox.close(out, kind, error, usage)
         try:
             await record(_transcript(out))
         except BrokerUnavailable as exc:
@@ -110,8 +113,8 @@ async def process(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.llm_timeout_s):
-            await _generate(task, out, settings, llm, outbox, started)
-        await finish("done", "ack")
+            usage = await _generate(task, out, settings, llm, outbox, started)
+        await finish("done", "ack", usage=usage)
         metrics.GENERATION_DURATION.observe(time.perf_counter() - started)
         metrics.TASKS.labels("completed").inc()
         log.info("generation completed", chars=out.length)
@@ -162,16 +165,19 @@ async def _generate(
     llm: openai.AsyncOpenAI,
     outbox: Outbox,
     started: float,
-) -> None:
+) -> dict[str, Any] | None:
+    """Stream the answer into the outbox; the LLM's token usage if the task asked for it."""
     pieces = 0
+    usage: dict[str, Any] = {}
     try:
-        async for text in stream_answer(llm, settings, task.message, task.model):
+        async for text in stream_task(llm, settings, task, usage):
             if not pieces:
                 metrics.UPSTREAM_TTFT.observe(time.perf_counter() - started)
             pieces += 1
             outbox.write(out, text)
     finally:
         metrics.TOKENS.inc(pieces)
+    return usage or None
 
 
 async def _settle(message: AbstractIncomingMessage, how: str) -> None:

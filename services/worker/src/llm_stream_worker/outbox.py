@@ -118,9 +118,11 @@ class Outbox:
         self._dirty_bytes += len(text)
         self._mark(out, urgent=out.sent == 0 and out.length == len(text))
 
-    def close(self, out: Outgoing, kind: str, error: str | None = None) -> None:
+    def close(
+        self, out: Outgoing, kind: str, error: str | None = None, usage: dict[str, Any] | None = None
+    ) -> None:
         """The generation ended (done, error or cancelled): flush its end at once."""
-        out.end = End(kind, out.length, error)
+        out.end = End(kind, out.length, error, usage)
         out.ended_at = self._clock()
         self._mark(out, urgent=True)
 
