@@ -100,9 +100,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     scale.add_argument(
         "--scale-out",
-        default="1,2,4",
         metavar="R,...",
-        help="API processes behind the balancer, one scenario each ('' or 0 to skip the whole part)",
+        help="API processes behind the balancer, one scenario each ('' or 0 to skip the whole "
+        "part; default 1,2,4, quick 1,4)",
     )
     scale.add_argument("--scale-out-concurrency", type=int, default=50, help="users of the scale-out loop")
     scale.add_argument(
@@ -126,6 +126,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="sessions sent this many seconds after the restarted replica is ready count as 'after'",
     )
     args = p.parse_args(argv)
+    if args.scale_out is None:
+        args.scale_out = "1,4" if args.quick else "1,2,4"
     try:
         args.scale_out = [int(r) for r in args.scale_out.split(",") if r.strip() and int(r) > 0]
     except ValueError:

@@ -44,6 +44,7 @@ HAPROXY_INSTALL = "sudo apt-get install -y haproxy"
 CHECK_INTERVAL_MS = 500
 HAPROXY_MAXCONN = 4000  # it needs about two descriptors per connection, within the bench's limit
 READY_POLL_S = 0.01
+READY_TIMEOUT_S = 120.0
 RSS_TOKENS = 1000
 RSS_PROMPT_DIRECTIVES = f"[[mock:tokens={RSS_TOKENS}]] [[mock:tps=20000]] [[mock:ttft_ms=0]]"
 RSS_SETTLE_S = 1.0
@@ -246,9 +247,10 @@ class Group:
         return [*self.replicas, *self.idle, *self.workers, *([self.balancer] if self.balancer else [])]
 
     def meters(self) -> dict[str, CpuMeter]:
-        meters = {
-            s.name.split(":")[-1]: CpuMeter.of_pids([s.popen.pid]) for s in (*self.replicas, *self.idle)
-        }
+        meters = {s.name.split(":")[-1]: CpuMeter.of_pids([s.popen.pid]) for s in self.replicas}
+        # The idle replica uses milliseconds in a scenario: ticks of 10 ms would be its whole reading.
+        for s in self.idle:
+            meters[s.name.split(":")[-1]] = CpuMeter.of_pids([s.popen.pid], precise=True)
         meters["worker"] = CpuMeter.of_pids([w.popen.pid for w in self.workers])
         if self.balancer is not None:
             meters["balancer"] = CpuMeter.of_pids([self.balancer.popen.pid])
@@ -541,7 +543,8 @@ class ScaleOut:
             group.replicas[-1] = restarted
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as probe:
                 while True:
-                    if restarted.popen.poll() is not None:
+                    gone = restarted.popen.poll() is not None
+                    if gone or time.perf_counter() - timeline["started"] > READY_TIMEOUT_S:
                         timeline["ready"] = float("nan")
                         stop.set()
                         return

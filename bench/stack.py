@@ -164,14 +164,19 @@ class Stack:
 class CpuMeter:
     """User + system CPU seconds of a set of processes and all their descendants."""
 
-    def __init__(self, roots: Iterable[psutil.Process], *, descendants: bool = True) -> None:
+    def __init__(
+        self, roots: Iterable[psutil.Process], *, descendants: bool = True, precise: bool = False
+    ) -> None:
         self.roots = list(roots)
         self.descendants = descendants
+        self.precise = precise
         self._seen: dict[int, float] = {}
 
     @classmethod
-    def of_pids(cls, pids: Iterable[int]) -> CpuMeter:
-        return cls(psutil.Process(pid) for pid in pids)
+    def of_pids(cls, pids: Iterable[int], *, precise: bool = False) -> CpuMeter:
+        """``precise``: nanoseconds on CPU from ``/proc/PID/task/*/schedstat`` (Linux), instead of
+        the 10 ms ticks of user + system time; for a process that should use almost nothing."""
+        return cls((psutil.Process(pid) for pid in pids), precise=precise)
 
     @classmethod
     def by_name(cls, name: str) -> CpuMeter:
@@ -190,12 +195,28 @@ class CpuMeter:
                 family = root.children(recursive=True) if self.descendants else []
                 for proc in [root, *family]:
                     with contextlib.suppress(psutil.Error):
-                        times = proc.cpu_times()
-                        self._seen[proc.pid] = times.user + times.system
+                        on_cpu = _schedstat_seconds(proc.pid) if self.precise else None
+                        if on_cpu is None:
+                            times = proc.cpu_times()
+                            on_cpu = times.user + times.system
+                        self._seen[proc.pid] = on_cpu
         return sum(self._seen.values())
 
     def __bool__(self) -> bool:
         return bool(self.roots)
+
+
+def _schedstat_seconds(pid: int) -> float | None:
+    """Time on CPU of the live threads of ``pid`` (first field of each thread's schedstat, ns)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for tid in tasks:
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9 if tasks else None
 
 
 async def delete_topology(amqp_url: str, names: dict[str, str]) -> list[str]:

@@ -289,3 +289,17 @@ def test_markdown_has_the_scale_out_sections() -> None:
         assert heading in text
     assert "| 4 | idle | 0 | 0 | 0 | 0.000 | - | 2.00 |" in text
     assert "restart R=4: 12 x `x`" in text
+
+
+def test_precise_cpu_reading_agrees_with_the_tick_based_one() -> None:
+    import os
+
+    import psutil
+
+    import stack
+
+    precise = stack._schedstat_seconds(os.getpid())
+    if precise is None:
+        pytest.skip("no /proc/PID/task/*/schedstat here")
+    times = psutil.Process().cpu_times()
+    assert abs(precise - (times.user + times.system)) < 0.5
