@@ -32,10 +32,10 @@ test-tools: ## Install the Debian packages the tests need when missing (RabbitMQ
 test-unit: install ## Unit tests of every member
 	$(UV) run pytest libs services
 
-test-integration: install test-tools ## Integration tests against a real broker (TEST_BROKER) and real processes
+test-integration: install tools test-tools ## Integration tests against a real broker (TEST_BROKER) and real processes
 	$(UV) run pytest tests/integration
 
-test-integration-rabbitmq4: install test-tools ## Integration tests on RabbitMQ 4.0 in a container (podman, testcontainers)
+test-integration-rabbitmq4: install tools test-tools ## Integration tests on RabbitMQ 4.0 in a container (podman, testcontainers)
 	bash scripts/containers.sh install
 	TEST_BROKER=container $(UV) run pytest tests/integration
 
