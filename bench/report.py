@@ -391,20 +391,31 @@ def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
             "",
             "Per replica: POSTs it accepted, streams it sent (correct answers), their tokens, its "
             "CPU seconds, and CPU per token it served (ms) or, for the idle one, per token the "
-            "stack delivered (µs). psutil reads CPU in 10 ms ticks.",
+            "stack delivered (µs; the idle replica's CPU per second under load and with no traffic "
+            "next to it). History lookups, their mean time, failures and live frames applied come "
+            "from each replica's /metrics.",
             "",
             "| R | replica | POSTs | streams | tokens | CPU s | CPU per served token (ms) "
-            "| CPU per token not served (µs) |",
-            "|--:|---|--:|--:|--:|--:|--:|--:|",
+            "| CPU per token not served (µs) | CPU ms/s under load / quiet | history lookups "
+            "| lookup mean (ms) | lookups failed | live frames |",
+            "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for s in part["scenarios"]:
             for row in s["per_replica"]["replicas"]:
                 served = row.get("cpu_ms_per_served_token")
                 unserved = row.get("cpu_us_per_unserved_token")
+                m = row.get("metrics") or {}
+                rate = (
+                    f"{_cpu(row.get('cpu_ms_per_s'))} / {_cpu(row.get('quiet_cpu_ms_per_s'))}"
+                    if "quiet_cpu_ms_per_s" in row
+                    else "-"
+                )
                 lines.append(
                     f"| {s['replicas']} | {row['name']} | {row['posts']} | {row['streams']} | "
                     f"{row['tokens']} | {row['cpu_s']:.3f} | {_cpu(served)} | "
-                    f"{'-' if unserved is None else f'{unserved:.2f}'} |"
+                    f"{'-' if unserved is None else f'{unserved:.2f}'} | {rate} | "
+                    f"{_count(m.get('lookups'))} | {_ms(m.get('lookup_mean_ms'))} | "
+                    f"{_count(m.get('lookup_failures'))} | {_count(m.get('frames'))} |"
                 )
         lines += [
             "",
@@ -471,6 +482,10 @@ def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
             f"that run only): {_ms(r['scale_out_ttft_p99_ms'])} ms.",
         ]
     return lines
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _s(value: float | None) -> str:

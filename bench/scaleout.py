@@ -45,6 +45,7 @@ CHECK_INTERVAL_MS = 500
 HAPROXY_MAXCONN = 4000  # it needs about two descriptors per connection, within the bench's limit
 READY_POLL_S = 0.01
 READY_TIMEOUT_S = 120.0
+IDLE_BASELINE_S = 2.0
 RSS_TOKENS = 1000
 RSS_PROMPT_DIRECTIVES = f"[[mock:tokens={RSS_TOKENS}]] [[mock:tps=20000]] [[mock:ttft_ms=0]]"
 RSS_SETTLE_S = 1.0
@@ -178,6 +179,49 @@ def ttft_by_path(results: Iterable[loadgen.Result]) -> dict[str, Any]:
         "same_replica": {"requests": len(same), "ttft_ms": report.distribution_ms(same)},
         "other_replica": {"requests": len(other), "ttft_ms": report.distribution_ms(other)},
     }
+
+
+METRICS = {
+    "lookups": "llmstream_history_lookup_duration_seconds_count",
+    "lookup_s": "llmstream_history_lookup_duration_seconds_sum",
+    "lookup_failures": 'llmstream_history_failures_total{kind="lookup"}',
+    "frames": "llmstream_events_received_total",
+    "unknown_frames": "llmstream_unknown_session_frames_total",
+}
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition, by ``name{labels}`` as written."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            samples[key.strip()] = float(value)
+    return samples
+
+
+def metric_deltas(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+    """History lookups (count, seconds, failures) and live frames of one replica in a scenario."""
+    if before is None or after is None:
+        return None
+    out = {name: round(after.get(key, 0.0) - before.get(key, 0.0), 3) for name, key in METRICS.items()}
+    out["lookup_mean_ms"] = round(out["lookup_s"] * 1000 / out["lookups"], 1) if out["lookups"] else None
+    return out
+
+
+async def scrape_all(session: aiohttp.ClientSession, apis: dict[str, Service]) -> dict[str, dict[str, float]]:
+    async def one(service: Service) -> dict[str, float] | None:
+        try:
+            async with asyncio.timeout(5):
+                async with session.get(f"http://127.0.0.1:{_port(service)}/metrics") as r:
+                    return parse_metrics(await r.text()) if r.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+
+    found = await asyncio.gather(*(one(s) for s in apis.values()))
+    return {name: samples for name, samples in zip(apis, found, strict=True) if samples is not None}
 
 
 def restart_window(
@@ -389,6 +433,13 @@ class ScaleOut:
         idle = ["idle"] if group.idle else []
         meters = {**self._shared_meters(), **group.meters()}
         prompts = [f"bench {group.label} {i}" for i in range(concurrency * self.args.requests_per_user)]
+        apis = dict(zip((*served, *idle), (*group.replicas, *group.idle), strict=True))
+        # What the idle replica uses with no traffic at all: timers, heartbeats.
+        idle_meters = {k: meters[k] for k in idle}
+        quiet = self._cpu(idle_meters)
+        await asyncio.sleep(IDLE_BASELINE_S)
+        quiet = {k: v - quiet[k] for k, v in self._cpu(idle_meters).items() if k in idle}
+        metrics_before = await scrape_all(session, apis)
         before = self._cpu(meters)
         run = await loadgen.closed_loop(
             session,
@@ -400,6 +451,7 @@ class ScaleOut:
             ramp=self.args.ramp,
         )
         after = self._cpu(meters)
+        metrics_after = await scrape_all(session, apis)
         delta = {k: after[k] - before[k] for k in after}
         by_process = {k: delta.pop(k) for k in (*served, *idle)}
         delta["api"] = sum(by_process.values())
@@ -410,6 +462,13 @@ class ScaleOut:
             report.compare(summary, direct)
         summary["replicas"] = replicas
         summary["per_replica"] = per_replica(run.results, self.bench.n_tokens, by_process, served, idle)
+        for row in summary["per_replica"]["replicas"]:
+            row["metrics"] = metric_deltas(metrics_before.get(row["name"]), metrics_after.get(row["name"]))
+            if row["name"] in quiet:
+                row["quiet_cpu_ms_per_s"] = round(quiet[row["name"]] * 1000 / IDLE_BASELINE_S, 3)
+                row["cpu_ms_per_s"] = (
+                    round(by_process[row["name"]] * 1000 / run.wall, 3) if run.wall else None
+                )
         summary["ttft_by_path"] = ttft_by_path(run.results)
         summary["start_to_ready_s"] = [
             None if s.ready_s is None else round(s.ready_s, 2) for s in (*group.replicas, *group.idle)

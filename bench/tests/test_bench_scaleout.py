@@ -303,3 +303,22 @@ def test_precise_cpu_reading_agrees_with_the_tick_based_one() -> None:
         pytest.skip("no /proc/PID/task/*/schedstat here")
     times = psutil.Process().cpu_times()
     assert abs(precise - (times.user + times.system)) < 0.5
+
+
+def test_metric_deltas_from_two_expositions() -> None:
+    before = scaleout.parse_metrics(
+        "# HELP llmstream_history_lookup_duration_seconds x\n"
+        "llmstream_history_lookup_duration_seconds_count 2.0\n"
+        "llmstream_history_lookup_duration_seconds_sum 0.5\n"
+        'llmstream_history_failures_total{kind="lookup"} 1.0\n'
+        'llmstream_history_failures_total{kind="marker"} 7.0\n'
+        "llmstream_events_received_total 10\n"
+    )
+    after = dict(before)
+    after["llmstream_history_lookup_duration_seconds_count"] = 6.0
+    after["llmstream_history_lookup_duration_seconds_sum"] = 2.5
+    after["llmstream_events_received_total"] = 110.0
+    out = scaleout.metric_deltas(before, after)
+    assert out["lookups"] == 4 and out["lookup_mean_ms"] == 500.0
+    assert out["lookup_failures"] == 0 and out["frames"] == 100 and out["unknown_frames"] == 0
+    assert scaleout.metric_deltas(None, after) is None
