@@ -32,7 +32,8 @@ from llm_stream_api import metrics
 
 log = structlog.get_logger(__name__)
 
-LOOKUP_PREFETCH = 500
+LOOKUP_PREFETCH = 1000
+ACK_EVERY = 250
 
 
 class History:
@@ -106,9 +107,15 @@ class History:
         await self._append(HistoryRecord("probe", session_id, at=time.time(), probe=probe))
         found: list[HistoryRecord] = []
         reached = asyncio.Event()
+        unacked = 0
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await message.ack()
+            # A stream consumer gets more only once it acknowledges; one ack covers many.
+            nonlocal unacked
+            unacked += 1
+            if unacked >= ACK_EVERY:
+                unacked = 0
+                await message.ack(multiple=True)
             if reached.is_set() or (message.headers or {}).get(SESSION_HEADER) != session_id:
                 return  # another session's record (a Bloom false positive, or no filtering)
             try:
