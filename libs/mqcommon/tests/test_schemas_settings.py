@@ -11,6 +11,8 @@ from mqcommon.schemas import (
     Presence,
     decode_frames,
     encode_frames,
+    id_time,
+    new_id,
 )
 from mqcommon.settings import BrokerSettings
 from mqcommon.topology import Topology
@@ -100,3 +102,16 @@ def test_traceparent_is_continued_or_created() -> None:
     assert trace and len(trace) == 32
     assert trace_id_of(child_of(parent)) == trace
     assert trace_id_of(child_of("garbage")) not in (None, trace)
+
+
+def test_ids_are_uuid7_and_say_when_they_were_made() -> None:
+    import time
+    import uuid
+
+    made = new_id()
+    assert len(made) == 32 and uuid.UUID(made).version == 7
+    assert abs(id_time(made) - time.time()) < 5
+    assert id_time(f"resp_{made}") == id_time(made)
+    assert new_id() != made
+    for foreign in (uuid.uuid4().hex, "chosen-by-a-client", "", "z" * 32):
+        assert id_time(foreign) is None

@@ -19,9 +19,9 @@ from any worker without gaps or duplicates, whatever their boundaries.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -46,7 +46,22 @@ SESSION_HEADER = "session_id"
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A UUIDv7 (RFC 9562) as 32 hex digits: unique, and ordered by the time it was made."""
+    millis = time.time_ns() // 1_000_000 & (1 << 48) - 1
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = millis << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64 | 0b10 << 62 | rand & (1 << 62) - 1
+    return f"{value:032x}"
+
+
+def id_time(value: str) -> float | None:
+    """When an id made by ``new_id`` was made (its last 32 characters), else None."""
+    tail = value[-32:]
+    if len(tail) != 32 or tail[12] != "7" or tail[16] not in "89ab":
+        return None
+    try:
+        return int(tail[:12], 16) / 1000
+    except ValueError:
+        return None
 
 
 class MalformedMessage(ValueError):

@@ -4,7 +4,9 @@ A replica reads history only on demand, for a session a client asks it about and
 not hold (a reader on another replica than the one that accepted the POST, a resume after a
 replica died, a reader long after the end). A lookup appends a probe record for the session,
 then reads the stream from ``window`` seconds ago up to that probe: everything recorded for
-the session before the lookup began comes back, and the probe says where to stop.
+the session before the lookup began comes back, and the probe says where to stop. Session
+ids the API makes are time-ordered (UUIDv7), so for those the read starts when the session
+began rather than ``window`` ago.
 
 On RabbitMQ 3.13 and later the read is filtered by the broker (``x-stream-filter``), so a
 lookup costs about the records of that one session. Older brokers have no stream filtering:
@@ -25,7 +27,7 @@ from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.publishing import publish_confirmed
-from mqcommon.schemas import SESSION_HEADER, HistoryRecord, MalformedMessage, new_id
+from mqcommon.schemas import SESSION_HEADER, HistoryRecord, MalformedMessage, id_time, new_id
 from mqcommon.topology import QueueSpec, declare_queue
 
 from llm_stream_api import metrics
@@ -34,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 LOOKUP_PREFETCH = 1000
 ACK_EVERY = 250
+ID_CLOCK_MARGIN_S = 60.0  # clocks of the replica that made the id and of the broker may differ
 
 
 class History:
@@ -104,6 +107,9 @@ class History:
             raise BrokerUnavailable("not connected to the broker")
         probe = new_id()
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._window)
+        if (made := id_time(session_id)) is not None:
+            # An id this service made says when the session began: read from there only.
+            since = max(since, dt.datetime.fromtimestamp(made - ID_CLOCK_MARGIN_S, dt.UTC))
         await self._append(HistoryRecord("probe", session_id, at=time.time(), probe=probe))
         found: list[HistoryRecord] = []
         reached = asyncio.Event()
