@@ -13,12 +13,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from mqcommon.errors import UpstreamError
 from mqcommon.llm import stream_answer
-from mqcommon.schemas import SESSION_ID_PATTERN, ChatTask, new_id
-from mqcommon.tracing import TRACEPARENT_HEADER, child_of, trace_id_of
+from mqcommon.schemas import SESSION_ID_PATTERN, new_id
+from mqcommon.tracing import trace_id_of
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from llm_stream_api import metrics
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.errors import (
     CHAT_ASYNC_RESPONSES,
@@ -26,10 +25,10 @@ from llm_stream_api.errors import (
     STREAM_RESPONSES,
     APIError,
     BodyTooLarge,
-    SessionConflict,
 )
-from llm_stream_api.models import ChatRequest, Queued
+from llm_stream_api.models import ChatRequest, Queued, inline_schema
 from llm_stream_api.streaming import sse_body, text_body
+from llm_stream_api.tasks import enqueue, from_native
 
 router = APIRouter()
 log = structlog.get_logger(__name__)
@@ -59,39 +58,12 @@ async def read_chat_request(request: Request, settings) -> ChatRequest:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
         ) from exc
-    if len(body.message) > settings.max_message_chars:
+    if body.message is not None and len(body.message) > settings.max_message_chars:
         raise APIError(
             422, "validation_error",
             f"message: longer than MAX_MESSAGE_CHARS ({settings.max_message_chars} characters)",
         )
     return body
-
-
-async def _enqueue(
-    body: ChatRequest, request: Request, settings, broker, hub
-) -> tuple[ChatTask, str]:
-    session_id = body.session_id or new_id()
-    session = hub.session(session_id)
-    if session.known:
-        raise SessionConflict(session_id)
-    # Claimed before the first await, so a concurrent POST with the same id gets 409. Across
-    # processes the claim travels as the "accepted" event, milliseconds later.
-    session.reserved = True
-    traceparent = child_of(request.headers.get(TRACEPARENT_HEADER))
-    task = ChatTask(
-        session_id=session_id, message=body.message, model=body.model, reply_to=broker.replica_id
-    )
-    structlog.contextvars.bind_contextvars(
-        session_id=session_id, task_id=task.task_id, trace_id=trace_id_of(traceparent)
-    )
-    started = time.perf_counter()
-    try:
-        await broker.enqueue(task, traceparent)
-    finally:
-        session.reserved = False
-    metrics.ENQUEUE_DURATION.observe(time.perf_counter() - started)
-    log.info("task queued")
-    return task, traceparent
 
 
 def _session_headers(session_id: str, traceparent: str) -> dict[str, str]:
@@ -101,7 +73,7 @@ def _session_headers(session_id: str, traceparent: str) -> dict[str, str]:
 CHAT_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+        "content": {"application/json": {"schema": inline_schema(ChatRequest)}},
     }
 }
 
@@ -114,7 +86,7 @@ async def chat_async(
     request: Request, response: Response, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> Queued:
     body = await read_chat_request(request, settings)
-    task, traceparent = await _enqueue(body, request, settings, broker, hub)
+    task, traceparent = await enqueue(from_native(body), request, broker, hub)
     response.headers.update(_session_headers(task.session_id, traceparent))
     return Queued(session_id=task.session_id, stream_url=f"/stream/{task.session_id}")
 
@@ -130,7 +102,7 @@ async def chat(
     if settings.chat_direct_llm:
         return _direct(body, request)
     requested_at = time.time()
-    task, traceparent = await _enqueue(body, request, settings, broker, hub)
+    task, traceparent = await enqueue(from_native(body), request, broker, hub)
     return StreamingResponse(
         text_body(hub, task.session_id, settings, requested_at, broker.discover, broker.cancel_soon),
         media_type="text/plain; charset=utf-8",
@@ -144,9 +116,16 @@ def _direct(body: ChatRequest, request: Request) -> StreamingResponse:
     client = request.app.state.llm_client()
     session_id = body.session_id or new_id()
 
+    wanted = from_native(body)
+    names = ("temperature", "top_p", "max_tokens", "stop", "seed", "user")
+    params = {name: getattr(wanted, name) for name in names}
+    messages = [{"role": m.role, "content": m.content} for m in wanted.messages or ()] or None
+
     async def answer() -> AsyncIterator[bytes]:
         try:
-            async for text in stream_answer(client, settings, body.message, body.model):
+            async for text in stream_answer(
+                client, settings, body.message, body.model, messages=messages, params=params
+            ):
                 yield text.encode()
         except UpstreamError as exc:
             yield f"\n[error] LLM error: {exc}\n".encode()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from mqcommon.schemas import SessionId
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # One character that is not whitespace, spelled out: Python's idea of whitespace (what the
 # API strips) and that of JSON Schema's ECMAScript regexes (what clients check) differ.
@@ -14,28 +14,110 @@ NOT_BLANK_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028
 _NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
 
 
-class ChatRequest(BaseModel):
-    # Unknown keys are ignored so older and newer clients keep working.
+def _string_only(schema: dict[str, Any]) -> None:
+    """``message`` may be left out, but when present it is a string with a non-blank character."""
+    schema.pop("anyOf", None)
+    schema.pop("default", None)
+    schema.update(type="string", minLength=1, pattern=NOT_BLANK_PATTERN)
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    """May be left out, but never null."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    schema.pop("default", None)
+    if len(branches) == 1:
+        schema.update(branches[0])
+    else:
+        schema["anyOf"] = branches
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` inlined, to embed in the OpenAPI document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+class Turn(BaseModel):
+    """One message of a conversation, in the OpenAI format (text content)."""
+
     model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=1_000_000)
+
+
+class ChatRequest(BaseModel):
+    """``message`` (one user message), or ``messages`` (a conversation); at least one of them."""
+
+    # Unknown keys are ignored so older and newer clients keep working.
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"anyOf": [{"required": ["message"]}, {"required": ["messages"]}]},
+    )
 
     # The validator below keeps its own clear message; the schema states the same rule:
     # at least one character that is not whitespace. The upper bound is MAX_MESSAGE_CHARS,
     # a setting, so it is written into the document at start-up (see ``openapi``).
-    message: str = Field(
-        description="The user's message: not empty, not only whitespace.",
-        json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN},
+    message: str | None = Field(
+        default=None,
+        description="The user's message: not empty, not only whitespace. With `messages`, the "
+        "latest question: added as the last user message unless `messages` already ends with it.",
+        json_schema_extra=_string_only,
+    )
+    messages: list[Turn] | None = Field(
+        default=None, min_length=1, max_length=1000,
+        description="The conversation so far (system, user and assistant turns), OpenAI-style.",
+        json_schema_extra=_not_null,
     )
     session_id: SessionId | None = Field(
         default=None, description="Optional client-chosen id (letters, digits, _.:-; up to 128)."
     )
     model: str | None = Field(default=None, min_length=1, max_length=200)
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
+    top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="Cap on generated tokens (LLM_MAX_TOKENS still applies).",
+    )
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
+        default=None, description="Up to 4 stop sequences."
+    )
+    seed: int | None = Field(default=None, ge=-(2**53), le=2**53, description="Sampling seed.")
+    user: str | None = Field(default=None, max_length=256, description="An end-user id, passed to the LLM.")
+
+    @field_validator("messages")
+    @classmethod
+    def _a_list(cls, value: list[Turn] | None) -> list[Turn]:
+        if value is None:
+            raise ValueError("messages must be a list")
+        return value
 
     @field_validator("message")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _not_blank(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("message must be a string")
         if not _NOT_BLANK.search(value):
             raise ValueError("message must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _something_to_answer(self) -> ChatRequest:
+        if self.message is None and self.messages is None:
+            raise ValueError("message or messages is required")
+        return self
 
 
 class Queued(BaseModel):
