@@ -456,9 +456,10 @@ def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
             "",
             "## Restart with history",
             "",
-            f"The history stream of the R={r['replicas']} stack held {h['sessions']:,} sessions "
-            f"({h['records']:,} records: what {h['seconds_of_load']:g} s of the measured load "
-            f"leave, published in {h['publish_s']:.1f} s). The closed loop ran through the "
+            f"{r['replicas']} API processes behind the balancer, started on a history stream "
+            f"already holding {h['sessions']:,} sessions ({h['records']:,} records: "
+            f"{h['seconds_of_load']:g} s at {h.get('rate_per_s', '?')} sessions/s, published in "
+            f"{h['publish_s']:.1f} s before the stack started). The closed loop ran through the "
             f"balancer; after {r['kill_after_s']:g} s replica `{r['replica']}` was SIGKILLed and "
             f"started again on its port: **ready (`/health/full` 200) {_s(r['ready_s'])} s after "
             "the process started**.",
@@ -478,8 +479,8 @@ def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
             f"{r['broken_by_kill']} of the {r['in_flight_at_kill']} requests in flight at the kill "
             f"failed (streams cut by it; a client would resume elsewhere with Last-Event-ID). "
             f"In all {r['requests']} requests, {r['errors']} errors, {r['wrong']} wrong answers. "
-            f"Steady-state TTFT p99 of the scale-out scenario at R={r['replicas']} (history of "
-            f"that run only): {_ms(r['scale_out_ttft_p99_ms'])} ms.",
+            f"TTFT p99 of the scale-out scenario at R={r['replicas']} (no history but its own): "
+            f"{_ms(r['scale_out_ttft_p99_ms'])} ms.",
         ]
     return lines
 

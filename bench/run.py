@@ -43,6 +43,7 @@ from stack import CpuMeter, Stack, broker_names, delete_topology, free_port, rab
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP_REQUESTS, WARMUP_CONCURRENCY = 20, 10
 BUSY_CORES = 0.3
+DEFAULT_RATE = 40.0  # req/s of 50 users at 50 tokens/s, when nothing measured it
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -512,7 +513,7 @@ class Bench:
     async def scale_out_part(
         self, session: aiohttp.ClientSession, direct: dict[str, Any] | None, out: dict[str, Any]
     ) -> None:
-        """Scale-out scenarios, then buffered-answer RSS, then the restart on the largest stack.
+        """Scale-out scenarios, then buffered-answer RSS, then the restart with history.
 
         Results are added to ``out`` as they come, so an abort keeps what was measured.
         """
@@ -520,21 +521,19 @@ class Bench:
         if scaleout.find_haproxy() is None:
             raise RuntimeError(f"the scale-out part needs HAProxy: {scaleout.HAPROXY_INSTALL}")
         largest = max(self.args.scale_out)
-        keep = None
+        steady = None
         for replicas in self.args.scale_out:
             group = await part.start_group(f"r{replicas}", replicas, idle=True, balancer=True)
-            kept = False
             try:
                 await part.warm_up(session, group.url, group.label)
                 summary = await part.scenario(session, group, direct)
                 out["scenarios"].append(summary)
                 print(_progress(summary) + _replica_progress(summary), flush=True)
                 part.check_alive(group, summary["name"])
-                if replicas == largest and keep is None and self.args.history_s:
-                    keep, kept = (group, summary), True  # the restart runs on it
+                if replicas == largest:
+                    steady = summary
             finally:
-                if not kept:
-                    part.stop_group(group)
+                part.stop_group(group)
             await asyncio.sleep(1)
         if self.args.rss_answers:
             out["rss"] = await part.rss(session)
@@ -544,20 +543,19 @@ class Bench:
                 f"{r['rss_before_mb']} -> {r['rss_after_mb']} MB, {r['kb_per_answer']} KB per answer",
                 flush=True,
             )
-        if keep is not None:
-            group, steady = keep
-            try:
-                rate = steady["throughput_rps"] if steady else (direct or {}).get("throughput_rps", 40.0)
-                out["restart"] = await part.restart(session, group, rate, steady)
-                r = out["restart"]
-                print(
-                    f"restart: ready {r['ready_s']} s after start; TTFT steady p99 "
-                    f"{r['steady_ttft_ms']['p99']} ms, after the restart max {r['after_ttft_ms']['max']} "
-                    f"ms ({r['after_above_steady_p99']} of {r['after_requests']} above)",
-                    flush=True,
-                )
-            finally:
-                part.stop_group(group)
+        if self.args.history_s:
+            # The load of the closed loop: C users at one answer each per answer time, which is
+            # what direct measures; the stack's own rate would shrink the history when it is slow.
+            source = direct or steady
+            rate = source["throughput_rps"] if source else DEFAULT_RATE
+            out["restart"] = await part.restart(session, largest, rate, steady)
+            r = out["restart"]
+            print(
+                f"restart: ready {r['ready_s']} s after start; TTFT steady p99 "
+                f"{r['steady_ttft_ms']['p99']} ms, after the restart max {r['after_ttft_ms']['max']} "
+                f"ms ({r['after_above_steady_p99']} of {r['after_requests']} above)",
+                flush=True,
+            )
 
     def _stack_description(self) -> str:
         a = self.args

@@ -11,10 +11,10 @@ names; the mock LLM is the run's):
   ``X-Served-By``; that is how each replica's served tokens are counted.
 - **Buffered answers**: one API process, N answers of 1,000 tokens (generated fast, through
   prompt directives), its RSS before and after.
-- **Restart with history**: the history stream of the largest scale-out stack is filled with
-  what ``--history-s`` seconds of the measured load leave there (an acceptance marker and a
-  transcript per session, as the API and the workers write them), then, while the closed loop
-  runs through the balancer, one replica is SIGKILLed and started again on the same port.
+- **Restart with history**: a history stream is filled with what ``--history-s`` seconds of
+  the load leave there (an acceptance marker and a transcript per session, as the API and the
+  workers write them); a stack of the largest R starts on it, and while the closed loop runs
+  through the balancer, one replica is SIGKILLed and started again on the same port.
 """
 
 from __future__ import annotations
@@ -327,9 +327,14 @@ class ScaleOut:
             f"http://127.0.0.1:{port}/health/full",
         )
 
-    async def start_group(self, label: str, replicas: int, *, idle: bool, balancer: bool) -> Group:
+    def group_names(self, label: str) -> dict[str, str]:
         names = broker_names(f"{self.bench.run_id}.{label}")
-        self.stack.topologies.append(names)
+        if names not in self.stack.topologies:
+            self.stack.topologies.append(names)
+        return names
+
+    async def start_group(self, label: str, replicas: int, *, idle: bool, balancer: bool) -> Group:
+        names = self.group_names(label)
         group = Group(label, names)
         for index in range(self.args.workers):
             metrics_port = free_port()
@@ -527,10 +532,16 @@ class ScaleOut:
 
     # -- restart ---------------------------------------------------------------------------
 
-    async def fill_history(self, group: Group, sessions: int) -> dict[str, Any]:
-        """Publish what ``sessions`` answers leave on the history stream, oldest first."""
+    async def fill_history(self, names: dict[str, str], sessions: int) -> dict[str, Any]:
+        """Declare the history stream of ``names`` and publish what ``sessions`` answers leave
+        there, oldest first (before any process of that stack runs)."""
         import aio_pika
         from mqcommon.schemas import End, HistoryRecord, new_id
+        from mqcommon.settings import BrokerSettings
+        from mqcommon.topology import Topology, declare_queue
+
+        settings = BrokerSettings(rabbit_mq=self.args.amqp_url, **{k.lower(): v for k, v in names.items()})
+        events = Topology.from_settings(settings).events_stream
 
         span = self.args.history_s
         now = time.time()
@@ -539,7 +550,8 @@ class ScaleOut:
         connection = await aio_pika.connect(self.args.amqp_url, timeout=10)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
-            stream = group.names["EVENTS_STREAM"]
+            await declare_queue(channel, events)
+            stream = events.name
 
             async def publish(record: HistoryRecord) -> None:
                 message = aio_pika.Message(
@@ -575,17 +587,32 @@ class ScaleOut:
         }
 
     async def restart(
-        self, session: aiohttp.ClientSession, group: Group, rate: float, steady: dict[str, Any] | None
+        self, session: aiohttp.ClientSession, replicas: int, rate: float, steady: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """Fill the history, then SIGKILL a replica under load and start it again."""
+        """A stack of ``replicas`` on a filled history; SIGKILL one under load, start it again."""
         sessions = max(1, round(rate * self.args.history_s))
         print(
             f"restart: filling the history with {sessions} sessions ({self.args.history_s:g} s at "
             f"{rate:.1f}/s) ...",
             flush=True,
         )
-        history = await self.fill_history(group, sessions)
+        history = await self.fill_history(self.group_names("restart"), sessions)
+        history["rate_per_s"] = round(rate, 2)
         print(f"restart: {history['records']} records in {history['publish_s']} s", flush=True)
+        group = await self.start_group("restart", replicas, idle=False, balancer=True)
+        try:
+            await self.warm_up(session, group.url, group.label)
+            return await self._kill_and_restart(session, group, history, steady)
+        finally:
+            self.stop_group(group)
+
+    async def _kill_and_restart(
+        self,
+        session: aiohttp.ClientSession,
+        group: Group,
+        history: dict[str, Any],
+        steady: dict[str, Any] | None,
+    ) -> dict[str, Any]:
         victim = group.replicas[-1]
         victim_name = server_name(len(group.replicas) - 1)
         concurrency = self.args.scale_out_concurrency
