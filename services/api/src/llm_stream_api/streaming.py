@@ -24,7 +24,8 @@ from llm_stream_api.settings import APISettings
 log = structlog.get_logger(__name__)
 
 # How often a reader asks again for a session it cannot see: unknown ones (the POST may not
-# have landed yet), and silent ones (a replay or the end may have been missed).
+# have landed yet; 2 s, then twice as long each time, since each ask may read history), and
+# silent ones (a replay or the end may have been missed).
 REDISCOVER_UNKNOWN_S = 2.0
 REDISCOVER_SILENT_S = 10.0
 
@@ -52,6 +53,7 @@ async def follow(
             discover(session)
         position = after
         progress_at = asked_at = time.monotonic()
+        unknown_wait = REDISCOVER_UNKNOWN_S
         while True:
             text = session.text
             if position < len(text):
@@ -74,13 +76,15 @@ async def follow(
                     f"session {session_id!r} not found: nothing was queued for it within "
                     f"{settings.stream_wait_timeout_s:g}s"
                 )
-                again = REDISCOVER_UNKNOWN_S
+                again = unknown_wait
             remaining = limit - (now - progress_at)
             if remaining <= 0:
                 yield Piece(position, kind=TIMEOUT, error=why)
                 return
             if now - asked_at >= again:
                 asked_at = now
+                if not session.known:
+                    unknown_wait *= 2
                 discover(session)
             before = (session.started, session.known)
             await session.wait(min(remaining, again))
