@@ -11,6 +11,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 { have prometheus && have promtool; } || missing+=(prometheus)
 { have chromium || have chromium-browser; } || missing+=(chromium)
 have curl || missing+=(curl)
+{ have haproxy || [[ -x /usr/sbin/haproxy ]]; } || missing+=(haproxy)
 
 if ((${#missing[@]} == 0)); then
   exit 0
