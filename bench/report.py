@@ -448,7 +448,8 @@ def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
             f"at the end. RSS {rss['rss_before_mb']:.1f} MB before, {rss['rss_after_mb']:.1f} MB "
             f"after (+{rss['rss_growth_mb']:.2f} MB): **{_cpu(rss['kb_per_answer'])} KB per answer** "
             "(growth / answers; no garbage collection can be forced from outside, so this is an "
-            "upper bound of what the buffers keep).",
+            f"upper bound of what the buffers keep). Other load meanwhile: "
+            f"{_cpu(rss.get('background_cores'))} cores.",
         ]
     if r := part.get("restart"):
         h = r["history"]
@@ -479,6 +480,8 @@ def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
             f"{r['broken_by_kill']} of the {r['in_flight_at_kill']} requests in flight at the kill "
             f"failed (streams cut by it; a client would resume elsewhere with Last-Event-ID). "
             f"In all {r['requests']} requests, {r['errors']} errors, {r['wrong']} wrong answers. "
+            f"Other load during the loop: {_cpu(r.get('background_cores'))} cores (the restarted "
+            "process included). "
             f"TTFT p99 of the scale-out scenario at R={r['replicas']} (no history but its own): "
             f"{_ms(r['scale_out_ttft_p99_ms'])} ms.",
         ]

@@ -479,6 +479,9 @@ class Bench:
         ]
         if burst and burst["background_cores"] > BUSY_CORES:
             busy.append("burst")
+        for key, label in (("rss", "the buffered answers"), ("restart", "the restart")):
+            if (part := scale[key]) and (part.get("background_cores") or 0) > BUSY_CORES:
+                busy.append(label)
         if busy:
             self.notes.append(
                 f"Other programs used more than {BUSY_CORES} of a core during {', '.join(busy)}: "

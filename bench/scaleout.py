@@ -408,6 +408,13 @@ class ScaleOut:
         seconds["host"] = host.user + host.nice + host.system + host.irq + host.softirq
         return seconds
 
+    def _background(self, meters: dict[str, CpuMeter], before: dict[str, float], wall: float) -> float | None:
+        """Cores used meanwhile by processes not in ``meters`` (other programs)."""
+        after = self._cpu(meters)
+        delta = {k: after[k] - before[k] for k in after}
+        host = delta.pop("host")
+        return round(max(0.0, host - sum(delta.values())) / wall, 2) if wall else None
+
     def _shared_meters(self) -> dict[str, CpuMeter]:
         return {k: v for k, v in self.bench.meters.items() if k in ("mock", "broker", "loadgen")}
 
@@ -504,9 +511,12 @@ class ScaleOut:
             await answers("rss-warmup", 20)
             await asyncio.sleep(RSS_SETTLE_S)
             before = api.memory_info().rss
+            meters = {**self._shared_meters(), **group.meters()}
+            cpu_before = self._cpu(meters)
             started = time.perf_counter()
             results = await answers("rss", self.args.rss_answers)
             wall = time.perf_counter() - started
+            background = self._background(meters, cpu_before, wall)
             await asyncio.sleep(RSS_SETTLE_S)
             after = api.memory_info().rss
             self.check_alive(group, "the buffered-answer measurement")
@@ -528,6 +538,7 @@ class ScaleOut:
             "rss_growth_mb": round((after - before) / 2**20, 2),
             "kb_per_answer": round((after - before) / 1024 / correct, 2) if correct else None,
             "text_kb_per_answer": round(text_bytes / 1024, 2),
+            "background_cores": background,
         }
 
     # -- restart ---------------------------------------------------------------------------
@@ -654,7 +665,11 @@ class ScaleOut:
             ramp=ramp,
             stop=stop,
         )
+        meters = {**self._shared_meters(), **group.meters()}
+        cpu_before = self._cpu(meters)
         run, _ = await asyncio.gather(loop, kill_and_restart())
+        # The restarted process is not among the meters: its CPU counts as other load.
+        background = self._background(meters, cpu_before, run.wall)
         results = [r for r in run.results if r.error != "not sent"]
         ready_s = timeline["ready"] - timeline["started"]
         window = restart_window(
@@ -676,6 +691,7 @@ class ScaleOut:
             ),
             "kill_after_s": self.args.restart_after,
             "ready_s": None if ready_s != ready_s else round(ready_s, 3),
+            "background_cores": background,
             "scale_out_ttft_p99_ms": None if steady is None else steady["ttft_ms"]["p99"],
             **window,
         }
