@@ -143,13 +143,13 @@ class Controller:
     async def start_one(self) -> None:
         service = self.add_worker().start()
         self.running.append(service)
-        began = self.timeline.now()
-        entry = [service.name, began, None]
+        began = time.monotonic()
+        entry = [service.name, round(self.timeline.now(), 2), None]
         self.timeline.starts.append(entry)  # type: ignore[arg-type]
 
         async def ready() -> None:
             await service.wait_ready_async(WORKER_READY_S)
-            entry[2] = round(self.timeline.now() - began, 2)
+            entry[2] = round(time.monotonic() - began, 2)
             self.ready.add(service)
 
         self.background.append(asyncio.create_task(ready()))
