@@ -14,13 +14,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from .runtime import IMAGES_PY, SERVICES, image_name, podman
+from .runtime import IMAGES_PY, SERVICES, broker_names, image_name, podman
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 _figures: list[str] = []
@@ -63,41 +61,27 @@ def broker(request: pytest.FixtureRequest) -> BrokerURLs:
     return BrokerURLs(run_broker.amqp_url, run_broker.management_url)
 
 
-def delete_topology(amqp_url: str, queues: list[str], exchanges: list[str]) -> None:
-    """Remove what a stack declared (best effort: a name it never declared is fine)."""
+def delete_topology(amqp_url: str, prefix: str) -> None:
+    """Remove what a stack declared under its prefix (each name as a queue and as an exchange;
+    a name it never declared is fine)."""
     import aio_pika
+
+    names = list(broker_names(prefix).values())
 
     async def run() -> None:
         connection = await aio_pika.connect(amqp_url, timeout=10)
         async with connection:
-            for name in queues:
-                channel = await connection.channel()
-                try:
-                    await channel.queue_delete(name)
-                except aio_pika.exceptions.AMQPError:
-                    pass
-            for name in exchanges:
-                channel = await connection.channel()
-                try:
-                    await channel.exchange_delete(name)
-                except aio_pika.exceptions.AMQPError:
-                    pass
+            for name in names:
+                for delete in ("queue_delete", "exchange_delete"):
+                    channel = await connection.channel()  # a failed delete closes its channel
+                    try:
+                        await getattr(channel, delete)(name)
+                    except aio_pika.exceptions.AMQPError:
+                        pass
 
-    asyncio.run(asyncio.wait_for(run(), 30))
-
-
-def host_only(url: str) -> str:
-    """A broker URL without credentials, for messages."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    asyncio.run(asyncio.wait_for(run(), 60))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in _figures:
         terminalreporter.write_line(f"containers: {line}")
-
-
-@pytest.fixture
-def figures() -> Iterator[list[str]]:
-    """Lines a test adds to the run's summary."""
-    yield _figures

@@ -72,6 +72,46 @@ def unique(prefix: str) -> str:
 
 # --- the rendered chart ------------------------------------------------------------------------
 
+# The broker names the chart sets through its `config` values.
+CHART_NAME_VALUES = {
+    "TASK_QUEUE": "config.taskQueue",
+    "EVENTS_STREAM": "config.eventsStream",
+    "PRESENCE_EXCHANGE": "config.presenceExchange",
+    "DEAD_LETTER_EXCHANGE": "config.deadLetterExchange",
+    "DEAD_LETTER_QUEUE": "config.deadLetterQueue",
+}
+
+
+def broker_names(prefix: str) -> dict[str, str]:
+    """Every queue, stream and exchange name the services take from the environment
+    (BrokerSettings), under `prefix`: a stack shares its broker with nothing."""
+    from mqcommon.settings import BrokerSettings
+
+    names = {}
+    for field_name, info in BrokerSettings.model_fields.items():
+        if isinstance(info.default, str) and info.default.startswith("llm."):
+            names[field_name.upper()] = prefix + info.default.removeprefix("llm")
+    assert CHART_NAME_VALUES.keys() <= names.keys(), names
+    return names
+
+
+def isolation_values(prefix: str) -> list[str]:
+    """`--set` values giving a release the names of `broker_names`: the chart's `config` values,
+    and `extraEnv` of the API and the worker for names the chart does not set."""
+    values = []
+    extra = 0
+    for env, name in broker_names(prefix).items():
+        if env in CHART_NAME_VALUES:
+            values.append(f"{CHART_NAME_VALUES[env]}={name}")
+            continue
+        for component in ("api", "worker"):
+            values += [
+                f"{component}.extraEnv[{extra}].name={env}",
+                f"{component}.extraEnv[{extra}].value={name}",
+            ]
+        extra += 1
+    return values
+
 
 def find_one(objects: Iterable[Manifest], kind: str, name: str) -> Manifest:
     found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]

@@ -27,6 +27,7 @@ from .runtime import (
     answer_of,
     free_port,
     image_name,
+    isolation_values,
     podman,
     read_stream,
     resolve_env,
@@ -65,11 +66,7 @@ def render(broker: BrokerURLs, prefix: str, *extra: str, ports: dict[str, int] |
         f"rabbitmq.url={broker.amqp_url}",
         "mockllm.enabled=true",
         *(f"{key}={port}" for key, port in ports.items()),
-        f"config.taskQueue={prefix}.tasks",
-        f"config.eventsStream={prefix}.events",
-        f"config.presenceExchange={prefix}.presence",
-        f"config.deadLetterExchange={prefix}.dlx",
-        f"config.deadLetterQueue={prefix}.tasks.dead",
+        *isolation_values(prefix),
         "worker.keda.enabled=false",
         *extra,
     ]
@@ -79,15 +76,10 @@ def render(broker: BrokerURLs, prefix: str, *extra: str, ports: dict[str, int] |
     return list(helm_template(*args))
 
 
-def cleanup(stack_objects: list[dict], containers: list[Container], amqp_url: str) -> None:
+def cleanup(prefix: str, containers: list[Container], amqp_url: str) -> None:
     for c in containers:
         c.remove()
-    data = next(o["data"] for o in stack_objects if o["kind"] == "ConfigMap" and "TASK_QUEUE" in o["data"])
-    delete_topology(
-        amqp_url,
-        [data["TASK_QUEUE"], data["EVENTS_STREAM"], data["DEAD_LETTER_QUEUE"]],
-        [data["PRESENCE_EXCHANGE"], data["DEAD_LETTER_EXCHANGE"]],
-    )
+    delete_topology(amqp_url, prefix)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +99,7 @@ def stack(images: dict[str, int], broker: BrokerURLs) -> Iterator[Stack]:
         api.wait_ready()
         yield Stack(objects, prefix, api, worker, mock, broker)
     finally:
-        cleanup(objects, started, broker.amqp_url)
+        cleanup(prefix, started, broker.amqp_url)
 
 
 def post(base_url: str, message: str) -> str:
@@ -217,7 +209,7 @@ def test_sigterm_lets_the_in_flight_generation_finish(images: dict[str, int], br
         grace = workload(objects, "worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert stopped_after < grace, f"stopped after {stopped_after:.1f} s: killed, not drained"
     finally:
-        cleanup(objects, started, broker.amqp_url)
+        cleanup(prefix, started, broker.amqp_url)
 
 
 def test_sigterm_past_the_grace_requeues_and_another_worker_completes(
@@ -267,4 +259,4 @@ def test_sigterm_past_the_grace_requeues_and_another_worker_completes(
         completed = re.search(r'^llmstream_worker_tasks_total\{outcome="completed"\} (\S+)$', metrics, re.M)
         assert completed and float(completed.group(1)) == 1, metrics[-3000:]
     finally:
-        cleanup(objects, started, broker.amqp_url)
+        cleanup(prefix, started, broker.amqp_url)

@@ -36,8 +36,10 @@ from .conftest import BrokerURLs, delete_topology
 from .runtime import (
     Container,
     answer_of,
+    broker_names,
     cpus,
     free_port,
+    isolation_values,
     podman,
     quantity_bytes,
     read_stream,
@@ -122,11 +124,7 @@ def played(
     ports = {"mockllm": free_port(), "api": free_port(), "worker": free_port()}
     common = [
         f"rabbitmq.url={broker.amqp_url}",
-        f"config.taskQueue={prefix}.tasks",
-        f"config.eventsStream={prefix}.events",
-        f"config.presenceExchange={prefix}.presence",
-        f"config.deadLetterExchange={prefix}.dlx",
-        f"config.deadLetterQueue={prefix}.tasks.dead",
+        *isolation_values(prefix),
         "worker.keda.enabled=false",
         f"api.port={ports['api']}",
         f"worker.metricsPort={ports['worker']}",
@@ -173,12 +171,7 @@ def played(
     finally:
         podman("kube", "down", str(play_file), check=False, timeout=180)
         podman("secret", "rm", secret_name, check=False)
-        data = next(o["data"] for o in objects if o["kind"] == "ConfigMap" and "TASK_QUEUE" in o["data"])
-        delete_topology(
-            broker.amqp_url,
-            [data["TASK_QUEUE"], data["EVENTS_STREAM"], data["DEAD_LETTER_QUEUE"]],
-            [data["PRESENCE_EXCHANGE"], data["DEAD_LETTER_EXCHANGE"]],
-        )
+        delete_topology(broker.amqp_url, prefix)
 
 
 def test_played_pods_become_ready_and_stream_an_answer(played: Played) -> None:
@@ -207,6 +200,8 @@ def test_podman_applied_the_pod_spec(played: Played, component: str) -> None:
     env = dict(line.split("=", 1) for line in c.exec("env").stdout.splitlines() if "=" in line)
     assert {k: env.get(k) for k in expected_env} == expected_env
     assert "RABBIT_MQ" in expected_env  # from the Secret, through podman's secret store
+    release = played.objects[0]["metadata"]["labels"]["app.kubernetes.io/instance"]
+    assert {k: env.get(k) for k in broker_names(release)} == broker_names(release)  # names of its own
     # securityContext: uid/gid, no capabilities, no privilege escalation, seccomp, read-only root.
     status = c.exec("cat", "/proc/self/status").stdout
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
