@@ -15,10 +15,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_stream_api import chat, errors, metrics, openapi, ops
-from llm_stream_api.routes import sessions
+from llm_stream_api import chat, errors, metrics, openai_errors, openapi, ops
 from llm_stream_api.broker import Broker
 from llm_stream_api.hub import SessionHub
+from llm_stream_api.routes import models as model_routes
+from llm_stream_api.routes import openai_chat, openai_responses, sessions
 from llm_stream_api.settings import APISettings
 from llm_stream_api.workers import WorkerRegistry, WorkerWatch
 
@@ -133,8 +134,12 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
             max_age=settings.cors_max_age_s,
         )
     errors.install(app)
+    openai_errors.install(app)
     app.include_router(chat.router)
     app.include_router(ops.router)
+    app.include_router(openai_chat.router)
+    app.include_router(openai_responses.router)
+    app.include_router(model_routes.router)
     app.include_router(sessions.router)
     openapi.install(app, settings)
     # The chat page's vendored libraries (static/vendor/README.md); the page itself is at /.

@@ -1,0 +1,199 @@
+"""The Chat Completions dialect (``POST /v1/chat/completions``): bodies, chunks, completions.
+
+What we honour goes into the task: the conversation (system, developer, user and assistant
+turns with text content), ``temperature``, ``top_p``, ``max_tokens`` or
+``max_completion_tokens``, ``stop``, ``seed``, ``user``, ``stream`` and
+``stream_options.include_usage``. What we cannot honour is refused by name (``REFUSED``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from pydantic import Field, field_validator
+
+from llm_stream_api.protocol.openai_base import (
+    OpenAIBaseModel,
+    OpenAIError,
+    refuse_unless,
+    turn,
+)
+from llm_stream_api.tasks import TaskRequest
+
+
+class Message(OpenAIBaseModel):
+    role: str
+    content: Any = None
+    name: str | None = None
+    tool_calls: Any = None
+    tool_call_id: str | None = None
+    function_call: Any = None
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class ChatCompletionRequest(OpenAIBaseModel):
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # Known parameters we cannot honour: refused unless left at their defaults.
+    n: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: Any = None
+    logit_bias: dict[str, Any] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    audio: Any = None
+    modalities: list[str] | None = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: str | None = None
+    # Accepted, with no effect here.
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    service_tier: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def refuse_what_we_cannot_honour(self) -> None:
+        refuse_unless(self.n in (None, 1), "n", "only one choice (n=1) is generated")
+        refuse_unless(not self.logprobs, "logprobs", "log probabilities are not available")
+        refuse_unless(self.top_logprobs in (None, 0), "top_logprobs", "log probabilities are not available")
+        refuse_unless(not self.tools, "tools", "tool calls are not supported")
+        refuse_unless(
+            self.tool_choice in (None, "none", "auto"), "tool_choice", "tool calls are not supported"
+        )
+        refuse_unless(not self.functions, "functions", "function calls are not supported")
+        refuse_unless(
+            self.function_call in (None, "none", "auto"), "function_call", "function calls are not supported"
+        )
+        refuse_unless(
+            self.response_format is None or self.response_format == {"type": "text"},
+            "response_format", "only plain text answers are supported",
+        )
+        refuse_unless(not self.logit_bias, "logit_bias", "logit bias is not supported")
+        refuse_unless(self.presence_penalty in (None, 0), "presence_penalty", "penalties are not supported")
+        refuse_unless(self.frequency_penalty in (None, 0), "frequency_penalty", "penalties are not supported")
+        refuse_unless(self.audio is None, "audio", "audio output is not supported")
+        refuse_unless(self.modalities in (None, ["text"]), "modalities", "only text output is supported")
+        refuse_unless(self.prediction is None, "prediction", "predicted outputs are not supported")
+        refuse_unless(self.web_search_options is None, "web_search_options", "web search is not supported")
+        refuse_unless(self.reasoning_effort is None, "reasoning_effort", "reasoning effort is not supported")
+        for index, message in enumerate(self.messages):
+            where = f"messages[{index}]"
+            refuse_unless(message.tool_calls is None, f"{where}.tool_calls", "tool calls are not supported")
+            refuse_unless(
+                message.function_call is None, f"{where}.function_call", "function calls are not supported"
+            )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def task_request(self) -> TaskRequest:
+        self.refuse_what_we_cannot_honour()
+        if self.stream_options is not None and not self.stream:
+            raise OpenAIError(
+                400, "stream_options: only allowed when stream is true", param="stream_options",
+            )
+        turns = tuple(turn(m.role, m.content, f"messages[{i}]") for i, m in enumerate(self.messages))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop) if self.stop else None
+        return TaskRequest(
+            messages=turns, model=self.model, temperature=self.temperature, top_p=self.top_p,
+            max_tokens=self.max_completion_tokens or self.max_tokens, stop=stop, seed=self.seed,
+            user=self.user,
+            # Usage is asked for always: a non-streamed completion reports it too.
+            include_usage=True,
+        )
+
+
+# -- what goes back ------------------------------------------------------------------------
+
+
+def completion_id(session_id: str) -> str:
+    return f"chatcmpl-{session_id}"
+
+
+def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not usage:
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    out = {k: v for k, v in usage.items() if k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    if "total_tokens" not in out and isinstance(prompt, int) and isinstance(completion, int):
+        out["total_tokens"] = prompt + completion
+    return out
+
+
+def completion(
+    session_id: str, model: str, created: int, text: str, usage: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "id": completion_id(session_id), "object": "chat.completion", "created": created, "model": model,
+        "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None, "finish_reason": "stop",
+        }],
+        "usage": usage_of(usage),  # null when the LLM did not report it
+        "system_fingerprint": None,
+    }
+
+
+class ChunkWriter:
+    """The ``chat.completion.chunk`` events of one streamed completion, as SSE bytes."""
+
+    def __init__(self, session_id: str, model: str, *, include_usage: bool) -> None:
+        self.head = {
+            "id": completion_id(session_id), "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model, "system_fingerprint": None,
+        }
+        self.include_usage = include_usage
+
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body = {**self.head, "choices": choices, **extra}
+        if self.include_usage and "usage" not in extra:
+            body["usage"] = None
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    def role(self) -> bytes:
+        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                             "logprobs": None, "finish_reason": None}])
+
+    def content(self, text: str) -> bytes:
+        choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+        return self._event([choice])
+
+    def finish(self, usage: dict[str, Any] | None) -> bytes:
+        out = self._event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
+        if self.include_usage:
+            out += self._event([], usage=usage_of(usage))
+        return out + b"data: [DONE]\n\n"
+
+    @staticmethod
+    def error(error: OpenAIError) -> bytes:
+        return b"data: " + orjson.dumps(error.body()) + b"\n\n"
+
+

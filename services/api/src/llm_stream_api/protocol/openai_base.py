@@ -1,0 +1,89 @@
+"""What the OpenAI dialects share: the base model, the error object, turning turns into messages.
+
+Unknown fields are accepted (the OpenAI API adds fields often, and clients send them) and
+logged by name as ignored. Fields we know but cannot honour are refused with a 400 naming the
+parameter (``Unsupported``), never silently accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from mqcommon.schemas import ChatMessage
+from pydantic import BaseModel, ConfigDict, model_validator
+
+log = structlog.get_logger(__name__)
+
+
+class OpenAIBaseModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_ignored(self) -> OpenAIBaseModel:
+        if self.model_extra:
+            log.info("ignored fields", body=type(self).__name__, fields=sorted(self.model_extra))
+        return self
+
+
+class OpenAIError(Exception):
+    """An error answered as ``{"error": {"message", "type", "param", "code"}}``."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+             422: "invalid_request_error", 429: "rate_limit_error"}
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+        type: str | None = None, headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        fallback = "server_error" if status >= 500 else "invalid_request_error"
+        self.type = type or self.TYPES.get(status, fallback)
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class Unsupported(OpenAIError):
+    def __init__(self, param: str, why: str) -> None:
+        super().__init__(400, f"{param}: {why}", param=param, code="unsupported_parameter")
+
+
+def refuse_unless(condition: bool, param: str, why: str) -> None:
+    if not condition:
+        raise Unsupported(param, why)
+
+
+def text_of(content: Any, where: str, *, kinds: tuple[str, ...] = ("text",)) -> str:
+    """A message's content as one string: a string, or text parts (other parts are refused)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for index, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in kinds:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise Unsupported(f"{where}[{index}]", f"only text content is supported, not {kind!r}")
+            text = part.get("text")
+            if not isinstance(text, str):
+                at = f"{where}[{index}].text"
+                raise OpenAIError(400, f"{at}: expected a string", param=at)
+            texts.append(text)
+        return "\n".join(texts)
+    raise OpenAIError(400, f"{where}: expected a string or a list of text parts", param=where)
+
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def turn(role: str, content: Any, where: str, *, kinds: tuple[str, ...] = ("text",)) -> ChatMessage:
+    if role not in ROLES:
+        raise Unsupported(
+            f"{where}.role", f"role {role!r} is not supported (system, developer, user, assistant)"
+        )
+    return ChatMessage(role=ROLES[role], content=text_of(content, f"{where}.content", kinds=kinds))
