@@ -23,8 +23,10 @@ import httpx
 from llm_stream_api.settings import APISettings
 from llm_stream_worker.settings import WorkerSettings
 
-READY_TIMEOUT_S = 45.0
-STOP_TIMEOUT_S = 15.0
+# A process that is not ready (or stopped) within these fails the test. Generous defaults: a
+# machine shared with other work can take a minute to start a Python process.
+READY_TIMEOUT_S = float(os.environ.get("TEST_READY_TIMEOUT_S", "90"))
+STOP_TIMEOUT_S = float(os.environ.get("TEST_STOP_TIMEOUT_S", "15"))
 LOG_TAIL_LINES = 60
 
 LIVE: list[Service] = []
