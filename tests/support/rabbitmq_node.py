@@ -36,6 +36,10 @@ PLUGINS = ("rabbitmq_management", "rabbitmq_prometheus")
 # The CLI tools talk to a node from ports 10000 above its distribution port: keep it low enough.
 DIST_PORT_RANGE = (20000, 45000)
 LOG_TAIL_LINES = 40
+DIR_PREFIX = "llm-stream-rabbitmq-"
+# A node directory whose node is gone is removed by the next run after this long (a run that
+# was killed cannot remove its own).
+STALE_AFTER_S = float(os.environ.get("RABBITMQ_NODE_STALE_AFTER_S", "1800"))
 
 # Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user when run as root, which
 # would lose this environment; the scripts it wraps run as whoever calls them.
@@ -118,7 +122,8 @@ class RabbitMQNode:
     def start(self) -> Broker:
         program = server_program()
         began = time.monotonic()
-        self.dir = Path(tempfile.mkdtemp(prefix="llm-stream-rabbitmq-"))
+        _sweep_stale(Path(tempfile.gettempdir()))
+        self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
         try:
             self._allocate_ports()
             env = self._write_files()
@@ -273,6 +278,19 @@ class RabbitMQNode:
                 if text:
                     parts.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+def _sweep_stale(parent: Path) -> None:
+    """Remove node directories left by killed runs: no live node, untouched for a while."""
+    for path in parent.glob(f"{DIR_PREFIX}*"):
+        try:
+            age = time.time() - path.stat().st_mtime
+            pid_file = path / "node.pid"
+            pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
+        except (OSError, ValueError):
+            continue
+        if age > STALE_AFTER_S and (pid is None or not psutil.pid_exists(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
