@@ -37,7 +37,8 @@ from .support.metrics import IN_PROGRESS, scrape
 from .support.processes import Service
 from .support.sse import assert_complete, read_stream
 
-pytestmark = pytest.mark.integration
+# A minute or two on an idle machine; far longer on a loaded one (slow process starts).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 CONCURRENCY = 4  # WORKER_CONCURRENCY, and so the trigger's value (tasks per replica)
 MIN_REPLICAS, MAX_REPLICAS = 1, 4
