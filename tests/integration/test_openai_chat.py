@@ -87,6 +87,7 @@ async def test_max_tokens_reaches_the_llm(sdk: openai.AsyncOpenAI) -> None:
     )
 
     assert completion.choices[0].message.content == prompt_answer(ask.text, 4)
+    assert completion.choices[0].finish_reason == "length"
 
 
 def prompt_answer(text: str, tokens: int) -> str:

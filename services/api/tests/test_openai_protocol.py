@@ -57,3 +57,12 @@ def test_errors_name_their_parameter() -> None:
     assert error.body()["error"]["type"] == "invalid_request_error"
     assert end_error("error", "LLM unavailable: boom").status == 502
     assert end_error("error", "LLM error: unknown model").status == 400
+
+
+def test_finish_reason_is_length_when_every_allowed_token_was_used() -> None:
+    writer = ChunkWriter("s", "m", include_usage=False, max_tokens=3)
+    cut = writer.finish({"completion_tokens": 3})
+    assert b'"finish_reason":"length"' in cut
+    uncapped = ChunkWriter("s", "m", include_usage=False)
+    assert b'"finish_reason":"stop"' in uncapped.finish({"completion_tokens": 3})
+    assert b'"finish_reason":"stop"' in writer.finish({"completion_tokens": 2})

@@ -148,14 +148,25 @@ def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def finish_reason(usage: dict[str, Any] | None, max_tokens: int | None) -> str:
+    """``length`` when the answer used every token the request allowed, else ``stop``.
+
+    The workers do not relay the LLM's own finish reason; the usage tells the same for the
+    request's ``max_tokens`` (a cap set only by LLM_MAX_TOKENS is not seen here).
+    """
+    used = (usage or {}).get("completion_tokens")
+    return "length" if max_tokens and isinstance(used, int) and used >= max_tokens else "stop"
+
+
 def completion(
-    session_id: str, model: str, created: int, text: str, usage: dict[str, Any] | None
+    session_id: str, model: str, created: int, text: str, usage: dict[str, Any] | None,
+    max_tokens: int | None = None,
 ) -> dict[str, Any]:
     return {
         "id": completion_id(session_id), "object": "chat.completion", "created": created, "model": model,
         "choices": [{
             "index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None, "finish_reason": "stop",
+            "logprobs": None, "finish_reason": finish_reason(usage, max_tokens),
         }],
         "usage": usage_of(usage),  # null when the LLM did not report it
         "system_fingerprint": None,
@@ -165,12 +176,15 @@ def completion(
 class ChunkWriter:
     """The ``chat.completion.chunk`` events of one streamed completion, as SSE bytes."""
 
-    def __init__(self, session_id: str, model: str, *, include_usage: bool) -> None:
+    def __init__(
+        self, session_id: str, model: str, *, include_usage: bool, max_tokens: int | None = None
+    ) -> None:
         self.head = {
             "id": completion_id(session_id), "object": "chat.completion.chunk",
             "created": int(time.time()), "model": model, "system_fingerprint": None,
         }
         self.include_usage = include_usage
+        self.max_tokens = max_tokens
 
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {**self.head, "choices": choices, **extra}
@@ -187,7 +201,8 @@ class ChunkWriter:
         return self._event([choice])
 
     def finish(self, usage: dict[str, Any] | None) -> bytes:
-        out = self._event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
+        reason = finish_reason(usage, self.max_tokens)
+        out = self._event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
         if self.include_usage:
             out += self._event([], usage=usage_of(usage))
         return out + b"data: [DONE]\n\n"

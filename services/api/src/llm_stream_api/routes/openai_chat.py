@@ -39,7 +39,9 @@ async def chat_completions(
     task, _ = await enqueue(wanted, request, broker, hub)
     headers = {"X-Session-ID": task.session_id, "X-Request-ID": task.session_id}
     if body.stream:
-        writer = protocol.ChunkWriter(task.session_id, body.model, include_usage=body.include_usage)
+        writer = protocol.ChunkWriter(
+            task.session_id, body.model, include_usage=body.include_usage, max_tokens=wanted.max_tokens
+        )
         return EventSourceResponse(
             _chunks(hub, task.session_id, settings, broker, writer, requested_at),
             ping=settings.sse_ping_s, headers={**headers, **STREAM_HEADERS},
@@ -50,7 +52,7 @@ async def chat_completions(
     session = hub.get(task.session_id)
     return JSONResponse(
         protocol.completion(task.session_id, body.model, int(requested_at), text,
-                            session.usage if session else None),
+                            session.usage if session else None, wanted.max_tokens),
         headers=headers,
     )
 
