@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 import pytest
@@ -54,10 +55,19 @@ def test_the_document_states_the_constraints_the_api_enforces(api: str) -> None:
     assert {"200", "400", "422"} <= set(document["paths"]["/stream/{session_id}"]["get"]["responses"])
 
 
+# A body over MAX_BODY_BYTES is refused with 413 before it is read, whatever else is wrong.
+CONFIG = """
+[checks.negative_data_rejection]
+expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, "5XX"]
+"""
+
+
 def test_schemathesis_finds_no_failure(api: str, tmp_path: Path) -> None:
     report = tmp_path / "schemathesis"
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CONFIG, "utf-8")
     command = [
-        schemathesis(), "run", f"{api}/openapi.json",
+        schemathesis(), "--config-file", str(config), "run", f"{api}/openapi.json",
         "--checks", "all",
         "--max-examples", str(MAX_EXAMPLES),
         "--max-time", str(MAX_TIME_S),
@@ -74,4 +84,29 @@ def test_schemathesis_finds_no_failure(api: str, tmp_path: Path) -> None:
     )
     print(f"schemathesis report: {report}")
     print(result.stdout[-6000:])
-    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-4000:]
+    outcomes = junit_outcomes(report)
+    failures = [name for name, kind, _ in outcomes if kind == "failure"]
+    errors = [(name, text) for name, kind, text in outcomes if kind == "error"]
+    assert not failures, result.stdout[-20000:]
+    # The CPython 3.11 of the development machine sometimes raises this SystemError inside
+    # the test-case generator (ast.parse deep in hypothesis; python/cpython#106905): a crash
+    # of the tool, not an answer of the API. Any other error fails the test.
+    assert all(CPYTHON_AST_BUG in text for _, text in errors), result.stdout[-20000:]
+    if not errors:
+        assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-4000:]
+
+
+CPYTHON_AST_BUG = "AST constructor recursion depth mismatch"
+
+
+def junit_outcomes(report: Path) -> list[tuple[str, str, str]]:
+    """(operation, "failure" | "error", text) for every problem in the JUnit report."""
+    files = list(report.glob("*.xml"))
+    assert len(files) == 1, f"expected one JUnit report in {report}, found {files}"
+    root = ElementTree.parse(files[0]).getroot()
+    return [
+        (case.get("name", ""), child.tag, (child.get("message") or "") + (child.text or ""))
+        for case in root.iter("testcase")
+        for child in case
+        if child.tag in ("failure", "error")
+    ]

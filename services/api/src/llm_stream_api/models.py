@@ -97,6 +97,14 @@ class ChatRequest(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**53), le=2**53, description="Sampling seed.")
     user: str | None = Field(default=None, max_length=256, description="An end-user id, passed to the LLM.")
 
+    @field_validator("temperature", "top_p", "max_tokens", "seed", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        # JSON true is not a number, though Python's bool is an int.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
     @field_validator("messages")
     @classmethod
     def _a_list(cls, value: list[Turn] | None) -> list[Turn]:
