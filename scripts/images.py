@@ -5,7 +5,8 @@
 
 Every image is tagged ``localhost/llm-stream-<service>:dev``, and also
 ``:inputs-<digest>`` with a digest of its inputs: the Dockerfile, the build arguments, the base
-image and every file of the build context (the repository filtered by .dockerignore). When
+image and the files of the build context (the repository filtered by .dockerignore) that its
+build stages copy. When
 ``:dev`` is the image of the current inputs' tag, its build is skipped; otherwise podman builds
 it, reusing its own layer cache (the dependency layers change only with uv.lock and the
 pyproject.toml files).
@@ -105,11 +106,41 @@ def build_args() -> dict[str, str]:
     return {"PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", "localhost/python3:bookworm")}
 
 
+def copied_paths(service: str) -> list[str]:
+    """Context paths the COPY lines of `build-<service>` and the stages it is built from name."""
+    stages: dict[str, tuple[str, list[str]]] = {}
+    current = None
+    for line in re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text()).splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0].upper() == "FROM" and words[2].upper() == "AS":
+            current = words[3]
+            stages[current] = (words[1], [])
+        elif (
+            current
+            and words
+            and words[0].upper() == "COPY"
+            and not any(w.startswith("--from=") for w in words)
+        ):
+            stages[current][1].extend(w for w in words[1:-1] if not w.startswith("--"))
+    paths, stage = [], f"build-{service}"
+    while stage in stages:
+        base, copied = stages[stage]
+        paths += copied
+        stage = base
+    if not paths:
+        fail(f"Dockerfile: no stage build-{service} copying from the context")
+    return paths
+
+
 def inputs_digest(service: str, base_id: str) -> str:
+    """A digest of what the image is made of: the Dockerfile, the build arguments, the base
+    image and the context files its build stages copy."""
     digest = hashlib.sha256()
     digest.update(f"target={service}\nbase={base_id}\n".encode())
     digest.update(json.dumps(build_args(), sort_keys=True).encode())
-    for relative in ["Dockerfile", *context_files()]:
+    paths = [p.rstrip("/") for p in copied_paths(service)]
+    used = [f for f in context_files() if any(f == p or f.startswith(p + "/") for p in paths)]
+    for relative in ["Dockerfile", *used]:
         digest.update(relative.encode() + b"\0" + (REPO / relative).read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
