@@ -6,6 +6,8 @@ resumed by ``sequence_number`` and cancelled on the other.
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
 import pytest
 
@@ -18,9 +20,10 @@ MODEL = "gpt-4o-mini"
 
 @pytest.fixture(scope="module")
 def stack(module_deployment: Deployment) -> Deployment:
-    module_deployment.api(SSE_PING_S="1")
-    module_deployment.api(SSE_PING_S="1")
-    module_deployment.worker()
+    # Quick abandonment, so a background response nobody polls would be cut if it were not served.
+    module_deployment.api(SSE_PING_S="1", PRESENCE_INTERVAL_S="0.5")
+    module_deployment.api(SSE_PING_S="1", PRESENCE_INTERVAL_S="0.5")
+    module_deployment.worker(ABANDON_TIMEOUT_S="2")
     return module_deployment.start()
 
 
@@ -138,3 +141,17 @@ async def test_responses_refuse_what_we_cannot_honour(sdk: openai.AsyncOpenAI) -
     assert raised.value.param == "previous_response_id"
 
 
+
+
+async def test_a_background_response_nobody_polls_is_not_abandoned(sdk: openai.AsyncOpenAI) -> None:
+    ask = prompt("unwatched", tokens=60, tps=15)  # about 4 s, twice ABANDON_TIMEOUT_S
+    created = await sdk.responses.create(model=MODEL, input=ask.text, background=True)
+
+    for _ in range(40):
+        await asyncio.sleep(0.5)
+        response = await sdk.responses.retrieve(created.id)
+        if response.status not in ("queued", "in_progress"):
+            break
+
+    assert response.status == "completed", response.error
+    assert response.output_text == ask.expected

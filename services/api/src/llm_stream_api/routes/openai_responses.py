@@ -7,10 +7,13 @@
 - ``POST /v1/responses/{id}/cancel``: idempotent; the response as it is afterwards.
 
 A foreground stream whose client leaves cancels its generation; a background one never does.
+The replica that created a background response serves it until it ends, so the workers never
+take it for abandoned while nobody polls (they still do if that replica goes away).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -40,6 +43,16 @@ ResponseId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 # reports the text and status it learns from the workers, with the default model.
 _META: OrderedDict[str, protocol.Meta] = OrderedDict()
 META_KEPT = 10_000
+
+
+# Background responses this replica keeps served until they end.
+_KEEPING: set[asyncio.Task[object]] = set()
+
+
+def _keep_served(hub: SessionHub, response_id: str, settings: APISettings, broker: Broker) -> None:
+    task = asyncio.create_task(answer(hub, response_id, settings, broker))
+    _KEEPING.add(task)
+    task.add_done_callback(_KEEPING.discard)
 
 
 def _remember(response_id: str, meta: protocol.Meta) -> None:
@@ -77,6 +90,8 @@ async def create_response(
     meta = protocol.Meta(body.model or settings.llm_model, task.created_at, body)
     _remember(response_id, meta)
     session = hub.session(response_id)
+    if body.background:
+        _keep_served(hub, response_id, settings, broker)
     if body.stream:
         return _stream(hub, response_id, settings, broker, meta, -1, cancel_on_disconnect=not body.background)
     if body.background:
