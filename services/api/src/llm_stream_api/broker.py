@@ -22,7 +22,7 @@ from aiormq.exceptions import AMQPError
 from mqcommon.connection import broker_version, connect, process_name
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.publishing import publish_confirmed
-from mqcommon.schemas import ChatTask, HistoryRecord, Presence
+from mqcommon.schemas import ChatTask, HistoryRecord, Presence, id_time
 from mqcommon.topology import Topology
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 
@@ -38,8 +38,12 @@ CONNECT_RETRY_S = 2.0
 SWEEP_INTERVAL_S = 5.0
 WANT_FLUSH_S = 0.005
 # A running session's replay from its worker usually arrives within milliseconds; only when it
-# does not is the history read.
+# does not is the history read. A session the API named less than YOUNG_S ago is queued,
+# running or just ended (workers keep ended answers KEEP_ENDED_S, 15 s), so a worker answers
+# or will route it here when it starts: its history is read later, only if still silent.
 REPLAY_GRACE_S = 0.15
+YOUNG_S = 10.0
+YOUNG_GRACE_S = 2.0
 STREAM_FILTERING_SINCE = (3, 13)
 RECONNECT_REPLAY_DELAY_S = 1.0
 
@@ -159,7 +163,9 @@ class Broker:
 
     async def _look_up(self, session: Session) -> None:
         before = (session.started, len(session.text))
-        await asyncio.sleep(REPLAY_GRACE_S)
+        made = id_time(session.id)
+        young = made is not None and time.time() - made < YOUNG_S
+        await asyncio.sleep(YOUNG_GRACE_S if young else REPLAY_GRACE_S)
         if session.ended or (session.started, len(session.text)) != before:
             return  # a worker answered: it runs, or has just finished
         try:
@@ -179,8 +185,15 @@ class Broker:
         session = self.hub.session(session_id)
         if not session.tracked:
             self.discover(session)
-        if (finding := self._discovering.get(session_id)) is not None:
-            await asyncio.wait([finding], timeout=self.settings.history_timeout_s + 1)
+        # Until a worker replays it, or the history says whether it exists.
+        deadline = time.monotonic() + YOUNG_GRACE_S + self.settings.history_timeout_s
+        while not session.known and (finding := self._discovering.get(session_id)) is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            waiter = asyncio.ensure_future(session.wait(remaining))
+            await asyncio.wait([finding, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
         if session.ended:
             return self._outcome(session)
         if not session.known:
