@@ -90,6 +90,24 @@ async def test_max_tokens_reaches_the_llm(sdk: openai.AsyncOpenAI) -> None:
     assert completion.choices[0].finish_reason == "length"
 
 
+async def test_generation_parameters_reach_the_llm(
+    sdk: openai.AsyncOpenAI, stack: Deployment, client: httpx.AsyncClient
+) -> None:
+    ask = prompt("parameters", tokens=5)
+    messages = [{"role": "developer", "content": "rules"}, {"role": "user", "content": ask.text}]
+
+    await sdk.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0.7, top_p=0.9, stop=["END", "STOP"], seed=42,
+        user="user-1", max_tokens=50,
+    )
+
+    report = (await client.get(f"{stack.mock_url}/debug/streams")).json()
+    [seen] = [p for p in report["parameters"] if p["prompt"] == ask.text]
+    assert seen["roles"] == ["system", "user"]
+    assert (seen["temperature"], seen["top_p"], seen["seed"], seen["user"]) == (0.7, 0.9, 42, "user-1")
+    assert seen["stop"] == ["END", "STOP"] and seen["max_tokens"] == 50
+
+
 def prompt_answer(text: str, tokens: int) -> str:
     from llm_stream_mockllm.answer import expected_answer
 

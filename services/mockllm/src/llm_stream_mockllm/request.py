@@ -13,6 +13,9 @@ import orjson
 
 from llm_stream_mockllm.directives import DirectiveError, Directives, parse_directives
 
+# Parameters that change nothing here, recorded so tests can see what reached the LLM.
+SAMPLING = ("temperature", "top_p", "stop", "seed", "user", "max_tokens", "max_completion_tokens")
+
 
 class BadRequest(ValueError):
     """The body cannot be served; the message goes back in an OpenAI 400 error."""
@@ -33,6 +36,10 @@ class ChatRequest:
     prompt_tokens: int
     """Whitespace-separated words over every message: a stand-in for the prompt token count."""
     directives: Directives
+    sampling: dict[str, Any]
+    """The generation parameters the request set (temperature, top_p, stop, seed, user, ...)."""
+    roles: tuple[str, ...]
+    """The role of every message, in order."""
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -79,6 +86,8 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise BadRequest(str(exc), "messages") from None
 
     return ChatRequest(
+        sampling={name: data[name] for name in SAMPLING if name in data},
+        roles=tuple(message["role"] for message in messages),
         prompt=prompt,
         model=model,
         stream=data.get("stream") is True,

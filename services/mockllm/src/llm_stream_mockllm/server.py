@@ -68,6 +68,7 @@ class MockLLM:
         self._streams = 0
         self._requested: collections.deque[str] = collections.deque(maxlen=10_000)
         self._closed_early: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
+        self._parameters: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -94,7 +95,7 @@ class MockLLM:
         elif path == "/debug/streams" and method == "GET":
             report = {
                 "streams": self._streams, "requested": list(self._requested),
-                "closed_early": list(self._closed_early),
+                "closed_early": list(self._closed_early), "parameters": list(self._parameters),
             }
             await _json(send, 200, orjson.dumps(report))
         elif path == "/health":
@@ -125,6 +126,7 @@ class MockLLM:
             return
 
         self._requested.append(request.prompt)
+        self._parameters.append({"prompt": request.prompt, "roles": request.roles, **request.sampling})
         d, s = request.directives, self.settings
         if d.fail is not None and self._should_fail(request.prompt, d.fail_times):
             headers = []
