@@ -121,8 +121,8 @@ class Broker:
     async def enqueue(self, task: ChatTask, traceparent: str) -> Session:
         """Durably queue ``task`` (raises ``BrokerUnavailable``), then record its acceptance.
 
-        Only the task's confirm is awaited. Its live frames come to this replica (the task
-        names it in ``reply_to``); the acceptance marker on the history stream lets any other
+        Only the task's confirm is awaited. Its live frames come to this replica when the task
+        names it in ``reply_to``; the acceptance marker on the history stream lets any other
         replica learn that the session exists while it is still queued.
         """
         if not self.connected:
@@ -138,7 +138,9 @@ class Broker:
         )
         trace_id = trace_id_of(traceparent)
         await self.history.accepted(task.session_id, task.created_at, trace_id)
-        return self.hub.accept(task.session_id, task.created_at, trace_id)
+        return self.hub.accept(
+            task.session_id, task.created_at, trace_id, tracked=task.reply_to == self.replica_id
+        )
 
     # -- sessions this replica does not hold -----------------------------------------------
 

@@ -86,7 +86,7 @@ async def chat_async(
     request: Request, response: Response, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> Queued:
     body = await read_chat_request(request, settings)
-    task, traceparent = await enqueue(from_native(body), request, broker, hub)
+    task, traceparent = await enqueue(from_native(body), request, broker, hub, reader_here=False)
     response.headers.update(_session_headers(task.session_id, traceparent))
     return Queued(session_id=task.session_id, stream_url=f"/stream/{task.session_id}")
 

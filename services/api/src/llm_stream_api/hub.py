@@ -121,10 +121,12 @@ class SessionHub:
                 self._evict_oldest()
         return found
 
-    def accept(self, session_id: str, accepted_at: float, trace_id: str | None) -> Session:
-        """A POST of this replica queued the session: its frames come here from the start."""
+    def accept(
+        self, session_id: str, accepted_at: float, trace_id: str | None, *, tracked: bool = True
+    ) -> Session:
+        """A POST of this replica queued the session; ``tracked``: its frames come here."""
         session = self.session(session_id)
-        session.tracked = True
+        session.tracked = session.tracked or tracked
         if session.accepted_at is None:
             session.accepted_at = accepted_at
             session.trace_id = session.trace_id or trace_id

@@ -59,9 +59,14 @@ def _last_user_turn(messages: tuple[ChatMessage, ...] | None) -> str | None:
 
 
 async def enqueue(
-    wanted: TaskRequest, request: Request, broker: Broker, hub: SessionHub
+    wanted: TaskRequest, request: Request, broker: Broker, hub: SessionHub, *, reader_here: bool = True
 ) -> tuple[ChatTask, str]:
     """Queue ``wanted`` durably; returns the task and its W3C traceparent.
+
+    ``reader_here``: this request reads the answer itself (``/chat``, a streamed completion),
+    so the workers send its frames here from the start. Otherwise (``/chat/async``) the
+    replica a client later reads it from asks for them: without affinity, that is rarely
+    this one, and a replica should not receive what it does not serve.
 
     Raises ``SessionConflict`` when the session id is taken, ``BrokerUnavailable`` when the
     broker is down or does not confirm in time.
@@ -74,7 +79,7 @@ async def enqueue(
     # processes the claim travels as the "accepted" event, milliseconds later.
     session.reserved = True
     traceparent = child_of(request.headers.get(TRACEPARENT_HEADER))
-    task = wanted.task(session_id, broker.replica_id)
+    task = wanted.task(session_id, broker.replica_id if reader_here else None)
     structlog.contextvars.bind_contextvars(
         session_id=session_id, task_id=task.task_id, trace_id=trace_id_of(traceparent)
     )
