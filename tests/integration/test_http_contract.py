@@ -186,8 +186,9 @@ async def test_stream_of_a_malformed_id_is_422(client: httpx.AsyncClient, api: s
     assert response.json()["error"] == "validation_error"
 
 
-async def test_non_numeric_last_event_id_is_400(client: httpx.AsyncClient, api: str) -> None:
-    response = await client.get(f"{api}/stream/{session_id()}", headers={"Last-Event-ID": "abc"})
+@pytest.mark.parametrize("value", ["abc", "-1", "²", "1.5"])
+async def test_non_numeric_last_event_id_is_400(client: httpx.AsyncClient, api: str, value: str) -> None:
+    response = await client.get(f"{api}/stream/{session_id()}", headers={"Last-Event-ID": value.encode()})
 
     assert response.status_code == 400, response.text
     assert response.json()["error"]

@@ -140,6 +140,8 @@ async def test_malformed_task_is_dead_lettered(monkeypatch) -> None:
 @pytest.mark.parametrize(("reason", "settled", "ends"), [
     (generation.ABANDONED, "ack", True),
     (generation.SHUTDOWN, "requeue", False),
+    (generation.CANCELLED, "ack", True),
+    (generation.LOST, None, False),  # the broker requeued it when the channel closed
 ])
 async def test_cancellation_settles_by_reason(monkeypatch, reason, settled, ends) -> None:
     monkeypatch.setattr(generation, "stream_task", answer_with("a", hang=True))

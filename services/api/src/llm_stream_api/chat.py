@@ -39,7 +39,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def read_chat_request(request: Request, settings) -> ChatRequest:
     """Parse the body as JSON whatever its content type (old clients omit the header)."""
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_body_bytes:
+    if length and length.isascii() and length.isdigit() and int(length) > settings.max_body_bytes:
         raise BodyTooLarge(settings.max_body_bytes)
     raw = b""
     async for part in request.stream():
@@ -149,7 +149,8 @@ async def stream(
 ) -> EventSourceResponse:
     after = 0
     if last_event_id:
-        if not last_event_id.strip().isdigit():
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not (last_event_id.strip().isascii() and last_event_id.strip().isdigit()):
             raise APIError(400, "invalid_last_event_id", "Last-Event-ID must be a whole number")
         after = int(last_event_id.strip())
     return EventSourceResponse(

@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 ABANDONED = "abandoned"
 CANCELLED = "cancelled"  # a client asked for it (DELETE /sessions/{id}, a dropped sync stream)
 SHUTDOWN = "shutdown"
+LOST = "lost"  # the channel of the delivery closed: the broker has requeued the task already
 
 RecordFn = Callable[[HistoryRecord], Awaitable[None]]
 
@@ -127,6 +128,9 @@ async def process(
             log.info("generation cancelled: no client is reading the session")
             await finish("error", "ack", "session abandoned: no client")
             metrics.TASKS.labels("cancelled").inc()
+        elif running.cancel_reason == LOST:
+            # Another delivery of the same task may run already: stop this one's LLM call.
+            retry("the broker connection was lost; the broker redelivers the task")
         else:
             retry("shutdown")
             await _settle(message, "requeue")

@@ -104,6 +104,7 @@ class Worker:
         await presence_queue.consume(self._on_presence, no_ack=True)
 
         tasks_channel = await self._connection.channel()
+        tasks_channel.close_callbacks.add(self._deliveries_lost)
         await tasks_channel.set_qos(prefetch_count=self.settings.worker_concurrency)
         # Declared (not merely looked up) so the robust channel re-consumes after a reconnect.
         self._task_queue = await declare_queue(tasks_channel, self.topology.task_queue)
@@ -171,6 +172,19 @@ class Worker:
             self.outbox.interest(replica, session_id, replay=True)
         for session_id in (*presence.served, *presence.tracked):
             self.outbox.interest(replica, session_id, replay=False)
+
+    def _deliveries_lost(self, *_: object) -> None:
+        """The tasks channel closed (a broker restart, a lost connection): the broker requeues
+        every unacknowledged task, so the generations of those deliveries stop here rather
+        than run twice."""
+        if self._stopping:
+            return
+        lost = [run for run in self.running.values() if run.cancel_reason is None and run.task is not None]
+        if lost:
+            log.warning("tasks channel closed; stopping the generations of its deliveries", count=len(lost))
+        for run in lost:
+            run.cancel_reason = generation.LOST
+            run.task.cancel()
 
     def _cancel(self, session_id: str) -> None:
         """Stop the session's generation if it runs here; drop its task if it comes later."""
