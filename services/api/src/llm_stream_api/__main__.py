@@ -39,6 +39,9 @@ def _serve(settings: APISettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.sse_ping_s) + 5,
+        # Longer than the idle timeouts of clients' pools and load balancers (often 60 s), so
+        # the server is not the one closing a connection a client is about to reuse.
+        timeout_keep_alive=settings.keep_alive_s,
         backlog=4096,
     )
 

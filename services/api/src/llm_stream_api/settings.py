@@ -15,6 +15,9 @@ class APISettings(BrokerSettings, LLMSettings):
     port: int = Field(default=8007, ge=1, le=65535, description="HTTP port.")
     host: str = Field(default="0.0.0.0", description="Bind address.")
     uvicorn_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
+    keep_alive_s: int = Field(
+        default=75, ge=1, le=3600, description="How long an idle HTTP keep-alive connection is kept open.",
+    )
     max_message_chars: int = Field(default=16_000, ge=1, description="Longest accepted message.")
     max_body_bytes: int = Field(default=256_000, ge=1024, description="Largest accepted request body.")
     enqueue_timeout_s: float = Field(
