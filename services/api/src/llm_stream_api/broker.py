@@ -165,11 +165,14 @@ class Broker:
 
     async def _look_up(self, session: Session) -> None:
         before = (session.started, len(session.text))
+        queued_here = session.accepted_at is not None and not session.started
         made = id_time(session.id)
         young = made is not None and time.time() - made < YOUNG_S
         await asyncio.sleep(YOUNG_GRACE_S if young else REPLAY_GRACE_S)
         if session.ended or (session.started, len(session.text)) != before:
             return  # a worker answered: it runs, or has just finished
+        if queued_here and young:
+            return  # queued by this replica a moment ago: the worker that takes it routes it here
         try:
             records = await self.history.lookup(session.id)
         except BrokerUnavailable as exc:

@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 
 LOOKUP_PREFETCH = 1000
 ACK_EVERY = 250
-ID_CLOCK_MARGIN_S = 60.0  # clocks of the replica that made the id and of the broker may differ
+ID_CLOCK_MARGIN_S = 5.0  # the clocks of the replica that made the id and of the broker may differ
 
 
 class History:
