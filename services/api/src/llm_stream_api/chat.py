@@ -24,9 +24,9 @@ from llm_stream_api.errors import (
     CHAT_TEXT_RESPONSES,
     STREAM_RESPONSES,
     APIError,
-    BodyTooLarge,
 )
 from llm_stream_api.models import ChatRequest, Queued, inline_schema
+from llm_stream_api.request_body import read_limited
 from llm_stream_api.streaming import sse_body, text_body
 from llm_stream_api.tasks import enqueue, from_native
 
@@ -38,14 +38,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 async def read_chat_request(request: Request, settings) -> ChatRequest:
     """Parse the body as JSON whatever its content type (old clients omit the header)."""
-    length = request.headers.get("content-length")
-    if length and length.isascii() and length.isdigit() and int(length) > settings.max_body_bytes:
-        raise BodyTooLarge(settings.max_body_bytes)
-    raw = b""
-    async for part in request.stream():
-        raw += part
-        if len(raw) > settings.max_body_bytes:
-            raise BodyTooLarge(settings.max_body_bytes)
+    raw = await read_limited(request, settings.max_body_bytes)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -10,10 +10,10 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from llm_stream_api.broker import Broker
-from llm_stream_api.errors import BodyTooLarge
 from llm_stream_api.hub import Session, SessionHub
 from llm_stream_api.openai_errors import validation_error
 from llm_stream_api.protocol.openai_base import OpenAIError
+from llm_stream_api.request_body import read_limited
 from llm_stream_api.settings import APISettings
 from llm_stream_api.streaming import follow
 
@@ -25,14 +25,7 @@ LOOKUP_WAIT_S = 3.0
 
 async def read_body(request: Request, settings: APISettings, model: type[Body]) -> Body:
     """Parse the body as JSON whatever its content type, into ``model``."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_body_bytes:
-        raise BodyTooLarge(settings.max_body_bytes)
-    raw = b""
-    async for part in request.stream():
-        raw += part
-        if len(raw) > settings.max_body_bytes:
-            raise BodyTooLarge(settings.max_body_bytes)
+    raw = await read_limited(request, settings.max_body_bytes)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
