@@ -58,7 +58,7 @@ def test_haproxy_config_keeps_sse_streams_open_and_checks_readiness() -> None:
 def test_haproxy_accepts_the_generated_config(tmp_path) -> None:
     haproxy = scaleout.find_haproxy()
     if haproxy is None:
-        pytest.skip("HAProxy is not installed")
+        pytest.fail("HAProxy is not installed: run scripts/ensure-test-tools.sh (make test does)")
     path = tmp_path / "haproxy.cfg"
     path.write_text(scaleout.haproxy_config(40000, SERVERS))
     checked = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)

@@ -46,10 +46,16 @@ from .support.sse import (
     read_stream,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(haproxy_program() is None, reason="haproxy is not installed"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _haproxy_installed() -> None:
+    # A missing balancer is a broken test machine, never a reason to skip.
+    if haproxy_program() is None:
+        pytest.fail(
+            "haproxy is not installed: run scripts/ensure-test-tools.sh (make test does)", pytrace=False
+        )
 
 REPLICAS = 4
 WORKERS = 2
@@ -432,7 +438,7 @@ def restartable(tmp_path: Path) -> Iterator[RestartableNode]:
     try:
         node.start()
     except NodeError as exc:
-        pytest.skip(f"no private RabbitMQ node to restart: {exc}")
+        pytest.fail(f"no private RabbitMQ node to restart: {exc}", pytrace=False)
     try:
         yield node
     finally:
