@@ -21,9 +21,18 @@ RETRY_AFTER_S = 5
 
 
 class APIError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    """An error answered with ``status`` and a body in the route's dialect.
+
+    ``headers`` travel with it in both dialects (``Retry-After`` on 429 and 503); ``extra``
+    fields go into the native body only.
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.headers = headers or {}
 
 
 class SessionConflict(APIError):
@@ -138,7 +147,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError) -> JSONResponse:
         metrics.REJECTED.labels("validation" if exc.code == "validation_error" else exc.code).inc()
-        return JSONResponse(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
+        return JSONResponse(
+            error_body(exc.code, exc.message, **exc.extra), status_code=exc.status, headers=exc.headers or None
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -74,7 +74,9 @@ def _convert(exc: Exception) -> OpenAIError:
         )
     if isinstance(exc, APIError):
         metrics.REJECTED.labels("validation" if exc.code == "validation_error" else exc.code).inc()
-        return OpenAIError(400 if exc.status == 422 else exc.status, exc.message, code=exc.code)
+        return OpenAIError(
+            400 if exc.status == 422 else exc.status, exc.message, code=exc.code, headers=exc.headers
+        )
     if isinstance(exc, StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return OpenAIError(exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {}))
