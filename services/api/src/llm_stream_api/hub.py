@@ -34,8 +34,8 @@ class Session:
     """One answer. About 200 bytes plus the text (one ``str``, 1 byte per ASCII character)."""
 
     __slots__ = (
-        "_waiter", "accepted_at", "end_kind", "error", "id", "looked_up", "readers", "reserved",
-        "started", "text", "touched", "trace_id", "tracked", "usage",
+        "_waiter", "accepted_at", "end_kind", "error", "id", "looked_up", "queue_position", "readers",
+        "reserved", "started", "text", "touched", "trace_id", "tracked", "usage",
     )
 
     def __init__(self, session_id: str, touched: float) -> None:
@@ -52,6 +52,7 @@ class Session:
         self.tracked = False  # this replica receives its frames (accepted here, or asked for)
         self.looked_up = False  # the history has been read for it at least once
         self.readers = 0
+        self.queue_position: int | None = None  # while it waits: 1 = the next task to start
         self._waiter: asyncio.Event | None = None
 
     @property
