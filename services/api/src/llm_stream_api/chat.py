@@ -18,6 +18,7 @@ from mqcommon.tracing import trace_id_of
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
+from llm_stream_api import limits
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.errors import (
     CHAT_ASYNC_RESPONSES,
@@ -79,7 +80,9 @@ async def chat_async(
     request: Request, response: Response, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> Queued:
     body = await read_chat_request(request, settings)
-    task, traceparent = await enqueue(from_native(body), request, broker, hub, reader_here=False)
+    wanted = from_native(body)
+    limits.check(wanted, settings)
+    task, traceparent = await enqueue(wanted, request, broker, hub, reader_here=False)
     response.headers.update(_session_headers(task.session_id, traceparent))
     return Queued(session_id=task.session_id, stream_url=f"/stream/{task.session_id}")
 
@@ -92,10 +95,12 @@ async def chat(
     request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> StreamingResponse:
     body = await read_chat_request(request, settings)
+    wanted = from_native(body)
+    limits.check(wanted, settings)
     if settings.chat_direct_llm:
         return _direct(body, request)
     requested_at = time.time()
-    task, traceparent = await enqueue(from_native(body), request, broker, hub)
+    task, traceparent = await enqueue(wanted, request, broker, hub)
     return StreamingResponse(
         text_body(hub, task.session_id, settings, requested_at, broker.discover, broker.cancel_soon),
         media_type="text/plain; charset=utf-8",

@@ -45,6 +45,13 @@ class BodyTooLarge(APIError):
         super().__init__(413, "too_large", f"request body is larger than {limit} bytes")
 
 
+class LimitExceeded(APIError):
+    """A request over an input limit (``limits``). ``param`` names the field in both dialects."""
+
+    def __init__(self, param: str, message: str, *, code: str = "limit_exceeded") -> None:
+        super().__init__(422, code, f"{param}: {message}", param=param)
+
+
 # -- what the OpenAPI document says about these errors (``responses=`` of the routes) -------
 
 RETRY_AFTER_HEADER = {
@@ -70,7 +77,11 @@ CHAT_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("`invalid_json`: the body is not JSON."),
     409: _error("`conflict`: `session_id` is already in use."),
     413: _error("`too_large`: the body is over MAX_BODY_BYTES."),
-    422: _error("`validation_error`: a field is missing or invalid (`detail` lists each problem)."),
+    422: _error(
+        "`validation_error`: a field is missing or invalid (`detail` lists each problem). "
+        "`limit_exceeded`: over an input limit (MAX_MESSAGES, MAX_TOTAL_CHARS, LLM_MAX_TOKENS); "
+        "`model_not_allowed`: `model` is not in MODELS_ALLOWED. `param` names the field."
+    ),
     503: BROKER_UNAVAILABLE,
 }
 STREAM_ERRORS: dict[int | str, dict[str, Any]] = {

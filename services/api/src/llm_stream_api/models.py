@@ -76,8 +76,9 @@ class ChatRequest(BaseModel):
         "latest question: added as the last user message unless `messages` already ends with it.",
         json_schema_extra=_string_only,
     )
+    # At most MAX_MESSAGES, a setting: checked by ``limits``, written into the document.
     messages: list[Turn] | None = Field(
-        default=None, min_length=1, max_length=1000,
+        default=None, min_length=1,
         description="The conversation so far (system, user and assistant turns), OpenAI-style.",
         json_schema_extra=_not_null,
     )
@@ -89,7 +90,7 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int | None = Field(
         default=None, ge=1, le=1_000_000,
-        description="Cap on generated tokens (LLM_MAX_TOKENS still applies).",
+        description="Cap on generated tokens: at most LLM_MAX_TOKENS, the default when it is left out.",
     )
     stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
         default=None, description="Up to 4 stop sequences."

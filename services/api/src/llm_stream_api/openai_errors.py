@@ -5,7 +5,8 @@ official SDKs raise their own classes (``BadRequestError``, ``NotFoundError``, .
 message. The same failures keep their native bodies (``errors``) on every other path: each
 handler here answers for ``/v1`` paths and hands the rest to the native one.
 
-    400  invalid_request_error  bad JSON, an invalid field, a parameter we cannot honour
+    400  invalid_request_error  bad JSON, an invalid field, a parameter we cannot honour,
+                                an input limit (``limit_exceeded``, ``model_not_allowed``)
     404  not_found_error        unknown path, unknown response id
     405  invalid_request_error  wrong method
     413  invalid_request_error  body over MAX_BODY_BYTES
@@ -75,7 +76,8 @@ def _convert(exc: Exception) -> OpenAIError:
     if isinstance(exc, APIError):
         metrics.REJECTED.labels("validation" if exc.code == "validation_error" else exc.code).inc()
         return OpenAIError(
-            400 if exc.status == 422 else exc.status, exc.message, code=exc.code, headers=exc.headers
+            400 if exc.status == 422 else exc.status, exc.message, param=exc.extra.get("param"),
+            code=exc.code, headers=exc.headers,
         )
     if isinstance(exc, StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)

@@ -1,8 +1,9 @@
 """The OpenAPI document, completed with what this process enforces.
 
-Some limits are settings (``MAX_MESSAGE_CHARS``), and ``Last-Event-ID`` is checked by the
-stream route itself (so a bad one gets its own 400, not a generic 422). The document states
-both, so that a client generated from it, or schemathesis, sees the rules the API applies.
+Some limits are settings (``MAX_MESSAGE_CHARS``, ``MAX_MESSAGES``, ``LLM_MAX_TOKENS``,
+``MODELS_ALLOWED``), and ``Last-Event-ID`` is checked by the stream route itself (so a bad one
+gets its own 400, not a generic 422). The document states both, so that a client generated
+from it, or schemathesis, sees the rules the API applies.
 """
 
 from __future__ import annotations
@@ -31,13 +32,35 @@ def install(app: FastAPI, settings: APISettings) -> None:
 def complete(document: dict[str, Any], settings: APISettings) -> None:
     for operation in _operations(document):
         body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
-        message = body.get("schema", {}).get("properties", {}).get("message")
-        if isinstance(message, dict) and message.get("type") == "string":
-            message["maxLength"] = settings.max_message_chars
+        properties = body.get("schema", {}).get("properties", {})
+        _limit_properties(properties, settings)
         for parameter in operation.get("parameters", []):
             if parameter.get("in") == "header" and parameter.get("name", "").lower() == "last-event-id":
                 parameter["schema"] = {"type": "string", "pattern": LAST_EVENT_ID_PATTERN}
                 parameter["description"] = "Resume after this event id (a whole number)."
+
+
+def _limit_properties(properties: dict[str, Any], settings: APISettings) -> None:
+    if message := _typed(properties.get("message"), "string"):
+        message["maxLength"] = settings.max_message_chars
+    if messages := _typed(properties.get("messages"), "array"):
+        messages["maxItems"] = settings.max_messages
+    ceiling = settings.llm_max_tokens
+    if (max_tokens := _typed(properties.get("max_tokens"), "integer")) and ceiling:
+        max_tokens["maximum"] = min(max_tokens.get("maximum", ceiling), ceiling)
+    if (model := _typed(properties.get("model"), "string")) and settings.allowed_models:
+        model["enum"] = settings.allowed_models
+
+
+def _typed(schema: Any, kind: str) -> dict[str, Any] | None:
+    """The part of a property's schema for values of type ``kind``: a limit on it leaves null
+    (where the property allows it) as it was."""
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("type") == kind:
+        return schema
+    branches = [b for b in schema.get("anyOf", []) if isinstance(b, dict) and b.get("type") == kind]
+    return branches[0] if len(branches) == 1 else None
 
 
 def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,8 +18,21 @@ class APISettings(BrokerSettings, LLMSettings):
     keep_alive_s: int = Field(
         default=75, ge=1, le=3600, description="How long an idle HTTP keep-alive connection is kept open.",
     )
-    max_message_chars: int = Field(default=16_000, ge=1, description="Longest accepted message.")
     max_body_bytes: int = Field(default=256_000, ge=1024, description="Largest accepted request body.")
+
+    # -- input limits: what one request may ask of the LLM, in every dialect (``limits``) ----
+    # LLM_MAX_TOKENS (LLMSettings) is the ceiling of max_tokens: a request asking for more is
+    # refused, one asking for none gets it from the workers.
+    max_message_chars: int = Field(default=16_000, ge=1, description="Longest accepted message.")
+    max_messages: int = Field(
+        default=1000, ge=1, description="Most messages (conversation turns) in one request."
+    )
+    max_total_chars: int = Field(
+        default=100_000, ge=1, description="Most characters of all a request's messages together."
+    )
+    models_allowed: str = Field(
+        default="", description="Comma-separated models a request may name; empty: any model."
+    )
     enqueue_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest a POST waits for the broker to confirm the task."
     )
@@ -69,8 +82,21 @@ class APISettings(BrokerSettings, LLMSettings):
     cors_max_age_s: int = Field(default=600, ge=0, description="How long browsers cache a preflight.")
 
     @property
+    def allowed_models(self) -> list[str]:
+        return [model.strip() for model in self.models_allowed.split(",") if model.strip()]
+
+    @property
     def cors_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
+
+    @model_validator(mode="after")
+    def _default_model_allowed(self) -> APISettings:
+        if self.allowed_models and self.llm_model not in self.allowed_models:
+            raise ValueError(
+                f"LLM_MODEL ({self.llm_model!r}) must be in MODELS_ALLOWED: it answers every "
+                "request that names no model"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cors_credentials_need_origins(self) -> APISettings:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from pydantic import Field, field_validator
 
+from llm_stream_api.limits import FieldNames
 from llm_stream_api.protocol.openai_base import (
     OpenAIBaseModel,
     OpenAIError,
@@ -109,6 +110,11 @@ class ChatCompletionRequest(OpenAIBaseModel):
             refuse_unless(
                 message.function_call is None, f"{where}.function_call", "function calls are not supported"
             )
+
+    @property
+    def limit_names(self) -> FieldNames:
+        """The token cap is ``max_completion_tokens`` when both are given (see ``task_request``)."""
+        return FieldNames(max_tokens="max_completion_tokens" if self.max_completion_tokens else "max_tokens")
 
     @property
     def include_usage(self) -> bool:

@@ -20,11 +20,13 @@ from typing import Any
 import orjson
 from pydantic import Field
 
+from llm_stream_api.limits import FieldNames
 from llm_stream_api.protocol.openai_base import OpenAIBaseModel, OpenAIError, refuse_unless, turn
 from llm_stream_api.tasks import TaskRequest
 
 FIRST_DELTA = 3  # the sequence number before the first delta
 INPUT_KINDS = ("input_text", "output_text", "text")
+LIMIT_NAMES = FieldNames(messages="input", max_tokens="max_output_tokens")
 
 
 class ResponseRequest(OpenAIBaseModel):

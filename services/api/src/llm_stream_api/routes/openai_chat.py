@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
+from llm_stream_api import limits
 from llm_stream_api.broker import Broker
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.hub import DONE, SessionHub
@@ -35,6 +36,7 @@ async def chat_completions(
 ) -> JSONResponse | EventSourceResponse:
     body = await read_body(request, settings, protocol.ChatCompletionRequest)
     wanted = body.task_request()
+    limits.check(wanted, settings, body.limit_names)
     requested_at = time.time()
     task, _ = await enqueue(wanted, request, broker, hub)
     headers = {"X-Session-ID": task.session_id, "X-Request-ID": task.session_id}

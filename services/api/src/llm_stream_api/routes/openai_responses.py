@@ -23,6 +23,7 @@ from fastapi import APIRouter, Path, Query, Request
 from mqcommon.schemas import SESSION_ID_PATTERN, new_id
 from sse_starlette import EventSourceResponse
 
+from llm_stream_api import limits
 from llm_stream_api.broker import Broker
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.hub import TIMEOUT, Session, SessionHub
@@ -86,6 +87,7 @@ async def create_response(
     body = await read_body(request, settings, protocol.ResponseRequest)
     response_id = f"resp_{new_id()}"
     wanted = body.task_request(response_id)
+    limits.check(wanted, settings, protocol.LIMIT_NAMES)
     task, _ = await enqueue(wanted, request, broker, hub)
     meta = protocol.Meta(body.model or settings.llm_model, task.created_at, body)
     _remember(response_id, meta)

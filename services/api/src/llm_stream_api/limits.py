@@ -1,0 +1,57 @@
+"""Input limits: what one request may ask of the LLM, checked the same way in every dialect.
+
+The limits are settings: MAX_MESSAGES, MAX_TOTAL_CHARS, LLM_MAX_TOKENS as the ceiling of
+``max_tokens`` (a request asking for none gets the ceiling from the workers) and the optional
+MODELS_ALLOWED. A request over one is refused before it is queued (``LimitExceeded``: 422 on
+the native routes, OpenAI's 400 on ``/v1``), and the refusal names the field as the client
+spelled it, which differs between dialects (``input``, ``max_output_tokens``...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llm_stream_api.errors import LimitExceeded
+from llm_stream_api.settings import APISettings
+from llm_stream_api.tasks import TaskRequest
+
+
+@dataclass(frozen=True, slots=True)
+class FieldNames:
+    """What a dialect calls the fields the limits are about."""
+
+    messages: str = "messages"
+    max_tokens: str = "max_tokens"
+    model: str = "model"
+
+
+NATIVE = FieldNames()
+
+
+def check(wanted: TaskRequest, settings: APISettings, names: FieldNames = NATIVE) -> None:
+    """Raise ``LimitExceeded`` for the first limit ``wanted`` is over."""
+    turns = wanted.messages or ()
+    # A native request with ``message`` alone is one turn.
+    where = names.messages if turns else "message"
+    count = len(turns) or 1
+    if count > settings.max_messages:
+        raise LimitExceeded(
+            where, f"{count} messages, more than MAX_MESSAGES ({settings.max_messages})"
+        )
+    total = sum(len(turn.content) for turn in turns) if turns else len(wanted.message or "")
+    if total > settings.max_total_chars:
+        raise LimitExceeded(
+            where, f"{total} characters in all, more than MAX_TOTAL_CHARS ({settings.max_total_chars})"
+        )
+    ceiling = settings.llm_max_tokens
+    if ceiling and wanted.max_tokens and wanted.max_tokens > ceiling:
+        raise LimitExceeded(
+            names.max_tokens,
+            f"{wanted.max_tokens} is over this deployment's ceiling of {ceiling} tokens (LLM_MAX_TOKENS)",
+        )
+    allowed = settings.allowed_models
+    if allowed and wanted.model is not None and wanted.model not in allowed:
+        raise LimitExceeded(
+            names.model, f"model {wanted.model!r} is not allowed here (MODELS_ALLOWED: {', '.join(allowed)})",
+            code="model_not_allowed",
+        )
