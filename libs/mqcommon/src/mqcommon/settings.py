@@ -94,5 +94,9 @@ class LLMSettings(BaseSettings):
     llm_max_retries: int = Field(
         default=2, ge=0, le=10, description="SDK retries of a failed request before any token."
     )
-    llm_max_tokens: int | None = Field(default=None, ge=1, description="Cap on generated tokens.")
+    llm_max_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Ceiling on generated tokens: what a request naming no max_tokens gets (the "
+        "workers), and more than a request may ask for (the API refuses it).",
+    )
     system_prompt: str = Field(default="", description="System prompt sent before the message.")
