@@ -109,6 +109,7 @@ class ChatTask(BaseModel):
     seed: int | None = None
     user: str | None = None
     include_usage: bool | None = None  # ask the LLM for its token usage, sent back in the end
+    owner: str | None = None  # the id of the API key that created the session (never the key)
 
     @model_validator(mode="after")
     def _has_a_prompt(self) -> ChatTask:
@@ -160,6 +161,7 @@ class Frame:
     end: End | None = None
     attempt: int = 1
     trace_id: str | None = None
+    owner: str | None = None  # key id of the session's creator: on its first frame and replays
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sid": self.session_id, "off": self.offset, "text": self.text}
@@ -171,6 +173,8 @@ class Frame:
             out["attempt"] = self.attempt
         if self.trace_id:
             out["trace"] = self.trace_id
+        if self.owner:
+            out["owner"] = self.owner
         return out
 
 
@@ -214,10 +218,11 @@ def _frame(item: Any) -> Frame | None:
         if end is None:
             return None
     attempt = item.get("attempt", 1)
-    trace = item.get("trace")
+    trace, owner = item.get("trace"), item.get("owner")
     return Frame(
         sid, offset, text, bool(item.get("started")), end,
         attempt if isinstance(attempt, int) else 1, trace if isinstance(trace, str) else None,
+        owner if isinstance(owner, str) else None,
     )
 
 
@@ -245,6 +250,7 @@ class HistoryRecord:
     end: End | None = None
     probe: str | None = None
     trace_id: str | None = None
+    owner: str | None = None  # key id of the session's creator (accepted, transcript)
 
     def encode(self) -> bytes:
         out: dict[str, Any] = {"v": HISTORY_VERSION, "kind": self.kind, "sid": self.session_id, "at": self.at}
@@ -256,6 +262,8 @@ class HistoryRecord:
             out["probe"] = self.probe
         if self.trace_id:
             out["trace"] = self.trace_id
+        if self.owner:
+            out["owner"] = self.owner
         return orjson.dumps(out)
 
     def headers(self) -> dict[str, str]:
@@ -275,11 +283,12 @@ class HistoryRecord:
         if kind == "transcript" and (end is None or not isinstance(text, str)):
             raise MalformedMessage("malformed", "transcript without text and end")
         at = data.get("at", 0.0)
-        probe, trace = data.get("probe"), data.get("trace")
+        probe, trace, owner = data.get("probe"), data.get("trace"), data.get("owner")
         return cls(
             kind, sid, float(at) if isinstance(at, int | float) else 0.0,
             text if isinstance(text, str) else "", end,
             probe if isinstance(probe, str) else None, trace if isinstance(trace, str) else None,
+            owner if isinstance(owner, str) else None,
         )
 
 

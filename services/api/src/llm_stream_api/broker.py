@@ -137,9 +137,10 @@ class Broker:
             message_id=task.task_id,
         )
         trace_id = trace_id_of(traceparent)
-        await self.history.accepted(task.session_id, task.created_at, trace_id)
+        await self.history.accepted(task.session_id, task.created_at, trace_id, task.owner)
         return self.hub.accept(
-            task.session_id, task.created_at, trace_id, tracked=task.reply_to == self.replica_id
+            task.session_id, task.created_at, trace_id, tracked=task.reply_to == self.replica_id,
+            owner=task.owner,
         )
 
     # -- sessions this replica does not hold -----------------------------------------------

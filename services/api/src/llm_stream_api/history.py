@@ -65,11 +65,13 @@ class History:
                 "record of the window", window_s=self._window,
             )
 
-    async def accepted(self, session_id: str, at: float, trace_id: str | None) -> None:
-        """Record that the session was queued. Not confirmed: the task itself is durable, and
-        a lost marker only means a reader on another replica learns of the session when a
-        worker starts it."""
-        record = HistoryRecord("accepted", session_id, at=at, trace_id=trace_id)
+    async def accepted(
+        self, session_id: str, at: float, trace_id: str | None, owner: str | None = None
+    ) -> None:
+        """Record that the session was queued, and by which key (``owner``). Not confirmed: the
+        task itself is durable, and a lost marker only means a reader on another replica learns
+        of the session (and its owner) when a worker starts it."""
+        record = HistoryRecord("accepted", session_id, at=at, trace_id=trace_id, owner=owner)
         try:
             if self._markers is None:
                 raise BrokerUnavailable("not connected to the broker")

@@ -34,8 +34,8 @@ class Session:
     """One answer. About 200 bytes plus the text (one ``str``, 1 byte per ASCII character)."""
 
     __slots__ = (
-        "_waiter", "accepted_at", "end_kind", "error", "id", "looked_up", "queue_position", "readers",
-        "reserved", "started", "text", "touched", "trace_id", "tracked", "usage",
+        "_waiter", "accepted_at", "end_kind", "error", "id", "looked_up", "owner", "queue_position",
+        "readers", "reserved", "started", "text", "touched", "trace_id", "tracked", "usage",
     )
 
     def __init__(self, session_id: str, touched: float) -> None:
@@ -48,6 +48,7 @@ class Session:
         self.accepted_at: float | None = None  # wall clock of the POST that queued it
         self.started = False
         self.trace_id: str | None = None
+        self.owner: str | None = None  # id of the API key that created it (``auth``); None: keys off
         self.reserved = False  # a POST of this replica is queueing it right now
         self.tracked = False  # this replica receives its frames (accepted here, or asked for)
         self.looked_up = False  # the history has been read for it at least once
@@ -88,6 +89,17 @@ def _ignore(_: str) -> None:
     return None
 
 
+def _same_owner(session: Session, owner: str | None) -> bool:
+    """Learn the session's owner from a frame or record; False if it names another one."""
+    if owner is None or session.owner == owner:
+        return True
+    if session.owner is None:
+        session.owner = owner
+        session.notify()
+        return True
+    return False
+
+
 class SessionHub:
     def __init__(
         self,
@@ -123,11 +135,13 @@ class SessionHub:
         return found
 
     def accept(
-        self, session_id: str, accepted_at: float, trace_id: str | None, *, tracked: bool = True
+        self, session_id: str, accepted_at: float, trace_id: str | None, *, tracked: bool = True,
+        owner: str | None = None,
     ) -> Session:
         """A POST of this replica queued the session; ``tracked``: its frames come here."""
         session = self.session(session_id)
         session.tracked = session.tracked or tracked
+        session.owner = session.owner or owner
         if session.accepted_at is None:
             session.accepted_at = accepted_at
             session.trace_id = session.trace_id or trace_id
@@ -151,6 +165,8 @@ class SessionHub:
         session = self._sessions.get(frame.session_id)
         if session is None:
             return False
+        if not _same_owner(session, frame.owner):
+            return True  # another key's session under the same id: never mixed into this one
         self._touch(session)
         if frame.trace_id and session.trace_id is None:
             session.trace_id = frame.trace_id
@@ -168,6 +184,8 @@ class SessionHub:
     def apply_record(self, record: HistoryRecord) -> None:
         """Merge what the history stream holds for a session (acceptance, transcript)."""
         session = self.session(record.session_id)
+        if not _same_owner(session, record.owner):
+            return
         self._touch(session)
         if record.trace_id and session.trace_id is None:
             session.trace_id = record.trace_id

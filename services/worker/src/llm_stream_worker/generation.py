@@ -84,7 +84,9 @@ async def process(
     if attempt == 1:
         metrics.QUEUE_WAIT.observe(max(0.0, time.time() - task.created_at))
     log.info("generation started")
-    out = outbox.open(task.session_id, attempt=attempt, trace_id=trace_id, reply_to=task.reply_to)
+    out = outbox.open(
+        task.session_id, attempt=attempt, trace_id=trace_id, reply_to=task.reply_to, owner=task.owner
+    )
 
     async def finish(
         kind: str, settle: str, error: str | None = None, usage: dict[str, Any] | None = None
@@ -159,7 +161,7 @@ async def process(
 
 def _transcript(out: Outgoing) -> HistoryRecord:
     return HistoryRecord("transcript", out.session_id, at=time.time(), text=out.text, end=out.end,
-                         trace_id=out.trace_id)
+                         trace_id=out.trace_id, owner=out.owner)
 
 
 async def _generate(

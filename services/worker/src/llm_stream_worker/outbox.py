@@ -32,14 +32,17 @@ class Outgoing:
     """One session's answer on this worker."""
 
     __slots__ = (
-        "attempt", "end", "ended_at", "length", "parts", "routes", "sent", "session_id", "started",
-        "trace_id",
+        "attempt", "end", "ended_at", "length", "owner", "parts", "routes", "sent", "session_id",
+        "started", "trace_id",
     )
 
-    def __init__(self, session_id: str, attempt: int, trace_id: str | None) -> None:
+    def __init__(
+        self, session_id: str, attempt: int, trace_id: str | None, owner: str | None = None
+    ) -> None:
         self.session_id = session_id
         self.attempt = attempt
         self.trace_id = trace_id
+        self.owner = owner  # the creator's key id: a replica that did not accept it learns it here
         self.parts: list[str] = []
         self.length = 0  # characters produced
         self.sent = 0  # characters already in a flushed frame
@@ -65,6 +68,8 @@ class Outgoing:
             out["attempt"] = self.attempt
         if self.trace_id and (replay or self.started):
             out["trace"] = self.trace_id
+        if self.owner and (replay or self.started):
+            out["owner"] = self.owner
         return out
 
 
@@ -101,9 +106,12 @@ class Outbox:
 
     # -- producing -------------------------------------------------------------------------
 
-    def open(self, session_id: str, *, attempt: int, trace_id: str | None, reply_to: str | None) -> Outgoing:
+    def open(
+        self, session_id: str, *, attempt: int, trace_id: str | None, reply_to: str | None,
+        owner: str | None = None,
+    ) -> Outgoing:
         """A generation starts: route it, and tell its replicas at once."""
-        out = Outgoing(session_id, attempt, trace_id)
+        out = Outgoing(session_id, attempt, trace_id, owner)
         now = self._clock()
         if reply_to:
             out.routes[reply_to] = now
