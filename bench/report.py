@@ -212,6 +212,22 @@ def scale_out_targets(part: dict[str, Any] | None) -> list[Target]:
     return targets
 
 
+def cancel_targets(c: dict[str, Any] | None) -> list[Target]:
+    """Running generations: the LLM sees the connection close within the limit (p99). Queued
+    tasks: never sent to the LLM. Every stream ends ``cancelled``."""
+    if not c:
+        return []
+    return [
+        Target("cancel", "upstream closed after the cancel p99 (ms)", c["upstream_close_ms"]["p99"],
+               c["limit_ms"]),
+        Target("cancel", "running generations the LLM saw closed", c["upstream_closed_seen"], c["running"],
+               at_least=True),
+        Target("cancel", "queued tasks that reached the LLM", c["queued_reached_llm"], 0),
+        Target("cancel", "streams that ended cancelled", c["ended_cancelled"], c["running"] + c["queued"],
+               at_least=True),
+    ]
+
+
 def machine_info(rabbitmq: str | None) -> dict[str, Any]:
     model = platform.processor() or "unknown"
     try:
@@ -263,6 +279,8 @@ def markdown(report: dict[str, Any]) -> str:
             if report.get("aborted")
             else []
         ),
+    ]
+    lines += [
         "## Closed loop",
         "",
         "Times in ms. Overheads are stack minus direct at the same percentile. CPU is "
@@ -275,7 +293,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| CPU API | CPU worker | CPU broker | CPU API+worker | CPU mock | CPU load generator "
         "| other load (cores) |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
+    ] if report["scenarios"] else []
     for s in report["scenarios"]:
         vs = s.get("vs_direct")
         cpu = s["cpu_ms_per_token"]
@@ -318,6 +336,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"({b['wrong']} wrong, {b['stream_errors']} errors), the last answer "
             f"{b['all_done_s']:.1f} s after the first POST ({b['read_s']:.1f} s of reading).",
         ]
+    if c := report.get("cancel"):
+        lines += _cancel_markdown(c)
     if part := report.get("scale_out"):
         lines += _scale_out_markdown(part)
     if report["targets"]:
@@ -342,6 +362,41 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
     return "\n".join(lines) + "\n"
+
+
+def _cancel_markdown(c: dict[str, Any]) -> list[str]:
+    close, answer, end = c["upstream_close_ms"], c["cancel_answer_ms"], c["stream_end_ms"]
+    queued_answer = c["queued_cancel_answer_ms"]
+
+    def row(name: str, d: dict[str, Any]) -> str:
+        return f"| {name} | {_ms(d['p50'])} | {_ms(d['p95'])} | {_ms(d['p99'])} | {_ms(d['max'])} |"
+
+    statuses = "; ".join(
+        f"{kind}: " + ", ".join(f"{n} x `{status}`" for status, n in sorted(counts.items()))
+        for kind, counts in c["cancel_statuses"].items() if counts
+    )
+    return [
+        "",
+        "## Cancel",
+        "",
+        f"{c['running']} running generations (the worker's every slot), each cancelled with "
+        f"`DELETE /sessions/{{id}}` at a random moment up to {c['spread_s']:g} s after its first "
+        f"chunk, and {c['queued']} queued tasks cancelled at once. Load average before: "
+        f"{' '.join(map(str, c['load_average_before']))}; other load during it "
+        f"{_cpu(c.get('background_cores'))} cores. Times in ms from sending the cancel request.",
+        "",
+        "| from the cancel request to | p50 | p95 | p99 | max |",
+        "|---|--:|--:|--:|--:|",
+        row("the LLM seeing its connection closed", close),
+        row("the cancel's answer", answer),
+        row("the `cancelled` event of the stream", end),
+        row("a queued task's cancel answer (202 after `CANCEL_WAIT_S`)", queued_answer),
+        "",
+        f"Upstream closed within {c['limit_ms']} ms: {c['within_limit']} of {c['running']} "
+        f"({c['upstream_closed_seen']} closes seen by the mock). Queued tasks that reached the LLM: "
+        f"{c['queued_reached_llm']} of {c['queued']}. Streams ended `cancelled`: "
+        f"{c['ended_cancelled']} of {c['running'] + c['queued']}. Cancel answers: {statuses}.",
+    ]
 
 
 def _cpu(value: float | None) -> str:

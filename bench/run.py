@@ -3,6 +3,7 @@
     uv run python bench/run.py            # full run, about 2 minutes
     uv run python bench/run.py --quick    # smaller run, under a minute
     uv run python bench/run.py --direct-only
+    uv run python bench/run.py --only cancel   # the cancel latency alone
     uv run python bench/run.py --target http://127.0.0.1:8000 --mock-url http://127.0.0.1:8008
 
 Without ``--target`` it starts a mock LLM, one API (``--api-workers`` uvicorn processes) and
@@ -11,7 +12,8 @@ deletes all of it at the end. For each concurrency (``--concurrency``, default 5
 runs the closed loop directly against the mock, then through the stack in each mode
 (``async``: POST /chat/async + GET /stream/{id}; ``sync``: POST /chat), and finally the burst
 (``--burst`` POSTs as fast as ``--burst-concurrency`` clients can, then every stream read to
-the end). Every answer is checked against the mock's deterministic answer. Results go to
+the end), then the cancel latency (``cancel``, a stack of its own). Every answer is checked
+against the mock's deterministic answer. Results go to
 ``bench/results/<out>.json`` and ``.md``; see bench/README.md for what each figure means.
 """
 
@@ -35,6 +37,7 @@ import orjson
 import psutil
 import uvloop
 
+import cancel
 import loadgen
 import report
 import scaleout
@@ -94,10 +97,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     scale = p.add_argument_group("scale-out (API processes behind HAProxy; see bench/README.md)")
     scale.add_argument(
         "--only",
-        choices=("all", "scale-out"),
+        choices=("all", "scale-out", "cancel"),
         default="all",
         help="scale-out: only the direct baseline at --scale-out-concurrency, the scale-out "
-        "scenarios, buffered-answer RSS and the restart",
+        "scenarios, buffered-answer RSS and the restart; cancel: only the cancel scenario",
     )
     scale.add_argument(
         "--scale-out",
@@ -126,7 +129,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=3.0,
         help="sessions sent this many seconds after the restarted replica is ready count as 'after'",
     )
+    cancels = p.add_argument_group("cancel latency (a stack of its own; see bench/README.md)")
+    cancels.add_argument(
+        "--cancel-running", type=int,
+        help="generations cancelled while they run, 0 to skip the scenario (default 50, quick 20)",
+    )
+    cancels.add_argument(
+        "--cancel-queued", type=int, help="tasks cancelled while queued (default 20, quick 10)"
+    )
+    cancels.add_argument(
+        "--cancel-spread", type=float, default=2.0,
+        help="each running generation is cancelled at a random moment up to this many seconds "
+        "after its first chunk",
+    )
+    cancels.add_argument("--cancel-seed", type=int, default=1, help="seed of those random moments")
     args = p.parse_args(argv)
+    if args.cancel_running is None:
+        args.cancel_running = 20 if args.quick else 50
+    if args.cancel_queued is None:
+        args.cancel_queued = 10 if args.quick else 20
     if args.scale_out is None:
         args.scale_out = "1,4" if args.quick else "1,2,4"
     try:
@@ -151,13 +172,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not args.scale_out:
             p.error("--only scale-out needs --scale-out")
         args.modes, args.burst, args.concurrency = [], 0, [args.scale_out_concurrency]
+        args.cancel_running = 0
+    if args.only == "cancel":
+        if not args.cancel_running:
+            p.error("--only cancel needs --cancel-running")
+        args.modes, args.burst, args.concurrency = [], 0, []
+        args.scale_out, args.rss_answers, args.history_s = [], 0, 0.0
     if args.out is None:
         args.out = "quick" if args.quick else "latest"
         if args.only == "scale-out":
             args.out += "-scale-out"
+        if args.only == "cancel":
+            args.out = "quick-cancel" if args.quick else "cancel"
     if args.direct_only or args.target:
-        # The scale-out part starts its own processes: not with a stack given by --target.
+        # The scale-out and cancel parts start their own processes: not with a stack given by --target.
         args.scale_out, args.rss_answers, args.history_s = [], 0, 0.0
+        args.cancel_running = 0
     if args.direct_only:
         args.modes, args.burst = [], 0
     return args
@@ -438,7 +468,8 @@ class Bench:
         burst = None
         aborted = None
         scale: dict[str, Any] = {"scenarios": [], "rss": None, "restart": None}
-        connections = max(self.args.concurrency) + self.args.burst + 100
+        cancels = None
+        connections = max(self.args.concurrency, default=0) + self.args.burst + 100
         try:
             async with loadgen.new_session(connections) as session:
                 await self.warm_up(session)
@@ -458,6 +489,9 @@ class Bench:
                 if self.args.burst:
                     burst = await self.burst(session)
                     self.check_alive("the burst")
+                if self.args.cancel_running:
+                    cancels = await cancel.CancelPart(self).run()
+                    print(_cancel_progress(cancels), flush=True)
                 if self.args.scale_out:
                     # The main stack would only add idle CPU to the scale-out figures.
                     self.stack.stop(self.main_services)
@@ -479,6 +513,8 @@ class Bench:
         ]
         if burst and burst["background_cores"] > BUSY_CORES:
             busy.append("burst")
+        if cancels and (cancels.get("background_cores") or 0) > BUSY_CORES:
+            busy.append("the cancels")
         for key, label in (("rss", "the buffered answers"), ("restart", "the restart")):
             if (part := scale[key]) and (part.get("background_cores") or 0) > BUSY_CORES:
                 busy.append(label)
@@ -491,6 +527,7 @@ class Bench:
         if burst:
             targets += report.burst_targets(burst)
         targets += report.scale_out_targets(scale)
+        targets += report.cancel_targets(cancels)
         return {
             "run_id": self.run_id,
             "started_at": started_at,
@@ -507,6 +544,7 @@ class Bench:
             },
             "scenarios": scenarios,
             "burst": burst,
+            "cancel": cancels,
             "scale_out": scale if (scale["scenarios"] or scale["rss"] or scale["restart"]) else None,
             "targets": [t.as_dict() for t in targets],
             "notes": self.notes,
@@ -572,10 +610,24 @@ class Bench:
                 f"+ 1 idle, {a.workers} worker process(es) x {a.worker_concurrency} concurrent "
                 f"generations per stack, LOG_LEVEL={a.log_level}"
             )
+        if a.only == "cancel":
+            return (
+                f"cancel only: 1 API process, 1 worker process x {a.cancel_running} concurrent "
+                f"generations, LOG_LEVEL={a.log_level}"
+            )
         return (
             f"{a.api_workers} API process(es), {a.workers} worker process(es) x "
             f"{a.worker_concurrency} concurrent generations, LOG_LEVEL={a.log_level}"
         )
+
+
+def _cancel_progress(c: dict[str, Any]) -> str:
+    close = c["upstream_close_ms"]
+    return (
+        f"cancel: {c['running']} running, upstream closed p50 {close['p50']} p95 {close['p95']} "
+        f"p99 {close['p99']} max {close['max']} ms, {c['within_limit']}/{c['running']} within "
+        f"{c['limit_ms']} ms; {c['queued']} queued, {c['queued_reached_llm']} reached the LLM"
+    )
 
 
 def _replica_progress(s: dict[str, Any]) -> str:

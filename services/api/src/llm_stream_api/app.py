@@ -16,8 +16,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_stream_api import chat, errors, metrics, openai_errors, openapi, ops
+from llm_stream_api.auth import Authenticate, KeyRing
 from llm_stream_api.broker import Broker
 from llm_stream_api.hub import SessionHub
+from llm_stream_api.rate_limits import KeyLimits
 from llm_stream_api.routes import models as model_routes
 from llm_stream_api.routes import openai_chat, openai_responses, sessions
 from llm_stream_api.settings import APISettings
@@ -69,6 +71,13 @@ CORS_EXPOSE_HEADERS = ["X-Session-ID", "X-Trace-ID", "Retry-After"]
 
 def create_app(settings: APISettings | None = None) -> FastAPI:
     settings = settings or APISettings()
+    # A key file that cannot be read or parsed stops the start-up, with the line at fault.
+    keys = KeyRing.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
+    key_limits = KeyLimits(
+        requests_per_minute=settings.key_requests_per_minute,
+        max_sessions=settings.key_max_sessions,
+        tokens_per_minute=settings.key_tokens_per_minute,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,7 +112,10 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
         watch.start()
         await broker.wait_ready(timeout=3.0)
         freeze_startup_heap()
-        log.info("api started", port=settings.port, direct_llm=settings.chat_direct_llm)
+        log.info(
+            "api started", port=settings.port, direct_llm=settings.chat_direct_llm,
+            api_keys=keys.ids if keys.enabled else "off",
+        )
         try:
             yield
         finally:
@@ -121,6 +133,13 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
         # built-in OpenTelemetry hooks would cost every request a provider lookup.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
+    app.state.key_limits = key_limits
+    if keys.enabled:
+        # Innermost: CORS answers preflights without a key, and refusals are counted.
+        app.add_middleware(
+            Authenticate, keys=keys, metrics_open=not settings.api_keys_protect_metrics,
+            limits=key_limits,
+        )
     app.add_middleware(RequestMetrics)
     if settings.cors_origins:
         # A plain ASGI middleware too, so streaming routes keep seeing disconnects.

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from llm_stream_api import limits
+from llm_stream_api.auth import KeyDep
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.errors import (
     CHAT_ASYNC_RESPONSES,
@@ -27,6 +28,7 @@ from llm_stream_api.errors import (
     APIError,
 )
 from llm_stream_api.models import ChatRequest, Queued, inline_schema
+from llm_stream_api.ownership import owns
 from llm_stream_api.request_body import read_limited
 from llm_stream_api.streaming import sse_body, text_body
 from llm_stream_api.tasks import enqueue, from_native
@@ -143,6 +145,7 @@ async def stream(
     settings: SettingsDep,
     hub: HubDep,
     broker: BrokerDep,
+    key: KeyDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     after = 0
@@ -151,6 +154,12 @@ async def stream(
         if not (last_event_id.strip().isascii() and last_event_id.strip().isdigit()):
             raise APIError(400, "invalid_last_event_id", "Last-Event-ID must be a whole number")
         after = int(last_event_id.strip())
+    # With keys on, whose session it is is settled before the stream opens: another key's
+    # session, like one nobody queued within STREAM_WAIT_TIMEOUT_S, is a 404.
+    if key is not None and not await owns(
+        hub, broker, session_id, key, wait_s=settings.stream_wait_timeout_s, until_known=True
+    ):
+        raise APIError(404, "not_found", f"session {session_id!r} not found")
     return EventSourceResponse(
         sse_body(hub, session_id, after, settings, broker.discover),
         ping=settings.sse_ping_s,

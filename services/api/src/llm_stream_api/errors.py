@@ -45,6 +45,28 @@ class BodyTooLarge(APIError):
         super().__init__(413, "too_large", f"request body is larger than {limit} bytes")
 
 
+class Unauthorized(APIError):
+    """No API key, or one nobody issued (``auth``). The key itself is never quoted."""
+
+    def __init__(self, *, missing: bool) -> None:
+        if missing:
+            message = "an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>"
+            challenge = 'Bearer realm="llm-stream"'
+        else:
+            message = "the API key is not valid"
+            challenge = 'Bearer realm="llm-stream", error="invalid_token"'
+        super().__init__(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
+
+
+class RateLimited(APIError):
+    """Past one of the key's limits (``rate_limits``); ``Retry-After`` says when it frees."""
+
+    def __init__(self, limit: str, message: str, retry_after_s: int) -> None:
+        super().__init__(
+            429, "rate_limited", message, headers={"Retry-After": str(retry_after_s)}, limit=limit
+        )
+
+
 class LimitExceeded(APIError):
     """A request over an input limit (``limits``). ``param`` names the field in both dialects."""
 

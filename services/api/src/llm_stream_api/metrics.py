@@ -118,6 +118,26 @@ HUB_SESSIONS = Gauge(
     "llmstream_hub_sessions", "Sessions held in memory for streaming (per process).",
     multiprocess_mode="livemax",
 )
+# The key label is a key id (``auth``): a name or a hash prefix, never the key itself.
+KEY_REQUESTS = Counter(
+    "llmstream_key_requests_total", "Requests with a valid API key, by key id.", ["key"]
+)
+KEY_REJECTED = Counter(
+    "llmstream_key_rejected_total",
+    "Requests refused with 429, by key id and limit (requests_per_minute, sessions, "
+    "tokens_per_minute).",
+    ["key", "limit"],
+)
+KEY_SESSIONS = Counter(
+    "llmstream_key_sessions_total", "Sessions queued, by the key id that created them.", ["key"]
+)
+AUTH_FAILURES = Counter(
+    "llmstream_auth_failures_total",
+    "Requests refused with 401, by reason: missing (no key), invalid (a key nobody issued).",
+    ["reason"],
+)
+for _reason in ("missing", "invalid"):
+    AUTH_FAILURES.labels(_reason)
 
 # Every known label set exists from the start, at zero, so rate() sees the first increment.
 for _mode in ("sse", "sync"):

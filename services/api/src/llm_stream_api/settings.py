@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from mqcommon.settings import BrokerSettings, LLMSettings
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 
@@ -80,6 +81,32 @@ class APISettings(BrokerSettings, LLMSettings):
         default=False, description="Allow cookies and HTTP auth cross-origin (explicit origins only)."
     )
     cors_max_age_s: int = Field(default=600, ge=0, description="How long browsers cache a preflight.")
+
+    # -- API keys and per-key limits (``auth``, ``rate_limits``): off unless keys are given ---
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated client keys, each `key` or `name:key` (the name is its key "
+        "id in metrics and logs). Empty, with no API_KEYS_FILE: no key is needed.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A file of hashed keys, one `name:sha256hex` line each (`printf %s KEY | "
+        "sha256sum`), e.g. a mounted Secret; used with API_KEYS if both are set.",
+    )
+    api_keys_protect_metrics: bool = Field(
+        default=False, description="With keys on, /metrics needs a key too (it shows key ids only)."
+    )
+    key_requests_per_minute: int = Field(
+        default=0, ge=0, description="Requests one key may make per minute to one API process; 0: no limit.",
+    )
+    key_max_sessions: int = Field(
+        default=0, ge=0,
+        description="Answers one key may have under way at once through one API process; 0: no limit.",
+    )
+    key_tokens_per_minute: int = Field(
+        default=0, ge=0,
+        description="Answer tokens one key may receive per minute through one API process; 0: no limit.",
+    )
 
     @property
     def allowed_models(self) -> list[str]:

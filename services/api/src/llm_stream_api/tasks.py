@@ -8,14 +8,14 @@ model and the generation parameters. ``enqueue`` claims the session id, builds t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import structlog
 from fastapi import Request
 from mqcommon.schemas import ChatMessage, ChatTask, new_id
 from mqcommon.tracing import TRACEPARENT_HEADER, child_of, trace_id_of
 
-from llm_stream_api import metrics
+from llm_stream_api import auth, metrics
 from llm_stream_api.broker import Broker
 from llm_stream_api.errors import SessionConflict
 from llm_stream_api.hub import SessionHub
@@ -39,6 +39,7 @@ class TaskRequest:
     seed: int | None = None
     user: str | None = None
     include_usage: bool | None = None
+    owner: str | None = None  # the key id of the request (``auth``), set by ``enqueue``
 
     def task(self, session_id: str, reply_to: str | None) -> ChatTask:
         given = {
@@ -71,6 +72,10 @@ async def enqueue(
     Raises ``SessionConflict`` when the session id is taken, ``BrokerUnavailable`` when the
     broker is down or does not confirm in time.
     """
+    wanted = replace(wanted, owner=auth.key_id(request))
+    limits = request.app.state.key_limits
+    if wanted.owner is not None:
+        limits.admit(wanted.owner, hub)
     session_id = wanted.session_id or new_id()
     session = hub.session(session_id)
     if session.known:
@@ -78,6 +83,9 @@ async def enqueue(
     # Claimed before the first await, so a concurrent POST with the same id gets 409. Across
     # processes the claim travels as the "accepted" event, milliseconds later.
     session.reserved = True
+    session.owner = wanted.owner
+    # Per-key limits count the session until it ends: its end must reach this replica.
+    reader_here = reader_here or (wanted.owner is not None and limits.counts_sessions)
     traceparent = child_of(request.headers.get(TRACEPARENT_HEADER))
     task = wanted.task(session_id, broker.replica_id if reader_here else None)
     structlog.contextvars.bind_contextvars(
@@ -89,6 +97,8 @@ async def enqueue(
     finally:
         session.reserved = False
     metrics.ENQUEUE_DURATION.observe(time.perf_counter() - started)
+    if wanted.owner is not None:
+        limits.started(wanted.owner, session_id)
     log.info("task queued")
     return task, traceparent
 

@@ -24,10 +24,12 @@ from mqcommon.schemas import SESSION_ID_PATTERN, new_id
 from sse_starlette import EventSourceResponse
 
 from llm_stream_api import limits
-from llm_stream_api.broker import Broker
+from llm_stream_api.auth import KeyDep
+from llm_stream_api.broker import YOUNG_GRACE_S, Broker
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.hub import TIMEOUT, Session, SessionHub
 from llm_stream_api.openai_errors import end_error
+from llm_stream_api.ownership import owns
 from llm_stream_api.protocol import responses as protocol
 from llm_stream_api.protocol.openai_base import OpenAIError
 from llm_stream_api.routes.openai_common import answer, look_up, read_body
@@ -104,10 +106,12 @@ async def create_response(
 
 @router.get("/responses/{response_id}", response_model=None)
 async def get_response(
-    response_id: ResponseId, settings: SettingsDep, broker: BrokerDep, hub: HubDep,
+    response_id: ResponseId, settings: SettingsDep, broker: BrokerDep, hub: HubDep, key: KeyDep,
     stream: bool = False, starting_after: Annotated[int | None, Query(ge=-1)] = None,
 ) -> object:
     session = await _known(hub, broker, response_id)
+    if key is not None and session.owner != key:
+        raise _not_found(response_id)
     meta = _meta(response_id, session, settings)
     if stream:
         after = -1 if starting_after is None else starting_after
@@ -117,8 +121,11 @@ async def get_response(
 
 @router.post("/responses/{response_id}/cancel", response_model=None)
 async def cancel_response(
-    response_id: ResponseId, settings: SettingsDep, broker: BrokerDep, hub: HubDep
+    response_id: ResponseId, settings: SettingsDep, broker: BrokerDep, hub: HubDep, key: KeyDep
 ) -> object:
+    wait_s = YOUNG_GRACE_S + settings.history_timeout_s
+    if key is not None and not await owns(hub, broker, response_id, key, wait_s=wait_s):
+        raise _not_found(response_id)
     outcome = await broker.cancel(response_id)
     if outcome.status == "not_found":
         raise _not_found(response_id)
