@@ -61,9 +61,9 @@ class Service:
             return ""
 
 
-def broker_names(run_id: str) -> dict[str, str]:
-    """The isolated topology of one run, as environment variables."""
-    prefix = f"bench.{run_id}"
+def broker_names(run_id: str, tool: str = "bench") -> dict[str, str]:
+    """The isolated topology of one run, as environment variables (names ``<tool>.<run id>.*``)."""
+    prefix = f"{tool}.{run_id}"
     return {
         "TASK_QUEUE": f"{prefix}.tasks",
         "EVENTS_STREAM": f"{prefix}.events",
