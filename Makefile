@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-tools test-integration test-integration-rabbitmq4 test-deploy test-observability bench tools lint images
+.PHONY: help install run test test-unit test-tools test-integration test-integration-rabbitmq4 test-deploy test-observability bench chaos tools lint images
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test-observability: install test-tools ## promtool checks and dashboards/alerts 
 
 bench: install ## Benchmark the stack against the mock LLM and direct (writes bench/results/)
 	$(UV) run python bench/run.py $(BENCH_ARGS)
+
+chaos: install ## Load while workers are SIGKILLed, the broker restarts and an API process dies; every session judged
+	$(UV) run python chaos/run.py $(CHAOS_ARGS)
 
 lint: install ## Static checks
 	$(UV) run ruff check libs services tests bench scripts

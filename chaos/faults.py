@@ -1,0 +1,167 @@
+"""The faults a chaos run injects, each recording what it really did.
+
+- :class:`WorkerKiller`: SIGKILL a random ready worker every ``interval`` seconds and start a
+  new one in its place (same environment), while at least one other worker is ready.
+- :class:`BrokerOutage`: ``rabbitmqctl stop_app`` on the run's private node, hold it down,
+  ``start_app``; a probe of the AMQP port says when the broker really went away and came back.
+- The API kill is a single ``Stack.kill`` in the scenario (SIGKILL of the process group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from stack import Service, Stack
+
+AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+PROBE_EVERY_S = 0.05
+PROBE_TIMEOUT_S = 1.0
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass
+class Kill:
+    at: float
+    name: str
+    pid: int
+    returncode: int | None
+    in_flight: int
+    """Sessions accepted and not finished when the worker was killed."""
+
+
+@dataclass
+class WorkerKiller:
+    stack: Stack
+    workers: list[Service]
+    rng: random.Random
+    in_flight: Any
+    """``() -> int``: sessions under way (to show that the kills land mid-answer)."""
+    interval: tuple[float, float] = (1.0, 2.0)
+    kills: list[Kill] = field(default_factory=list)
+    restart_failures: list[str] = field(default_factory=list)
+    _ready: set[int] = field(default_factory=set)
+    _starting: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._ready = {id(w) for w in self.workers}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        generation = 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.rng.uniform(*self.interval))
+            if stop.is_set():
+                break
+            ready = [w for w in self.workers if id(w) in self._ready]
+            if len(ready) < 2:
+                continue  # keep one worker serving: the fault is a crash loop, not an outage
+            victim = self.rng.choice(ready)
+            in_flight = self.in_flight()
+            self.stack.kill(victim)
+            self._ready.discard(id(victim))
+            self.workers.remove(victim)
+            self.kills.append(
+                Kill(time.monotonic(), victim.name, victim.popen.pid, victim.popen.returncode, in_flight)
+            )
+            generation += 1
+            base = victim.name.split(".", 1)[0]
+            replacement = self.stack.restart(victim, f"{base}.{generation}")
+            self.workers.append(replacement)
+            task = asyncio.create_task(self._wait_ready(replacement))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+        for task in list(self._starting):
+            task.cancel()
+
+    async def _wait_ready(self, worker: Service) -> None:
+        try:
+            await self.stack.wait_ready([worker], timeout=READY_TIMEOUT_S)
+        except RuntimeError as exc:
+            self.restart_failures.append(f"{worker.name}: {exc}"[:500])
+            return
+        self._ready.add(id(worker))
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "worker_kills": len(self.kills),
+            "killed_by_sigkill": sum(1 for k in self.kills if k.returncode == -9),
+            "kills_mid_answer": sum(1 for k in self.kills if k.in_flight > 0),
+            "in_flight_at_kills": [k.in_flight for k in self.kills],
+            "restart_failures": self.restart_failures,
+        }
+
+
+def amqp_answers(port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a broker answers the AMQP protocol header on ``port`` (its Connection.Start)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(AMQP_HEADER)
+            return sock.recv(7)[:1] == b"\x01"  # a method frame
+    except OSError:
+        return False
+
+
+@dataclass
+class BrokerOutage:
+    """One restart of a :class:`RestartableNode` (``tests/integration/support``)."""
+
+    node: Any
+    hold_s: float
+    stop_called_at: float | None = None
+    down_at: float | None = None
+    start_called_at: float | None = None
+    up_at: float | None = None
+    stop_app_s: float | None = None
+    start_app_s: float | None = None
+    went_down: asyncio.Event = field(default_factory=asyncio.Event)
+    came_back: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def port(self) -> int:
+        return int(self.node.node.amqp_port)
+
+    async def run(self) -> None:
+        """Stop the broker, keep it down ``hold_s`` from the moment it went away, start it."""
+        self.stop_called_at = time.monotonic()
+        watch = asyncio.create_task(self._watch(want_up=False))
+        try:
+            await asyncio.to_thread(self.node.stop_app)
+            self.stop_app_s = time.monotonic() - self.stop_called_at
+            await asyncio.wait_for(watch, READY_TIMEOUT_S)
+        finally:
+            watch.cancel()
+        assert self.down_at is not None
+        await asyncio.sleep(max(0.0, self.down_at + self.hold_s - time.monotonic()))
+        self.start_called_at = time.monotonic()
+        watch = asyncio.create_task(self._watch(want_up=True))
+        try:
+            await asyncio.to_thread(self.node.start_app)
+            self.start_app_s = time.monotonic() - self.start_called_at
+            await asyncio.wait_for(watch, READY_TIMEOUT_S)
+        finally:
+            watch.cancel()
+
+    async def _watch(self, *, want_up: bool) -> None:
+        # Polling a port: there is no event to wait for.
+        while await asyncio.to_thread(amqp_answers, self.port) != want_up:  # noqa: ASYNC110
+            await asyncio.sleep(PROBE_EVERY_S)
+        if want_up:
+            self.up_at = time.monotonic()
+            self.came_back.set()
+        else:
+            self.down_at = time.monotonic()
+            self.went_down.set()
+
+    def facts(self) -> dict[str, Any]:
+        down = self.up_at - self.down_at if self.up_at and self.down_at else None
+        return {
+            "broker_down_s": round(down, 2) if down is not None else None,
+            "stop_app_s": round(self.stop_app_s, 2) if self.stop_app_s else None,
+            "start_app_s": round(self.start_app_s, 2) if self.start_app_s else None,
+        }

@@ -1,0 +1,257 @@
+"""llm-stream under faults: load, SIGKILLed workers, a broker restart, a killed API process.
+
+    uv run python chaos/run.py                      # all three scenarios, full size (make chaos)
+    uv run python chaos/run.py --short              # small numbers, about a minute (make test)
+    uv run python chaos/run.py --scenario broker --sessions 300 --outage-s 5
+    uv run python chaos/run.py --help
+
+It starts a private RabbitMQ node (never the machine's broker), a mock LLM, and for each
+scenario API and worker processes of its own; every accepted session is judged by the oracle
+(chaos/oracle.py). It prints a table of counts per scenario and exits 1 when any session or
+refusal failed, or when a fault did not happen as planned. chaos/README.md explains the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# The harness reuses the benchmark's process control and the tests' private RabbitMQ node.
+sys.path[:0] = [str(HERE), str(ROOT / "bench"), str(ROOT / "tests")]
+
+from clients import Answer  # noqa: E402
+from scenarios import SCENARIOS, Options, Outcome, Run  # noqa: E402
+from stack import Stack, free_port  # noqa: E402
+
+ORDER = ("workers", "api", "broker")
+"""The broker scenario last: it restarts the node the others run on."""
+MOCK_TTFT_MS = 100
+
+# (full, short) sizes per scenario.
+DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "workers": {
+        "sessions": (1000, 60), "users": (60, 20), "tokens": (30, 20), "tps": (20, 20),
+        "workers": (3, 3), "min_kills": (26, 3), "deadline_s": (60, 45), "time_limit_s": (300, 60),
+    },
+    "broker": {
+        "sessions": (600, 50), "users": (30, 12), "tokens": (30, 20), "tps": (20, 20),
+        "workers": (2, 2), "outage_s": (10.0, 3.0), "deadline_s": (90, 60), "time_limit_s": (300, 90),
+    },
+    "api": {
+        "sessions": (120, 16), "users": (0, 0), "tokens": (60, 40), "tps": (10, 10),
+        "workers": (2, 2), "deadline_s": (60, 45), "time_limit_s": (120, 60),
+    },
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="chaos/run.py",
+        description="Drive load through llm-stream while killing its processes; judge every session.",
+    )
+    p.add_argument("--scenario", choices=(*ORDER, "all"), default="all")
+    p.add_argument("--short", action="store_true", help="small numbers (the version make test runs)")
+    p.add_argument(
+        "--sessions", type=int, help="accepted sessions per scenario (api: half read the killed process)"
+    )
+    p.add_argument("--users", type=int, help="concurrent users (workers, broker)")
+    p.add_argument("--tokens", type=int, help="answer length in tokens")
+    p.add_argument("--tps", type=float, help="answer pace, tokens per second")
+    p.add_argument("--workers", type=int, help="worker processes per scenario")
+    p.add_argument("--min-kills", type=int, help="workers: fewest SIGKILLs for the run to count")
+    p.add_argument("--kill-every", default="1,2", help="workers: seconds between kills, 'low,high'")
+    p.add_argument("--outage-s", type=float, help="broker: seconds the broker stays down")
+    p.add_argument("--deadline-s", type=float, help="seconds an accepted session may take to end")
+    p.add_argument("--mix", default="sse=6,sync=3,openai=1", help="client kinds and their weights")
+    p.add_argument("--retry-s", type=float, default=0.5, help="SSE reconnection delay after a drop")
+    p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--show", type=int, default=20, help="failures listed per scenario")
+    args = p.parse_args(argv)
+    try:
+        low, high = (float(x) for x in args.kill_every.split(","))
+        args.kill_every = (low, high)
+    except ValueError:
+        p.error(f"--kill-every: expected 'low,high' seconds, got {args.kill_every!r}")
+    try:
+        args.mix = {k: float(v) for k, v in (item.split("=") for item in args.mix.split(",") if item)}
+    except ValueError:
+        p.error(f"--mix: expected kind=weight,..., got {args.mix!r}")
+    if unknown := set(args.mix) - {"sse", "sync", "openai"}:
+        p.error(f"--mix: unknown client kinds {sorted(unknown)}")
+    return args
+
+
+def options(scenario: str, args: argparse.Namespace) -> Options:
+    size = 1 if args.short else 0
+    chosen = {name: values[size] for name, values in DEFAULTS[scenario].items()}
+    for name in ("sessions", "users", "tokens", "tps", "workers", "min_kills", "outage_s", "deadline_s"):
+        if getattr(args, name, None) is not None and name in chosen:
+            chosen[name] = getattr(args, name)
+    return Options(
+        sessions=chosen["sessions"],
+        users=chosen["users"],
+        answer=Answer(int(chosen["tokens"]), float(chosen["tps"])),
+        deadline_s=chosen["deadline_s"],
+        time_limit_s=chosen["time_limit_s"],
+        workers=chosen["workers"],
+        mix=args.mix if scenario != "api" else {"sse": 1},
+        retry_s=args.retry_s,
+        kill_every=args.kill_every,
+        min_kills=chosen.get("min_kills", 1),
+        outage_s=chosen.get("outage_s", 10.0),
+    )
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def fault_line(outcome: Outcome) -> str:
+    f = outcome.facts
+    if outcome.scenario == "workers":
+        return (
+            f"{f.get('worker_kills', 0)} worker SIGKILLs ({f.get('kills_mid_answer', 0)} with answers "
+            f"under way) among {f.get('workers')} workers"
+        )
+    if outcome.scenario == "broker":
+        back = f.get("intake_back_s")
+        return (
+            f"broker down {f.get('broker_down_s')} s; {f.get('refused', 0)} POSTs refused with 503 "
+            f"({f.get('refused_while_down', 0)} while down); intake back "
+            f"{'never' if back is None else f'{back} s'} after the broker"
+        )
+    return (
+        f"API process SIGKILLed with {f.get('mid_answer_at_kill', 0)} of its "
+        f"{f.get('readers_on_killed', 0)} readers mid-answer; {f.get('resumed_on_other', 0)} "
+        f"resumed on the other process"
+    )
+
+
+def print_report(outcomes: list[Outcome], show: int) -> None:
+    header = (
+        f"{'scenario':<9} {'accepted':>8} {'correct':>8} {'error':>6} {'failed':>7} {'resumed':>8} "
+        f"{'refused':>8}"
+    )
+    print("\n" + header)
+    print("-" * len(header))
+    for o in outcomes:
+        t = o.tally
+        print(
+            f"{o.scenario:<9} {t.accepted:>8} {t.correct:>8} {t.error_count:>6} {len(t.failures):>7} "
+            f"{t.resumed:>8} {sum(t.refused.values()):>8}"
+        )
+    print()
+    for o in outcomes:
+        t = o.tally
+        clients = ", ".join(f"{n} {k}" for k, n in sorted(t.by_client.items()))
+        print(f"{o.scenario}: {fault_line(o)}; {o.wall_s:.0f} s; sessions: {clients or 'none'}")
+        for message, count in t.errors.most_common():
+            print(f"  error event x{count}: {message}")
+        for sid, what in t.failures[:show]:
+            print(f"  FAILED {sid}: {what}")
+        if len(t.failures) > show:
+            print(f"  ... and {len(t.failures) - show} more failures (see the JSON)")
+        for problem in o.problems:
+            print(f"  FAULT NOT AS PLANNED: {problem}")
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+async def run_all(args: argparse.Namespace, run: Run, chosen: list[str]) -> list[Outcome]:
+    outcomes = []
+    for scenario in chosen:
+        opts = options(scenario, args)
+        print(f"{scenario}: {opts.sessions} sessions ...", flush=True)
+        outcome = await SCENARIOS[scenario](run, opts)
+        t = outcome.tally
+        print(
+            f"{scenario}: {t.correct} correct, {t.error_count} error, {len(t.failures)} failed of "
+            f"{t.accepted} accepted in {outcome.wall_s:.0f} s",
+            flush=True,
+        )
+        outcomes.append(outcome)
+    return outcomes
+
+
+async def start_mock(stack: Stack) -> str:
+    port = free_port()
+    mock = stack.start(
+        "mock", "llm-stream-mockllm",
+        {"MOCK_HOST": "127.0.0.1", "MOCK_PORT": str(port), "MOCK_TTFT_MS": str(MOCK_TTFT_MS),
+         "MOCK_LOG_LEVEL": "warning"},
+        f"http://127.0.0.1:{port}/health",
+    )
+    await stack.wait_ready([mock], timeout=60)
+    return f"http://127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from integration.support.restartable_broker import NodeError, RestartableNode
+
+    chosen = list(ORDER) if args.scenario == "all" else [args.scenario]
+    seed = args.seed if args.seed is not None else secrets.randbits(32)
+    run_id = secrets.token_hex(3)
+    log_dir = Path(tempfile.mkdtemp(prefix=f"llm-stream-chaos-{run_id}-"))
+    print(f"chaos run {run_id}, seed {seed}, logs in {log_dir}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on the way out
+
+    began = time.monotonic()
+    node = RestartableNode()
+    stack = Stack(run_id, log_dir)
+    outcomes: list[Outcome] = []
+    try:
+        try:
+            broker = node.start()
+        except NodeError as exc:
+            print(f"no private RabbitMQ node: {exc}", file=sys.stderr)
+            return 2
+        print(f"broker: {broker.description}, ready in {node.node.started_in_s:.1f} s", flush=True)
+
+        async def go() -> list[Outcome]:
+            mock_url = await start_mock(stack)
+            run = Run(
+                run_id, log_dir, stack, node, broker.amqp_url, broker.management_url or "",
+                mock_url, random.Random(seed),
+            )
+            return await run_all(args, run, chosen)
+
+        outcomes = asyncio.run(go())
+    finally:
+        stack.stop()
+        if node.node.dir is not None:
+            shutil.copytree(Path(node.node.dir) / "log", log_dir / "rabbitmq", dirs_exist_ok=True)
+        node.stop()
+
+    print_report(outcomes, args.show)
+    failed = sum(len(o.tally.failures) for o in outcomes)
+    problems = sum(len(o.problems) for o in outcomes)
+    results = {
+        "run_id": run_id, "seed": seed, "short": args.short, "wall_s": round(time.monotonic() - began, 1),
+        "log_dir": str(log_dir), "scenarios": {o.scenario: o.as_dict() for o in outcomes},
+    }
+    for path in filter(None, (log_dir / "chaos.json", args.json)):
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    verdict = "PASS" if not failed and not problems else "FAIL"
+    print(
+        f"\n{verdict}: {failed} failures, {problems} faults not as planned; "
+        f"{time.monotonic() - began:.0f} s; details in {log_dir / 'chaos.json'}"
+    )
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The short chaos run (chaos/run.py --short) as a test."""
