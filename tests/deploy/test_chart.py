@@ -343,3 +343,20 @@ def test_a_missing_tool_fails_the_tests(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(manifests, "TOOLS_BIN", tmp_path / "absent")
     with pytest.raises(pytest.fail.Exception, match="helm not found"):
         manifests.tool("helm")
+
+
+def test_api_keys_come_from_an_existing_secret_of_hashes() -> None:
+    assert "API_KEYS_FILE" not in one(helm_template(*EXTERNAL), "ConfigMap", "api")["data"]
+    objects = render_ci(CHART / "ci" / "existing-secret-values.yaml")
+    api = component(objects, "Deployment", "api")
+    config = one(objects, "ConfigMap", "api")["data"]
+    assert config["API_KEYS_FILE"] == "/etc/llm-stream/api-keys/api-keys"
+    assert config["KEY_REQUESTS_PER_MINUTE"] == "600" and config["KEY_MAX_SESSIONS"] == "8"
+    (volume,) = [v for v in api["spec"]["template"]["spec"]["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"] == {
+        "secretName": "llm-stream-api-keys", "items": [{"key": "api-keys", "path": "api-keys"}]
+    }
+    (mount,) = [m for m in container(api)["volumeMounts"] if m["name"] == "api-keys"]
+    assert mount == {"name": "api-keys", "mountPath": "/etc/llm-stream/api-keys", "readOnly": True}
+    # The probes and the helm test stay open: they call /health and /health/full.
+    assert container(api)["readinessProbe"]["httpGet"]["path"] == "/health/full"

@@ -50,9 +50,9 @@ def _key_env(**limits: str) -> dict[str, str]:
     return {"API_KEYS": ",".join(named), "KEY_REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE), **limits}
 
 
-async def _ready(service: Service, key: str) -> None:
-    """Connected to the broker (``/health/full`` needs a key here)."""
-    async with httpx.AsyncClient(timeout=5, headers={"X-API-Key": key}) as client:
+async def _ready(service: Service) -> None:
+    """Connected to the broker (the processes start on ``/health``)."""
+    async with httpx.AsyncClient(timeout=5) as client:
         for _ in range(300):
             try:
                 if (await client.get(service.base_url + "/health/full")).status_code == 200:
@@ -85,7 +85,7 @@ def stack(
     d.start()
 
     async def connected() -> None:
-        await asyncio.gather(*(_ready(s, KEYS["alice"]) for s in (a, b, c)))
+        await asyncio.gather(*(_ready(s) for s in (a, b, c)))
 
     asyncio.run(connected())
     return Stack(d, a.base_url, b.base_url, c.base_url, opened.base_url, mock)
@@ -125,14 +125,14 @@ async def test_no_key_or_a_wrong_one_is_401_in_the_route_dialect(stack: Stack) -
         native = await client.post(stack.a + "/chat/async", json={"message": "hi"})
         assert native.status_code == 401 and native.json()["error"] == "unauthorized"
         assert native.headers["WWW-Authenticate"].startswith("Bearer")
-        for path in ("/stream/abc", "/stats", "/health/full", "/openapi.json"):
+        for path in ("/stream/abc", "/stats", "/test", "/openapi.json", "/v1/responses/abc"):
             assert (await client.get(stack.a + path)).status_code == 401, path
         wrong = await client.get(stack.a + "/v1/models", headers={"Authorization": "Bearer sk-nobody-123456"})
         assert wrong.status_code == 401
         assert wrong.json()["error"]["type"] == "authentication_error"
         assert "sk-nobody" not in wrong.text
-        # Liveness, the page and its scripts need no key.
-        for path in ("/health", "/", "/static/vendor/marked/marked.umd.js"):
+        # The probes, the page and its scripts need no key.
+        for path in ("/health", "/health/full", "/", "/static/vendor/marked/marked.umd.js"):
             assert (await client.get(stack.a + path)).status_code == 200, path
         # A CORS preflight carries no credentials.
         preflight = await client.options(stack.a + "/chat/async", headers={

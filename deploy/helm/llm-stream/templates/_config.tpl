@@ -39,6 +39,15 @@ ConfigMap starts with these.
 {{- include "llm-stream.setEnv" (list $data "SSE_PING_S" $a.ssePingSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "PRESENCE_INTERVAL_S" $a.presenceIntervalSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "CHAT_DIRECT_LLM" $a.chatDirectLlm) }}
+{{- with .Values.auth }}
+{{- if .existingSecret }}
+{{- include "llm-stream.setEnv" (list $data "API_KEYS_FILE" (printf "/etc/llm-stream/api-keys/%s" .secretKey)) }}
+{{- include "llm-stream.setEnv" (list $data "KEY_REQUESTS_PER_MINUTE" .requestsPerMinute) }}
+{{- include "llm-stream.setEnv" (list $data "KEY_MAX_SESSIONS" .maxSessions) }}
+{{- include "llm-stream.setEnv" (list $data "KEY_TOKENS_PER_MINUTE" .tokensPerMinute) }}
+{{- include "llm-stream.setEnv" (list $data "API_KEYS_PROTECT_METRICS" .protectMetrics) }}
+{{- end }}
+{{- end }}
 {{- toYaml $data }}
 {{- end }}
 

@@ -2,9 +2,10 @@
 
 Off unless ``API_KEYS`` or ``API_KEYS_FILE`` names keys; then every request needs one, as
 ``Authorization: Bearer <key>`` (what the OpenAI SDKs send) or ``X-API-Key: <key>`` (which wins
-when both are there). Open without a key: ``/health``, the chat page (``/``, ``/chat.html``,
-``/static/...``: no data in them), CORS preflights, and ``/metrics`` unless
-``API_KEYS_PROTECT_METRICS``.
+when both are there). Open without a key: the probes (``/health``, and ``/health/full``, which
+Kubernetes' readiness probe calls without credentials; neither holds client data), the chat
+page (``/``, ``/chat.html``, ``/static/...``: no data in them), CORS preflights, and
+``/metrics`` unless ``API_KEYS_PROTECT_METRICS``.
 
 A key is never stored or logged: only its SHA-256 is kept, and a presented key is hashed and
 compared with every known hash in constant time (``hmac.compare_digest``, no early exit).
@@ -38,7 +39,7 @@ _KEY_ID = re.compile(KEY_ID_PATTERN)
 _HASH_LINE = re.compile(rf"({KEY_ID_PATTERN}):([0-9a-fA-F]{{64}})")
 MIN_KEY_CHARS = 8
 SCOPE_KEY = "llm_stream.key_id"  # where the request's key id travels in the ASGI scope
-OPEN_PATHS = frozenset(("/health", "/", "/chat.html"))
+OPEN_PATHS = frozenset(("/health", "/health/full", "/", "/chat.html"))
 OPEN_PREFIXES = ("/static/",)
 
 
