@@ -226,20 +226,24 @@ async def delete_topology(amqp_url: str, names: dict[str, str]) -> list[str]:
     failed = []
     connection = await aio_pika.connect(amqp_url, timeout=10)
     async with connection:
-        for key in ("TASK_QUEUE", "EVENTS_STREAM", "CANCELS_STREAM", "DEAD_LETTER_QUEUE"):
+        queue_keys = ("TASK_QUEUE", "EVENTS_STREAM", "CANCELS_STREAM", "DEAD_LETTER_QUEUE")
+        queues = [names[key] for key in queue_keys]
+        for queue in [*queues, f"{names['TASK_QUEUE']}.log"]:
             channel = await connection.channel()
             try:
-                await channel.queue_delete(names[key])
+                await channel.queue_delete(queue)
             except aio_pika.exceptions.AMQPError as exc:
-                failed.append(f"{names[key]}: {exc}")
+                failed.append(f"{queue}: {exc}")
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.close()
-        for key in ("LIVE_EXCHANGE", "PRESENCE_EXCHANGE", "WORKERS_EXCHANGE", "DEAD_LETTER_EXCHANGE"):
+        exchange_keys = ("LIVE_EXCHANGE", "PRESENCE_EXCHANGE", "WORKERS_EXCHANGE", "DEAD_LETTER_EXCHANGE")
+        exchanges = [names[key] for key in exchange_keys]
+        for exchange in [*exchanges, f"{names['TASK_QUEUE']}.intake"]:
             channel = await connection.channel()
             try:
-                await channel.exchange_delete(names[key])
+                await channel.exchange_delete(exchange)
             except aio_pika.exceptions.AMQPError as exc:
-                failed.append(f"{names[key]}: {exc}")
+                failed.append(f"{exchange}: {exc}")
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.close()
     return failed

@@ -76,7 +76,11 @@ async def delete_topology(url: str, names: Names) -> None:
     """Delete every queue and exchange of ``names`` (missing ones are fine)."""
     connection = await aio_pika.connect(url)
     try:
-        for queue in (names.task_queue, names.events_stream, names.cancels_stream, names.dead_letter_queue):
+        queues = (
+            names.task_queue, f"{names.task_queue}.log", names.events_stream, names.cancels_stream,
+            names.dead_letter_queue,
+        )
+        for queue in queues:
             channel = await connection.channel()
             try:
                 await channel.queue_delete(queue)
@@ -86,7 +90,8 @@ async def delete_topology(url: str, names: Names) -> None:
                 if not channel.is_closed:
                     await channel.close()
         for exchange in (
-            names.live_exchange, names.presence_exchange, names.workers_exchange, names.dead_letter_exchange
+            names.live_exchange, names.presence_exchange, names.workers_exchange, names.dead_letter_exchange,
+            f"{names.task_queue}.intake",
         ):
             channel = await connection.channel()
             try:

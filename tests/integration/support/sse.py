@@ -155,14 +155,36 @@ def assert_positions(transcript: Transcript, *, start: int = 0) -> None:
             assert event.id in allowed, (event.id, position, transcript.ids)
 
 
+def assert_queued(transcript: Transcript) -> list[int]:
+    """Queue positions come before any text, without ids, well formed and never rising;
+    returns them."""
+    positions: list[int] = []
+    seen_text = False
+    for event in transcript.events:
+        if event.kind == "chunk":
+            seen_text = True
+        elif event.kind == "queued":
+            assert not seen_text, f"a queue position after text: {transcript.events}"
+            assert event.id is None, event
+            assert set(event.data) == {"type", "position", "eta_s"}, event.data
+            position, eta = event.data["position"], event.data["eta_s"]
+            assert isinstance(position, int) and position >= 1, event.data
+            assert eta is None or (isinstance(eta, int | float) and eta >= 0), event.data
+            assert not positions or position <= positions[-1], f"position rose: {[*positions, position]}"
+            positions.append(position)
+    return positions
+
+
 def assert_complete(transcript: Transcript, expected: str, *, start: int = 0) -> None:
-    """Chunks spell exactly ``expected``, ids are positions from ``start``, the last is done."""
+    """Chunks spell exactly ``expected``, ids are positions from ``start``, the last is done;
+    before the text, only queue positions."""
     assert transcript.status == 200, transcript.status
     assert transcript.events, "no event at all"
     kinds = [event.kind for event in transcript.events]
     assert transcript.last.data == {"type": "done"}, f"last event is {transcript.last.data!r}"
-    assert set(kinds[:-1]) <= {"chunk"}, f"unexpected events before done: {kinds}"
-    assert all(set(event.data) == {"chunk"} for event in transcript.events[:-1])
+    assert set(kinds[:-1]) <= {"chunk", "queued"}, f"unexpected events before done: {kinds}"
+    assert all(set(event.data) == {"chunk"} for event in transcript.events[:-1] if event.kind == "chunk")
+    assert_queued(transcript)
     assert transcript.text == expected, _diff(transcript.text, expected)
     assert_positions(transcript, start=start)
     assert transcript.ended_by_server, "the server did not close the stream after done"
@@ -175,7 +197,8 @@ def assert_error_end(transcript: Transcript) -> str:
     last = transcript.last.data
     assert last.get("type") == "error" and set(last) == {"type", "error"}, last
     assert isinstance(last["error"], str) and last["error"], last
-    assert all(event.kind == "chunk" for event in transcript.events[:-1]), transcript.events
+    assert all(event.kind in ("chunk", "queued") for event in transcript.events[:-1]), transcript.events
+    assert_queued(transcript)
     assert transcript.ended_by_server, "the server did not close the stream after the error"
     return last["error"]
 

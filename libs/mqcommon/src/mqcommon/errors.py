@@ -2,6 +2,7 @@
 
     LLMStreamError
     ├── BrokerUnavailable          the broker is down or did not confirm in time (retryable)
+    │   └── PublishRefused         the broker refused a publish (nack: a full queue)
     ├── InvalidMessage             a payload that can never be processed (poison)
     └── UpstreamError              the LLM failed
         ├── RetryableUpstreamError connection drop, timeout, 429, 5xx: another attempt may work
@@ -21,6 +22,10 @@ class LLMStreamError(Exception):
 
 class BrokerUnavailable(LLMStreamError):
     retryable = True
+
+
+class PublishRefused(BrokerUnavailable):
+    """The broker is up and said no: a queue at its ``x-max-length`` with ``reject-publish``."""
 
 
 class InvalidMessage(LLMStreamError):

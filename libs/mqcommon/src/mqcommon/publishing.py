@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, DeliveryMode
+from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
 from aiormq.exceptions import AMQPError
+from pamqp.commands import Basic
 
-from mqcommon.errors import BrokerUnavailable
+from mqcommon.errors import BrokerUnavailable, PublishRefused
 
 
 async def publish_confirmed(
@@ -18,12 +19,13 @@ async def publish_confirmed(
     persistent: bool = True,
     headers: dict[str, str] | None = None,
     message_id: str | None = None,
-    exchange: str = "",
+    exchange: str | AbstractExchange = "",
 ) -> None:
-    """Publish to ``exchange`` and wait for the broker's confirm.
+    """Publish to ``exchange`` (a name, or one already declared) and wait for the broker's confirm.
 
-    Raises ``BrokerUnavailable`` when the broker is unreachable, refuses (nack), cannot
-    route the message (mandatory) or does not confirm within ``timeout_s``.
+    Raises ``PublishRefused`` when the broker refuses it (nack), ``BrokerUnavailable`` when
+    the broker is unreachable, cannot route the message (mandatory) or does not confirm
+    within ``timeout_s``.
     """
     message = aio_pika.Message(
         body,
@@ -33,8 +35,16 @@ async def publish_confirmed(
         message_id=message_id,
     )
     try:
-        target = channel.default_exchange if not exchange else await channel.get_exchange(exchange)
+        if isinstance(exchange, str):
+            target = channel.default_exchange if not exchange else await channel.get_exchange(exchange)
+        else:
+            target = exchange
         await target.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout_s)
+    except aio_pika.exceptions.DeliveryError as exc:
+        if isinstance(exc.frame, Basic.Nack):
+            where = routing_key or getattr(exchange, "name", exchange)
+            raise PublishRefused(f"the broker refused the publish to {where!r}") from exc
+        raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from exc
     except (AMQPError, aio_pika.exceptions.AMQPException, ConnectionError, RuntimeError) as exc:
         raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from exc
     except TimeoutError as exc:

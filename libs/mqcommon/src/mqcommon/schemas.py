@@ -12,6 +12,10 @@ Four things travel between the processes:
   ``llm.cancels`` stream: a ``cancel`` per cancelled session, which every worker reads.
 - **Presence** (API -> workers, the ``llm.presence`` fanout): which sessions a replica
   serves, tracks or wants replayed.
+- **The queue log** (the ``<TASK_QUEUE>.log`` stream): every task as it enters the queue (the
+  intake exchange routes one publish to both), and a ``left`` record when a worker takes it or
+  a ``withdrawn`` one when the queue refused it. Read by the API replicas to tell each waiting
+  client its position.
 
 Offsets are positions in characters of the answer, so a replica merges frames and replays
 from any worker without gaps or duplicates, whatever their boundaries.
@@ -290,6 +294,42 @@ class HistoryRecord:
             probe if isinstance(probe, str) else None, trace if isinstance(trace, str) else None,
             owner if isinstance(owner, str) else None,
         )
+
+
+# -- the queue log -------------------------------------------------------------------------
+
+QUEUE_EVENT_HEADER = "queue_event"
+QUEUED, LEFT, WITHDRAWN = "queued", "left", "withdrawn"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEvent:
+    """One entry of the queue log: a task entered the queue, or left it.
+
+    Read from the headers alone: a ``queued`` entry is the task itself (its body is the
+    ``ChatTask``), so a reader never decodes bodies.
+    """
+
+    kind: str  # QUEUED, LEFT or WITHDRAWN
+    session_id: str
+    at: float = 0.0
+
+    def headers(self) -> dict[str, Any]:
+        # Milliseconds as an integer: AMQP client libraries encode a float header as 32 bits,
+        # which rounds a Unix time to minutes.
+        at_ms = round(self.at * 1000)
+        return {QUEUE_EVENT_HEADER: self.kind, SESSION_HEADER: self.session_id, "at_ms": at_ms}
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, Any] | None) -> QueueEvent | None:
+        """The entry a message's headers describe; None if they describe none."""
+        if not headers:
+            return None
+        kind, sid, at_ms = headers.get(QUEUE_EVENT_HEADER), headers.get(SESSION_HEADER), headers.get("at_ms")
+        if kind not in (QUEUED, LEFT, WITHDRAWN) or not isinstance(sid, str):
+            return None
+        at = at_ms / 1000 if isinstance(at_ms, int) and not isinstance(at_ms, bool) else 0.0
+        return cls(kind, sid, at)
 
 
 # -- presence ------------------------------------------------------------------------------

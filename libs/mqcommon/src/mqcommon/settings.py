@@ -6,7 +6,7 @@ Names are part of the public contract (the old proof of concept used ``RABBIT_MQ
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,21 @@ class BrokerSettings(BaseSettings):
         description="Management API base URL, used only for queue-depth gauges.",
     )
     task_queue: str = Field(default="llm.tasks", description="Durable quorum queue of chat tasks.")
+    intake_exchange: str = Field(
+        default="",
+        description="Fanout exchange tasks are published to: it routes each into the task queue and "
+        "the queue log. Empty: '<TASK_QUEUE>.intake'.",
+    )
+    queue_log_stream: str = Field(
+        default="",
+        description="Stream of tasks entering and leaving the task queue (queue positions). "
+        "Empty: '<TASK_QUEUE>.log'.",
+    )
+    max_queued_tasks: int = Field(
+        default=10_000, ge=1,
+        description="Most tasks the task queue holds, waiting or being generated: past it a POST "
+        "is refused with 503 (the broker enforces it too, x-max-length with reject-publish).",
+    )
     events_stream: str = Field(
         default="llm.events",
         description="Stream of session history: acceptance markers and final transcripts.",
@@ -61,6 +76,14 @@ class BrokerSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Log level.")
     log_format: str = Field(default="json", description="'json' or 'console'.")
+
+    @model_validator(mode="after")
+    def _derived_names(self) -> BrokerSettings:
+        # Derived from the task queue, so a deployment (or a test run) that renames its queue
+        # gets its own intake and log without naming them.
+        self.intake_exchange = self.intake_exchange or f"{self.task_queue}.intake"
+        self.queue_log_stream = self.queue_log_stream or f"{self.task_queue}.log"
+        return self
 
     @field_validator("rabbit_mq")
     @classmethod

@@ -6,13 +6,18 @@ creates them and the other's declaration is a no-op (a mismatch would be a chann
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aiormq.exceptions import ChannelPreconditionFailed
 
 from mqcommon.settings import BrokerSettings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +27,7 @@ class QueueSpec:
     exclusive: bool = False
     auto_delete: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
+    passive: bool = False  # use it as it exists (declared before with other arguments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,8 @@ class ExchangeSpec:
 @dataclass(frozen=True, slots=True)
 class Topology:
     task_queue: QueueSpec
+    intake_exchange: ExchangeSpec
+    queue_log_stream: QueueSpec
     events_stream: QueueSpec
     cancels_stream: QueueSpec
     live_exchange: ExchangeSpec
@@ -54,6 +62,21 @@ class Topology:
                     "x-delivery-limit": settings.task_max_deliveries,
                     "x-dead-letter-exchange": settings.dead_letter_exchange,
                     "x-dead-letter-routing-key": settings.dead_letter_queue,
+                    # A bounded backlog; a full queue refuses (nacks) a publish rather than
+                    # dropping a task it accepted.
+                    "x-max-length": settings.max_queued_tasks,
+                    "x-overflow": "reject-publish",
+                },
+            ),
+            # One publish reaches the task queue and the queue log in the same order.
+            intake_exchange=ExchangeSpec(name=settings.intake_exchange, type=aio_pika.ExchangeType.FANOUT),
+            # Who entered the task queue and who left it: the API replicas read it to tell every
+            # waiting client its position. Small records; an hour is longer than any wait.
+            queue_log_stream=QueueSpec(
+                name=settings.queue_log_stream,
+                arguments={
+                    "x-queue-type": "stream", "x-max-age": "1h", "x-max-length-bytes": 500_000_000,
+                    "x-stream-max-segment-size-bytes": 8_000_000,
                 },
             ),
             # The history of every session (acceptance and final transcript), read on demand by
@@ -93,12 +116,41 @@ class Topology:
             ),
         )
 
-    async def declare(self, channel: AbstractChannel) -> None:
-        """Declare the durable shared objects (idempotent)."""
+    async def declare(self, connection: AbstractConnection) -> Topology:
+        """Declare the durable shared objects (idempotent); returns the topology in effect.
+
+        A task queue declared by an older release without the backlog bound cannot be
+        redeclared with it (the broker refuses other arguments): it is then used as it is, and
+        the log says so; the API still refuses past ``MAX_QUEUED_TASKS``.
+        """
+        topology = self
+        channel = await connection.channel()
+        try:
+            await declare_queue(channel, self.task_queue)
+        except ChannelPreconditionFailed as exc:
+            log.warning(
+                "task queue exists with other arguments; using it as it is (delete it, or set a "
+                "max-length policy with overflow reject-publish, to bound it at the broker)",
+                queue=self.task_queue.name, error=str(exc),
+            )
+            topology = replace(self, task_queue=replace(self.task_queue, passive=True))
+            channel = await connection.channel()
+        try:
+            await topology._declare_rest(channel)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        return topology
+
+    async def _declare_rest(self, channel: AbstractChannel) -> None:
         dlx = await declare_exchange(channel, self.dead_letter_exchange)
         dlq = await declare_queue(channel, self.dead_letter_queue)
         await dlq.bind(dlx, routing_key=self.dead_letter_queue.name)
-        await declare_queue(channel, self.task_queue)
+        tasks = await declare_queue(channel, self.task_queue)
+        intake = await declare_exchange(channel, self.intake_exchange)
+        queue_log = await declare_queue(channel, self.queue_log_stream)
+        await tasks.bind(intake)
+        await queue_log.bind(intake)
         await declare_queue(channel, self.events_stream)
         await declare_queue(channel, self.cancels_stream)
         await declare_exchange(channel, self.live_exchange)
@@ -112,7 +164,8 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQu
         durable=spec.durable,
         exclusive=spec.exclusive,
         auto_delete=spec.auto_delete,
-        arguments=spec.arguments,
+        arguments=None if spec.passive else spec.arguments,
+        passive=spec.passive,
     )
 
 

@@ -12,24 +12,27 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
 from mqcommon.connection import broker_version, connect, process_name
-from mqcommon.errors import BrokerUnavailable
+from mqcommon.errors import BrokerUnavailable, PublishRefused
 from mqcommon.publishing import publish_confirmed
-from mqcommon.schemas import ChatTask, HistoryRecord, Presence, id_time
-from mqcommon.topology import Topology
+from mqcommon.schemas import QUEUED, WITHDRAWN, ChatTask, HistoryRecord, Presence, QueueEvent, id_time
+from mqcommon.topology import Topology, declare_exchange
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 
 from llm_stream_api import metrics
 from llm_stream_api.history import History
 from llm_stream_api.hub import Session, SessionHub
 from llm_stream_api.live import LiveFeed
+from llm_stream_api.queue_position import QueueTracker
 from llm_stream_api.settings import APISettings
 
 log = structlog.get_logger(__name__)
@@ -69,6 +72,7 @@ class Broker:
             self.topology.events_stream, window_s=settings.session_ttl_s,
             timeout_s=settings.history_timeout_s, concurrency=settings.history_lookups_max,
         )
+        self.queue = QueueTracker(self.topology.queue_log_stream)
         hub.on_gap = self.resync
         self._wants: set[str] = set()
         self._want_timer: asyncio.TimerHandle | None = None
@@ -76,6 +80,7 @@ class Broker:
         self._background_sends: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
+        self._intake: AbstractExchange | None = None
         self._stats_channel: AbstractChannel | None = None
         self._ready = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -96,6 +101,7 @@ class Broker:
             asyncio.create_task(self._connect_forever(), name="broker-connect"),
             asyncio.create_task(self._announce_forever(), name="presence"),
             asyncio.create_task(self._sweep_forever(), name="hub-sweep"),
+            asyncio.create_task(self.queue.reconcile_forever(self._ready_tasks), name="queue-reconcile"),
         ]
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -119,29 +125,56 @@ class Broker:
     # -- publishing ------------------------------------------------------------------------
 
     async def enqueue(self, task: ChatTask, traceparent: str) -> Session:
-        """Durably queue ``task`` (raises ``BrokerUnavailable``), then record its acceptance.
+        """Durably queue ``task``, then record its acceptance.
+
+        Raises ``PublishRefused`` when the queue is full (its task is withdrawn from the queue
+        log), ``BrokerUnavailable`` when the broker is down or does not confirm in time.
 
         Only the task's confirm is awaited. Its live frames come to this replica when the task
         names it in ``reply_to``; the acceptance marker on the history stream lets any other
         replica learn that the session exists while it is still queued.
         """
-        if not self.connected:
+        if not self.connected or self._intake is None:
             raise BrokerUnavailable("not connected to the broker")
-        await publish_confirmed(
-            self._publish_channel,
-            self.topology.task_queue.name,
-            task.encode(),
-            timeout_s=self.settings.enqueue_timeout_s,
-            persistent=True,
-            headers={TRACEPARENT_HEADER: traceparent, "session_id": task.session_id},
-            message_id=task.task_id,
-        )
+        entered = QueueEvent(QUEUED, task.session_id, at=task.created_at)
+        try:
+            await publish_confirmed(
+                self._publish_channel, "", task.encode(),
+                exchange=self._intake,
+                timeout_s=self.settings.enqueue_timeout_s,
+                persistent=True,
+                headers={TRACEPARENT_HEADER: traceparent, **entered.headers()},
+                message_id=task.task_id,
+            )
+        except PublishRefused:
+            # The queue log took it; the queue did not: those behind it must not wait for it.
+            self._send_soon(self._log(QueueEvent(WITHDRAWN, task.session_id, at=time.time())))
+            raise
         trace_id = trace_id_of(traceparent)
         await self.history.accepted(task.session_id, task.created_at, trace_id, task.owner)
         return self.hub.accept(
             task.session_id, task.created_at, trace_id, tracked=task.reply_to == self.replica_id,
             owner=task.owner,
         )
+
+    async def _log(self, event: QueueEvent) -> None:
+        if self._publish_channel is None:
+            return
+        try:
+            await self._publish_channel.default_exchange.publish(
+                aio_pika.Message(b"", headers=event.headers()),
+                routing_key=self.topology.queue_log_stream.name, timeout=self.settings.enqueue_timeout_s,
+            )
+        except (AMQPException, AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
+            log.warning("queue log record not sent", session_id=event.session_id, error=str(exc))
+
+    def _send_soon(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background_sends.add(task)
+        task.add_done_callback(self._background_sends.discard)
+
+    async def _ready_tasks(self) -> int:
+        return (await self.queue_stats())["messages"]
 
     # -- sessions this replica does not hold -----------------------------------------------
 
@@ -217,9 +250,7 @@ class Broker:
 
     def cancel_soon(self, session_id: str) -> None:
         """Cancel without waiting (a client of a sync stream went away)."""
-        task = asyncio.create_task(self._cancel_quietly(session_id))
-        self._background_sends.add(task)
-        task.add_done_callback(self._background_sends.discard)
+        self._send_soon(self._cancel_quietly(session_id))
 
     async def _cancel_quietly(self, session_id: str) -> None:
         with contextlib.suppress(BrokerUnavailable):
@@ -240,9 +271,7 @@ class Broker:
         self._want_timer = None
         wants, self._wants = sorted(self._wants), set()
         if wants:
-            task = asyncio.create_task(self._announce(Presence(self.replica_id, [], [], wants)))
-            self._background_sends.add(task)
-            task.add_done_callback(self._background_sends.discard)
+            self._send_soon(self._announce(Presence(self.replica_id, [], [], wants)))
 
     async def _announce(self, presence: Presence) -> None:
         if not self.connected or self._publish_channel is None:
@@ -284,12 +313,11 @@ class Broker:
         while True:
             try:
                 connection = await connect(self.settings.rabbit_mq, "api")
-                setup = await connection.channel()
-                await self.topology.declare(setup)
-                await setup.close()
+                self.topology = await self.topology.declare(connection)
                 self._publish_channel = await connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
+                self._intake = await declare_exchange(self._publish_channel, self.topology.intake_exchange)
                 version = broker_version(connection)
                 await self.history.start(
                     self._publish_channel,
@@ -298,6 +326,7 @@ class Broker:
                     filtering=version >= STREAM_FILTERING_SINCE,
                 )
                 await self.live.start(await connection.channel())
+                await self.queue.start(await connection.channel())
                 connection.reconnect_callbacks.add(self._on_reconnect)
                 self._connection = connection
                 self._ready.set()

@@ -18,7 +18,7 @@ from mqcommon.tracing import trace_id_of
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from llm_stream_api import limits
+from llm_stream_api import admission, limits
 from llm_stream_api.auth import KeyDep
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.errors import (
@@ -101,6 +101,7 @@ async def chat(
     limits.check(wanted, settings)
     if settings.chat_direct_llm:
         return _direct(body, request)
+    admission.check_streams(settings)
     requested_at = time.time()
     task, traceparent = await enqueue(wanted, request, broker, hub)
     return StreamingResponse(
@@ -160,8 +161,9 @@ async def stream(
         hub, broker, session_id, key, wait_s=settings.stream_wait_timeout_s, until_known=True
     ):
         raise APIError(404, "not_found", f"session {session_id!r} not found")
+    admission.check_streams(settings)
     return EventSourceResponse(
-        sse_body(hub, session_id, after, settings, broker.discover),
+        sse_body(hub, session_id, after, settings, broker.discover, broker.queue),
         ping=settings.sse_ping_s,
         headers={"X-Session-ID": session_id, **STREAM_HEADERS},
     )

@@ -74,6 +74,14 @@ class LimitExceeded(APIError):
         super().__init__(422, code, f"{param}: {message}", param=param)
 
 
+class Overloaded(APIError):
+    """Past a bound of admission control: the queue is full, or this process serves its most
+    streams. ``retry_after_s`` comes from the backlog and the measured drain rate."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(503, "overloaded", message, headers={"Retry-After": str(retry_after_s)})
+
+
 # -- what the OpenAPI document says about these errors (``responses=`` of the routes) -------
 
 RETRY_AFTER_HEADER = {
@@ -93,7 +101,10 @@ def _error(description: str, **extra: Any) -> dict[str, Any]:
 
 
 BROKER_UNAVAILABLE = _error(
-    "`broker_unavailable`: the broker is down or did not confirm in time.", headers=RETRY_AFTER_HEADER
+    "`broker_unavailable`: the broker is down or did not confirm in time. `overloaded`: the queue "
+    "holds MAX_QUEUED_TASKS, or this process serves MAX_OPEN_STREAMS streams; `Retry-After` says "
+    "when there should be room, from the backlog and the measured drain rate.",
+    headers=RETRY_AFTER_HEADER,
 )
 CHAT_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("`invalid_json`: the body is not JSON."),
@@ -109,6 +120,10 @@ CHAT_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("`invalid_last_event_id`: `Last-Event-ID` is not a whole number."),
     422: _error("`validation_error`: the session id is not valid."),
+    503: _error(
+        "`overloaded`: this process serves MAX_OPEN_STREAMS streams; `Retry-After` says when "
+        "there should be room, from the rate at which streams close.", headers=RETRY_AFTER_HEADER,
+    ),
 }
 
 # One event of the stream, as an SSE parser sees it: ``data`` is JSON text, ``id`` resumes.
@@ -180,9 +195,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError) -> JSONResponse:
         metrics.REJECTED.labels("validation" if exc.code == "validation_error" else exc.code).inc()
-        return JSONResponse(
-            error_body(exc.code, exc.message, **exc.extra), status_code=exc.status, headers=exc.headers or None
-        )
+        body = error_body(exc.code, exc.message, **exc.extra)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

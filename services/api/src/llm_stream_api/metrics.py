@@ -78,6 +78,7 @@ STREAM_ENDS = Counter(
 )
 REJECT_REASONS = (
     "validation", "invalid_json", "invalid_last_event_id", "too_large", "conflict", "broker_unavailable",
+    "overloaded",
 )
 REJECTED = Counter(
     "llmstream_rejected_requests_total",

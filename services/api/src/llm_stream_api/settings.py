@@ -72,6 +72,18 @@ class APISettings(BrokerSettings, LLMSettings):
     history_lookups_max: int = Field(
         default=32, ge=1, le=1000, description="History lookups one API process runs at once.",
     )
+    # -- admission control: bounds on what one process and the queue take on (``admission``) --
+    # MAX_QUEUED_TASKS (BrokerSettings) bounds the queue for every replica and the broker.
+    max_open_streams: int = Field(
+        default=10_000, ge=1,
+        description="Streams (SSE, streamed completions, POST /chat) one API process serves at "
+        "once; past it a new one is refused with 503.",
+    )
+    retry_after_max_s: int = Field(
+        default=120, ge=1, le=3600,
+        description="Longest Retry-After of a 503 (full queue, too many streams), whose value "
+        "comes from the backlog and the measured drain rate.",
+    )
     cors_allow_origins: str = Field(
         default="*",
         description="Origins allowed to call the API from a browser: '*', a comma-separated list "

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import orjson
 import structlog
 
-from llm_stream_api import metrics
+from llm_stream_api import admission, metrics
 from llm_stream_api.hub import DONE, TIMEOUT, Session, SessionHub
+from llm_stream_api.queue_position import QueueTracker
 from llm_stream_api.settings import APISettings
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,10 @@ log = structlog.get_logger(__name__)
 # silent ones (a replay or the end may have been missed).
 REDISCOVER_UNKNOWN_S = 2.0
 REDISCOVER_SILENT_S = 10.0
+# A waiting session's position is sent at once, on every change, and again at this interval
+# (the contract says at least every 2 s).
+QUEUED_REPEAT_S = 1.5
+QUEUED = "queued"  # not an end: a reader's news about a waiting session, never stored
 
 Discover = Callable[[Session], None]
 
@@ -40,12 +45,19 @@ class Piece:
     text: str = ""
     kind: str | None = None
     error: str | None = None
+    queue_position: int | None = None  # QUEUED pieces
+    eta_s: float | None = None
 
 
 async def follow(
-    hub: SessionHub, session_id: str, after: int, settings: APISettings, discover: Discover
+    hub: SessionHub, session_id: str, after: int, settings: APISettings, discover: Discover,
+    queue: QueueTracker | None = None,
 ) -> AsyncIterator[Piece]:
-    """Yield the session's text from character ``after`` on, then how it ended."""
+    """Yield the session's text from character ``after`` on, then how it ended.
+
+    With ``queue``, a session waiting in the task queue also yields ``QUEUED`` pieces: its
+    position at once, on every change, and every ``QUEUED_REPEAT_S``.
+    """
     session = hub.session(session_id)
     session.readers += 1
     try:
@@ -54,8 +66,16 @@ async def follow(
         position = after
         progress_at = asked_at = time.monotonic()
         unknown_wait = REDISCOVER_UNKNOWN_S
+        told: tuple[int | None, float] = (None, 0.0)  # the position sent last, and when
+        if queue is not None and not session.started:
+            queue.watch(session)
         while True:
             text = session.text
+            if told[0] is not None and told[0] > 1 and (session.started or session.ended):
+                # Taken from the head of the queue before the reader heard it reach 1 (several
+                # free workers take several tasks at once; a first frame can outrun the log).
+                told = (1, time.monotonic())
+                yield Piece(position, kind=QUEUED, queue_position=1, eta_s=0.0)
             if position < len(text):
                 yield Piece(len(text), text[position:])
                 position = len(text)
@@ -66,6 +86,15 @@ async def follow(
                     yield Piece(len(text) + 1, kind=session.end_kind, error=session.error)
                 return
             now = time.monotonic()
+            if queue is not None and not session.started and session.queue_position is not None:
+                if session.queue_position != told[0] or now - told[1] >= QUEUED_REPEAT_S:
+                    if session.queue_position != told[0]:
+                        progress_at = now  # moving up the queue is progress
+                    told = (session.queue_position, now)
+                    yield Piece(
+                        position, kind=QUEUED, queue_position=told[0], eta_s=queue.eta(told[0])
+                    )
+                    continue
             if session.known:
                 limit, why = settings.stream_idle_timeout_s, (
                     f"no answer event for {settings.stream_idle_timeout_s:g}s"
@@ -87,16 +116,22 @@ async def follow(
                     unknown_wait *= 2
                 discover(session)
             before = (session.started, session.known)
-            await session.wait(min(remaining, again))
+            waiting = queue is not None and session.queue_position is not None and not session.started
+            await session.wait(min(remaining, again, QUEUED_REPEAT_S) if waiting else min(remaining, again))
             if (session.started, session.known) != before:
                 progress_at = time.monotonic()
     finally:
         session.readers -= 1
+        if queue is not None:
+            queue.unwatch(session)
 
 
 def sse_frame(piece: Piece) -> bytes:
     if piece.kind is None:
         return b"id: %d\ndata: {\"chunk\":%s}\n\n" % (piece.position, orjson.dumps(piece.text))
+    if piece.kind == QUEUED:  # news, not part of the answer: no id
+        body = {"type": QUEUED, "position": piece.queue_position, "eta_s": piece.eta_s}
+        return b"data: %s\n\n" % orjson.dumps(body)
     if piece.kind == TIMEOUT:  # decided here, not stored: no id, so a resume asks again
         return b"data: %s\n\n" % orjson.dumps({"type": "error", "error": piece.error})
     if piece.kind == DONE:
@@ -117,6 +152,7 @@ class StreamMeter:
         self.first_sent = False
         self.how = "disconnect"
         metrics.OPEN_STREAMS.labels(mode).inc()
+        admission.STREAMS.opened()
 
     def sent(self, piece: Piece, nbytes: int) -> None:
         if piece.kind is None and not self.first_sent and self.requested_at is not None:
@@ -124,7 +160,7 @@ class StreamMeter:
             metrics.CLIENT_TTFT.labels(self.mode).observe(max(0.0, time.time() - self.requested_at))
         metrics.STREAM_EVENTS.labels(self.mode).inc()
         metrics.STREAM_BYTES.labels(self.mode).inc(nbytes)
-        if piece.kind is not None:
+        if piece.kind is not None and piece.kind != QUEUED:
             self.how = {DONE: "done", TIMEOUT: "timeout", "cancelled": "cancelled"}.get(piece.kind, "error")
 
     def close(self, session: Session | None, session_id: str) -> None:
@@ -133,18 +169,20 @@ class StreamMeter:
             mode=self.mode, how=self.how, seconds=round(time.monotonic() - self.opened, 3),
         )
         metrics.OPEN_STREAMS.labels(self.mode).dec()
+        admission.STREAMS.closed()
         metrics.STREAM_DURATION.labels(self.mode).observe(time.monotonic() - self.opened)
         metrics.STREAM_ENDS.labels(self.mode, self.how).inc()
 
 
 async def sse_body(
-    hub: SessionHub, session_id: str, after: int, settings: APISettings, discover: Discover
+    hub: SessionHub, session_id: str, after: int, settings: APISettings, discover: Discover,
+    queue: QueueTracker | None = None,
 ) -> AsyncIterator[bytes]:
     session = hub.get(session_id)
     requested_at = session.accepted_at if (after == 0 and session is not None) else None
     meter = StreamMeter("sse", requested_at)
     try:
-        async for piece in follow(hub, session_id, after, settings, discover):
+        async for piece in follow(hub, session_id, after, settings, discover, queue):
             if meter.requested_at is None and after == 0:
                 meter.requested_at = hub.session(session_id).accepted_at
             frame = sse_frame(piece)

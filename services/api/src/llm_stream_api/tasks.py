@@ -12,10 +12,11 @@ from dataclasses import dataclass, fields, replace
 
 import structlog
 from fastapi import Request
+from mqcommon.errors import PublishRefused
 from mqcommon.schemas import ChatMessage, ChatTask, new_id
 from mqcommon.tracing import TRACEPARENT_HEADER, child_of, trace_id_of
 
-from llm_stream_api import auth, metrics
+from llm_stream_api import admission, auth, metrics
 from llm_stream_api.broker import Broker
 from llm_stream_api.errors import SessionConflict
 from llm_stream_api.hub import SessionHub
@@ -69,9 +70,10 @@ async def enqueue(
     replica a client later reads it from asks for them: without affinity, that is rarely
     this one, and a replica should not receive what it does not serve.
 
-    Raises ``SessionConflict`` when the session id is taken, ``BrokerUnavailable`` when the
-    broker is down or does not confirm in time.
+    Raises ``SessionConflict`` when the session id is taken, ``Overloaded`` when the queue is
+    full, ``BrokerUnavailable`` when the broker is down or does not confirm in time.
     """
+    admission.check_queue(broker.settings, broker.queue)
     wanted = replace(wanted, owner=auth.key_id(request))
     limits = request.app.state.key_limits
     if wanted.owner is not None:
@@ -94,6 +96,8 @@ async def enqueue(
     started = time.perf_counter()
     try:
         await broker.enqueue(task, traceparent)
+    except PublishRefused as exc:
+        raise admission.queue_full(broker.settings, broker.queue) from exc
     finally:
         session.reserved = False
     metrics.ENQUEUE_DURATION.observe(time.perf_counter() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import aio_pika
 import structlog
@@ -14,11 +15,12 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.exceptions import AMQPError
 from mqcommon.connection import connect, process_name
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.llm import make_client
 from mqcommon.publishing import publish_confirmed
-from mqcommon.schemas import HistoryRecord, MalformedMessage, Presence
+from mqcommon.schemas import LEFT, HistoryRecord, MalformedMessage, Presence, QueueEvent
 from mqcommon.topology import Topology, declare_exchange, declare_queue
 
 from llm_stream_worker import generation, http, metrics
@@ -47,6 +49,7 @@ class Worker:
         self._connection: AbstractRobustConnection | None = None
         self._history_channel: AbstractChannel | None = None
         self._live_exchange: aio_pika.abc.AbstractExchange | None = None
+        self._log_channel: AbstractChannel | None = None
         self._task_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._stopping = False
@@ -81,9 +84,7 @@ class Worker:
 
     async def _consume(self) -> None:
         assert self._connection is not None
-        setup = await self._connection.channel()
-        await self.topology.declare(setup)
-        await setup.close()
+        self.topology = await self.topology.declare(self._connection)
 
         self._history_channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
@@ -91,6 +92,7 @@ class Worker:
         # Live frames are not confirmed: a replica that misses one sees the gap and asks again.
         live_channel = await self._connection.channel(publisher_confirms=False)
         self._live_exchange = await declare_exchange(live_channel, self.topology.live_exchange)
+        self._log_channel = live_channel
         # Before the first task: a task cancelled while queued must never reach the LLM.
         await self.cancels.start(
             await self._connection.channel(), self._history_channel,
@@ -202,6 +204,7 @@ class Worker:
             return
         key = f"{message.delivery_tag}:{id(message)}"
         run = generation.Running(session_id=_session_hint(message), started_at=self.presence.now())
+        await self._left_queue(run.session_id)
         self.running[key] = run
         metrics.TASKS_IN_PROGRESS.inc()
         run.task = asyncio.create_task(self._process(key, message, run))
@@ -222,6 +225,23 @@ class Worker:
         finally:
             self.running.pop(key, None)
             metrics.TASKS_IN_PROGRESS.dec()
+
+    async def _left_queue(self, session_id: str) -> None:
+        """Tell the queue log this task left the queue: the positions of those behind it move up.
+
+        Not confirmed, like live frames: a record lost with a connection is reconciled by the
+        API replicas against the queue's length.
+        """
+        if self._log_channel is None or not session_id:
+            return
+        event = QueueEvent(LEFT, session_id, at=time.time())
+        try:
+            await self._log_channel.default_exchange.publish(
+                aio_pika.Message(b"", headers=event.headers()),
+                routing_key=self.topology.queue_log_stream.name,
+            )
+        except (aio_pika.exceptions.AMQPException, AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning("queue log record not sent", session_id=session_id, error=str(exc))
 
     async def _send_live(self, replica: str, body: bytes) -> None:
         if self._live_exchange is None:

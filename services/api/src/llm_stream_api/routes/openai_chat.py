@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from llm_stream_api import limits
+from llm_stream_api import admission, limits
 from llm_stream_api.broker import Broker
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.hub import DONE, SessionHub
@@ -37,6 +37,8 @@ async def chat_completions(
     body = await read_body(request, settings, protocol.ChatCompletionRequest)
     wanted = body.task_request()
     limits.check(wanted, settings, body.limit_names)
+    if body.stream:
+        admission.check_streams(settings)
     requested_at = time.time()
     task, _ = await enqueue(wanted, request, broker, hub)
     headers = {"X-Session-ID": task.session_id, "X-Request-ID": task.session_id}

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Path, Query, Request
 from mqcommon.schemas import SESSION_ID_PATTERN, new_id
 from sse_starlette import EventSourceResponse
 
-from llm_stream_api import limits
+from llm_stream_api import admission, limits
 from llm_stream_api.auth import KeyDep
 from llm_stream_api.broker import YOUNG_GRACE_S, Broker
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
@@ -90,6 +90,8 @@ async def create_response(
     response_id = f"resp_{new_id()}"
     wanted = body.task_request(response_id)
     limits.check(wanted, settings, protocol.LIMIT_NAMES)
+    if body.stream:
+        admission.check_streams(settings)
     task, _ = await enqueue(wanted, request, broker, hub)
     meta = protocol.Meta(body.model or settings.llm_model, task.created_at, body)
     _remember(response_id, meta)
@@ -114,9 +116,14 @@ async def get_response(
         raise _not_found(response_id)
     meta = _meta(response_id, session, settings)
     if stream:
+        admission.check_streams(settings)
         after = -1 if starting_after is None else starting_after
         return _stream(hub, response_id, settings, broker, meta, after, cancel_on_disconnect=False)
-    return _object(response_id, session, meta)
+    found = _object(response_id, session, meta)
+    if found["status"] == "queued" and (position := broker.queue.position_of(response_id)) is not None:
+        # Not in OpenAI's object (the SDK keeps it as an extra field): where it waits.
+        found["queue"] = {"position": position, "eta_s": broker.queue.eta(position)}
+    return found
 
 
 @router.post("/responses/{response_id}/cancel", response_model=None)
