@@ -13,6 +13,7 @@ ConfigMap starts with these.
 {{- include "llm-stream.setEnv" (list $data "DEAD_LETTER_EXCHANGE" $c.deadLetterExchange) }}
 {{- include "llm-stream.setEnv" (list $data "DEAD_LETTER_QUEUE" $c.deadLetterQueue) }}
 {{- include "llm-stream.setEnv" (list $data "TASK_MAX_DELIVERIES" $c.taskMaxDeliveries) }}
+{{- include "llm-stream.setEnv" (list $data "MAX_QUEUED_TASKS" $c.maxQueuedTasks) }}
 {{- include "llm-stream.setEnv" (list $data "LOG_LEVEL" $c.logLevel) }}
 {{- include "llm-stream.setEnv" (list $data "LOG_FORMAT" $c.logFormat) }}
 {{- with include "llm-stream.openaiBaseUrl" $root }}
@@ -39,6 +40,8 @@ ConfigMap starts with these.
 {{- include "llm-stream.setEnv" (list $data "SSE_PING_S" $a.ssePingSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "PRESENCE_INTERVAL_S" $a.presenceIntervalSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "CHAT_DIRECT_LLM" $a.chatDirectLlm) }}
+{{- include "llm-stream.setEnv" (list $data "MAX_OPEN_STREAMS" $a.maxOpenStreams) }}
+{{- include "llm-stream.setEnv" (list $data "RETRY_AFTER_MAX_S" $a.retryAfterMaxSeconds) }}
 {{- with .Values.auth }}
 {{- if .existingSecret }}
 {{- include "llm-stream.setEnv" (list $data "API_KEYS_FILE" (printf "/etc/llm-stream/api-keys/%s" .secretKey)) }}
