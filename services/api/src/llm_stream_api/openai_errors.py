@@ -31,6 +31,29 @@ from llm_stream_api.protocol.openai_base import OpenAIError
 
 PREFIX = "/v1/"
 
+# The error object, for the OpenAPI document (``responses=`` of the ``/v1`` routes).
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+            "required": ["message", "type", "param", "code"],
+        }
+    },
+    "required": ["error"],
+}
+
+
+def documented(description: str, **extra: Any) -> dict[str, Any]:
+    """One error status of a ``/v1`` route, for its ``responses=``."""
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}, **extra}
+
 
 def validation_error(errors: list[dict[str, Any]]) -> OpenAIError:
     """A pydantic or FastAPI validation failure: the first problem, with its parameter."""

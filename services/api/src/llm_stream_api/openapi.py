@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from llm_stream_api import auth, errors, openai_errors
 from llm_stream_api.settings import APISettings
 
 # What the stream route accepts: empty (no resume), or a whole number, blanks around it.
@@ -30,6 +31,8 @@ def install(app: FastAPI, settings: APISettings) -> None:
 
 
 def complete(document: dict[str, Any], settings: APISettings) -> None:
+    if settings.api_keys.get_secret_value() or settings.api_keys_file is not None:
+        _require_keys(document, settings)
     for operation in _operations(document):
         body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
         properties = body.get("schema", {}).get("properties", {})
@@ -38,6 +41,42 @@ def complete(document: dict[str, Any], settings: APISettings) -> None:
             if parameter.get("in") == "header" and parameter.get("name", "").lower() == "last-event-id":
                 parameter["schema"] = {"type": "string", "pattern": LAST_EVENT_ID_PATTERN}
                 parameter["description"] = "Resume after this event id (a whole number)."
+
+
+KEY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key (API_KEYS)."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same key."},
+}
+WWW_AUTHENTICATE = {
+    "WWW-Authenticate": {"description": "The Bearer challenge.", "schema": {"type": "string"}}
+}
+UNAUTHORIZED = "`unauthorized`: no API key, or one this deployment does not know."
+RATE_LIMITED = "`rate_limited`: past one of the key's limits (KEY_*_PER_MINUTE, KEY_MAX_SESSIONS)."
+STREAM_NOT_FOUND = (
+    "`not_found`: the session belongs to another key, or nobody queued it within STREAM_WAIT_TIMEOUT_S."
+)
+
+
+def _require_keys(document: dict[str, Any], settings: APISettings) -> None:
+    """With API keys on: every operation but the open ones needs a key, and may answer 401
+    (429 with per-key limits); a stream of another key's session is a 404."""
+    document.setdefault("components", {}).setdefault("securitySchemes", {}).update(KEY_SCHEMES)
+    limited = settings.key_requests_per_minute or settings.key_max_sessions or settings.key_tokens_per_minute
+    metrics_open = not settings.api_keys_protect_metrics
+    for path, item in document.get("paths", {}).items():
+        openai = path.startswith(openai_errors.PREFIX)
+        error = openai_errors.documented if openai else errors._error
+        for method, operation in item.items():
+            open_route = auth.is_open(method.upper(), path, metrics_open=metrics_open)
+            if not isinstance(operation, dict) or open_route:
+                continue
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("401", error(UNAUTHORIZED, headers=WWW_AUTHENTICATE))
+            if limited:
+                responses.setdefault("429", error(RATE_LIMITED, headers=errors.RETRY_AFTER_HEADER))
+            if path == "/stream/{session_id}":
+                responses.setdefault("404", error(STREAM_NOT_FOUND))
 
 
 def _limit_properties(properties: dict[str, Any], settings: APISettings) -> None:
