@@ -312,6 +312,41 @@ async def test_tokens_per_minute_answer_429_until_the_window_frees(stack: Stack)
         assert 50 <= int(refused.headers["Retry-After"]) <= 60
 
 
+# -- the chat page -------------------------------------------------------------------------
+
+
+async def test_the_chat_page_sends_its_key(stack: Stack) -> None:
+    from playwright.async_api import async_playwright
+
+    from .support.pages import CHROMIUM_ARGS, chromium
+
+    refused, answered = prompt("page-no-key"), prompt("page-key", tokens=40, tps=80)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            sent: list[str | None] = []
+            page.on("request", lambda r: sent.append(r.headers.get("authorization")) if "/stream/" in r.url else None)
+            await page.goto(stack.a + "/")
+            await page.fill("#message", refused.text)
+            await page.keyboard.press("Enter")
+            await page.wait_for_selector(".msg.bot[data-state='error']", timeout=30_000)
+            assert "401" in await page.locator(".msg.bot .notes").first.text_content()
+            await page.fill("#api-key", KEYS["alice"])
+            await page.dispatch_event("#api-key", "change")
+            await page.fill("#message", answered.text)
+            await page.keyboard.press("Enter")
+            await page.wait_for_selector(".msg.bot[data-state='done']", timeout=30_000)
+            raw = await page.evaluate("document.querySelectorAll('.msg.bot')[1].dataset.raw")
+            assert raw == answered.expected
+            assert sent and set(sent) == {f"Bearer {KEYS['alice']}"}
+            # Kept for the tab: a reload still has it.
+            await page.reload()
+            assert await page.input_value("#api-key") == KEYS["alice"]
+        finally:
+            await browser.close()
+
+
 # -- no key in any log ---------------------------------------------------------------------
 
 
