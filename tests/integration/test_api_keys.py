@@ -326,7 +326,12 @@ async def test_the_chat_page_sends_its_key(stack: Stack) -> None:
         try:
             page = await browser.new_page()
             sent: list[str | None] = []
-            page.on("request", lambda r: sent.append(r.headers.get("authorization")) if "/stream/" in r.url else None)
+
+            def on_request(request) -> None:
+                if "/stream/" in request.url:
+                    sent.append(request.headers.get("authorization"))
+
+            page.on("request", on_request)
             await page.goto(stack.a + "/")
             await page.fill("#message", refused.text)
             await page.keyboard.press("Enter")

@@ -39,7 +39,7 @@ def _finish(hub: SessionHub, sid: str, text: str, usage: dict | None = None) -> 
 def test_requests_per_minute_slide_and_say_when_the_oldest_leaves() -> None:
     clock = Clock()
     limits = _limits(clock, requests_per_minute=3)
-    for step in range(3):
+    for _ in range(3):
         limits.request("a")
         clock.now += 10
     with pytest.raises(RateLimited) as refused:

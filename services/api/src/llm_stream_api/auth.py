@@ -28,7 +28,6 @@ import structlog
 from fastapi import Depends, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-
 from llm_stream_api import metrics
 from llm_stream_api.errors import APIError, Unauthorized
 
