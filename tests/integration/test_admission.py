@@ -230,3 +230,27 @@ async def test_past_max_open_streams_a_new_stream_is_refused_in_both_dialects(
     for reader in readers:
         reader.cancel()
     await sdk.close()
+
+
+async def test_a_task_queue_declared_without_the_bound_is_used_as_it_is(
+    client: httpx.AsyncClient, make_deployment: Callable[[], Deployment]
+) -> None:
+    """An upgrade: the queue exists from an older release, without x-max-length. The broker
+    refuses to redeclare it with other arguments; the services use it as it is and say so."""
+    stack = make_deployment()
+    connection = await aio_pika.connect(stack.broker_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(stack.names.task_queue, durable=True, arguments={
+            "x-queue-type": "quorum", "x-delivery-limit": 3,
+            "x-dead-letter-exchange": stack.names.dead_letter_exchange,
+            "x-dead-letter-routing-key": stack.names.dead_letter_queue,
+        })
+    api = stack.api().base_url
+    worker = stack.worker()
+    stack.start()
+    ask = prompt("old-queue", tokens=5)
+    queued = (await client.post(f"{api}/chat/async", json={"message": ask.text})).json()
+    assert_complete(await read_stream(client, f"{api}{queued['stream_url']}", timeout=30), ask.expected)
+    for service in (stack.apis[0], worker):
+        assert "task queue exists with other arguments" in service.log_path.read_text()
