@@ -360,3 +360,4 @@ def test_api_keys_come_from_an_existing_secret_of_hashes() -> None:
     assert mount == {"name": "api-keys", "mountPath": "/etc/llm-stream/api-keys", "readOnly": True}
     # The probes and the helm test stay open: they call /health and /health/full.
     assert container(api)["readinessProbe"]["httpGet"]["path"] == "/health/full"
+    assert config["API_KEYS_OPEN_PROBES"] == "true"

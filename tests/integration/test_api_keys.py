@@ -52,7 +52,7 @@ def _key_env(**limits: str) -> dict[str, str]:
 
 async def _ready(service: Service) -> None:
     """Connected to the broker (the processes start on ``/health``)."""
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with httpx.AsyncClient(timeout=5, headers={"X-API-Key": KEYS["alice"]}) as client:
         for _ in range(300):
             try:
                 if (await client.get(service.base_url + "/health/full")).status_code == 200:
@@ -131,9 +131,12 @@ async def test_no_key_or_a_wrong_one_is_401_in_the_route_dialect(stack: Stack) -
         assert wrong.status_code == 401
         assert wrong.json()["error"]["type"] == "authentication_error"
         assert "sk-nobody" not in wrong.text
-        # The probes, the page and its scripts need no key.
-        for path in ("/health", "/health/full", "/", "/static/vendor/marked/marked.umd.js"):
+        # Liveness, the page and its scripts need no key; readiness and metrics do (unless
+        # API_KEYS_OPEN_PROBES, what the chart sets for its probes).
+        for path in ("/health", "/", "/static/vendor/marked/marked.umd.js"):
             assert (await client.get(stack.a + path)).status_code == 200, path
+        for path in ("/health/full", "/metrics"):
+            assert (await client.get(stack.a + path)).status_code == 401, path
         # A CORS preflight carries no credentials.
         preflight = await client.options(stack.a + "/chat/async", headers={
             "Origin": "http://example.test", "Access-Control-Request-Method": "POST",

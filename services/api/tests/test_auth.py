@@ -86,7 +86,7 @@ def _app(requests_per_minute: int = 0) -> FastAPI:
 
     limits = KeyLimits(requests_per_minute=requests_per_minute, max_sessions=0, tokens_per_minute=0)
     app.add_middleware(
-        Authenticate, keys=KeyRing.load(f"alice:{ALICE}", None), metrics_open=True, limits=limits
+        Authenticate, keys=KeyRing.load(f"alice:{ALICE}", None), probes_open=True, limits=limits
     )
     return app
 
@@ -124,3 +124,15 @@ async def test_requests_per_minute_answer_429_with_retry_after() -> None:
     openai = await _get(app, "/v1/whoami", **{"x-api-key": ALICE})
     assert openai.status_code == 429 and openai.json()["error"]["type"] == "rate_limit_error"
     assert "retry-after" in openai.headers
+
+
+def test_only_liveness_the_page_and_preflights_are_open_unless_probes_are() -> None:
+    from llm_stream_api.auth import is_open
+
+    for path in ("/health", "/", "/chat.html", "/static/vendor/x.js"):
+        assert is_open("GET", path, probes_open=False), path
+    assert is_open("OPTIONS", "/chat/async", probes_open=False)
+    for path in ("/health/full", "/metrics", "/stats", "/test", "/stream/s", "/v1/models"):
+        assert not is_open("GET", path, probes_open=False), path
+    assert is_open("GET", "/health/full", probes_open=True) and is_open("GET", "/metrics", probes_open=True)
+    assert not is_open("GET", "/stats", probes_open=True)

@@ -48,7 +48,7 @@ ConfigMap starts with these.
 {{- include "llm-stream.setEnv" (list $data "KEY_REQUESTS_PER_MINUTE" .requestsPerMinute) }}
 {{- include "llm-stream.setEnv" (list $data "KEY_MAX_SESSIONS" .maxSessions) }}
 {{- include "llm-stream.setEnv" (list $data "KEY_TOKENS_PER_MINUTE" .tokensPerMinute) }}
-{{- include "llm-stream.setEnv" (list $data "API_KEYS_PROTECT_METRICS" .protectMetrics) }}
+{{- include "llm-stream.setEnv" (list $data "API_KEYS_OPEN_PROBES" .openProbes) }}
 {{- end }}
 {{- end }}
 {{- toYaml $data }}

@@ -137,7 +137,7 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
     if keys.enabled:
         # Innermost: CORS answers preflights without a key, and refusals are counted.
         app.add_middleware(
-            Authenticate, keys=keys, metrics_open=not settings.api_keys_protect_metrics,
+            Authenticate, keys=keys, probes_open=settings.api_keys_open_probes,
             limits=key_limits,
         )
     app.add_middleware(RequestMetrics)

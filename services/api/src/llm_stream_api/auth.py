@@ -2,10 +2,11 @@
 
 Off unless ``API_KEYS`` or ``API_KEYS_FILE`` names keys; then every request needs one, as
 ``Authorization: Bearer <key>`` (what the OpenAI SDKs send) or ``X-API-Key: <key>`` (which wins
-when both are there). Open without a key: the probes (``/health``, and ``/health/full``, which
-Kubernetes' readiness probe calls without credentials; neither holds client data), the chat
-page (``/``, ``/chat.html``, ``/static/...``: no data in them), CORS preflights, and
-``/metrics`` unless ``API_KEYS_PROTECT_METRICS``.
+when both are there). Open without a key: ``/health`` (liveness), the chat page (``/``,
+``/chat.html``, ``/static/...``: no data in them, and it is where a key is typed) and CORS
+preflights. ``/health/full`` and ``/metrics`` need a key too, unless ``API_KEYS_OPEN_PROBES``:
+the Helm chart sets it, since a kubelet's readiness probe, ``helm test`` and a ServiceMonitor
+send no credentials (neither route holds client data; the metrics show key ids, never keys).
 
 A key is never stored or logged: only its SHA-256 is kept, and a presented key is hashed and
 compared with every known hash in constant time (``hmac.compare_digest``, no early exit).
@@ -38,7 +39,8 @@ _KEY_ID = re.compile(KEY_ID_PATTERN)
 _HASH_LINE = re.compile(rf"({KEY_ID_PATTERN}):([0-9a-fA-F]{{64}})")
 MIN_KEY_CHARS = 8
 SCOPE_KEY = "llm_stream.key_id"  # where the request's key id travels in the ASGI scope
-OPEN_PATHS = frozenset(("/health", "/health/full", "/", "/chat.html"))
+OPEN_PATHS = frozenset(("/health", "/", "/chat.html"))
+PROBE_PATHS = frozenset(("/health/full", "/metrics"))
 OPEN_PREFIXES = ("/static/",)
 
 
@@ -142,10 +144,10 @@ def presented_key(headers: dict[str, str]) -> str | None:
     return None
 
 
-def is_open(method: str, path: str, *, metrics_open: bool) -> bool:
+def is_open(method: str, path: str, *, probes_open: bool) -> bool:
     if method == "OPTIONS" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return True
-    return metrics_open and path == "/metrics"
+    return probes_open and path in PROBE_PATHS
 
 
 class Authenticate:
@@ -156,14 +158,14 @@ class Authenticate:
     also passes the key's requests-per-minute limit (``rate_limits``) here.
     """
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, *, metrics_open: bool, limits) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, *, probes_open: bool, limits) -> None:
         self.app = app
         self.keys = keys
-        self.metrics_open = metrics_open
+        self.probes_open = probes_open
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope["method"], scope["path"], metrics_open=self.metrics_open):
+        if scope["type"] != "http" or is_open(scope["method"], scope["path"], probes_open=self.probes_open):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

@@ -1,6 +1,7 @@
 """The OpenAPI document, completed with what this process enforces.
 
-Some limits are settings (``MAX_MESSAGE_CHARS``, ``MAX_MESSAGES``, ``LLM_MAX_TOKENS``,
+The ``/v1`` routes are in it too, with what they honour (``protocol``) and OpenAI's error
+object. Some limits are settings (``MAX_MESSAGE_CHARS``, ``MAX_MESSAGES``, ``LLM_MAX_TOKENS``,
 ``MODELS_ALLOWED``), and ``Last-Event-ID`` is checked by the stream route itself (so a bad one
 gets its own 400, not a generic 422). The document states both, so that a client generated
 from it, or schemathesis, sees the rules the API applies.
@@ -33,6 +34,11 @@ def install(app: FastAPI, settings: APISettings) -> None:
 def complete(document: dict[str, Any], settings: APISettings) -> None:
     if settings.api_keys.get_secret_value() or settings.api_keys_file is not None:
         _require_keys(document, settings)
+    for path, item in document.get("paths", {}).items():
+        if path.startswith(openai_errors.PREFIX):
+            for operation in item.values():
+                # FastAPI's own 422: the OpenAI dialect answers a validation error with a 400.
+                operation.get("responses", {}).pop("422", None)
     for operation in _operations(document):
         body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
         properties = body.get("schema", {}).get("properties", {})
@@ -62,12 +68,12 @@ def _require_keys(document: dict[str, Any], settings: APISettings) -> None:
     (429 with per-key limits); a stream of another key's session is a 404."""
     document.setdefault("components", {}).setdefault("securitySchemes", {}).update(KEY_SCHEMES)
     limited = settings.key_requests_per_minute or settings.key_max_sessions or settings.key_tokens_per_minute
-    metrics_open = not settings.api_keys_protect_metrics
+    probes_open = settings.api_keys_open_probes
     for path, item in document.get("paths", {}).items():
         openai = path.startswith(openai_errors.PREFIX)
         error = openai_errors.documented if openai else errors._error
         for method, operation in item.items():
-            open_route = auth.is_open(method.upper(), path, metrics_open=metrics_open)
+            open_route = auth.is_open(method.upper(), path, probes_open=probes_open)
             if not isinstance(operation, dict) or open_route:
                 continue
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
@@ -79,14 +85,19 @@ def _require_keys(document: dict[str, Any], settings: APISettings) -> None:
                 responses.setdefault("404", error(STREAM_NOT_FOUND))
 
 
+# The token caps of the dialects (native, Chat Completions, Responses): at most LLM_MAX_TOKENS.
+TOKEN_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
 def _limit_properties(properties: dict[str, Any], settings: APISettings) -> None:
     if message := _typed(properties.get("message"), "string"):
         message["maxLength"] = settings.max_message_chars
     if messages := _typed(properties.get("messages"), "array"):
         messages["maxItems"] = settings.max_messages
     ceiling = settings.llm_max_tokens
-    if (max_tokens := _typed(properties.get("max_tokens"), "integer")) and ceiling:
-        max_tokens["maximum"] = min(max_tokens.get("maximum", ceiling), ceiling)
+    for name in TOKEN_CAPS:
+        if (cap := _typed(properties.get(name), "integer")) and ceiling:
+            cap["maximum"] = min(cap.get("maximum", ceiling), ceiling)
     if (model := _typed(properties.get("model"), "string")) and settings.allowed_models:
         model["enum"] = settings.allowed_models
 

@@ -105,8 +105,10 @@ class APISettings(BrokerSettings, LLMSettings):
         description="A file of hashed keys, one `name:sha256hex` line each (`printf %s KEY | "
         "sha256sum`), e.g. a mounted Secret; used with API_KEYS if both are set.",
     )
-    api_keys_protect_metrics: bool = Field(
-        default=False, description="With keys on, /metrics needs a key too (it shows key ids only)."
+    api_keys_open_probes: bool = Field(
+        default=False,
+        description="With keys on, /health/full and /metrics answer without a key (the Helm chart "
+        "sets it: readiness probes, helm test and Prometheus scrapes send none).",
     )
     key_requests_per_minute: int = Field(
         default=0, ge=0, description="Requests one key may make per minute to one API process; 0: no limit.",
