@@ -205,7 +205,11 @@ async def test_unknown_session_ends_with_an_error_after_the_wait_timeout(
     transcript = await read_stream(client, f"{api}/stream/{session_id('nobody')}", timeout=20)
 
     elapsed = time.monotonic() - started
-    assert transcript.ids == [None]  # decided by this reader, not stored: a resume asks again
+    # The error is decided by this reader, not stored: a resume asks again. Before it, only
+    # the session's queue position (first in a queue nobody takes from), also without ids.
+    assert set(transcript.ids) == {None}, transcript.ids
+    assert {event.kind for event in transcript.events[:-1]} == {"queued"}, transcript.events
+    assert {event.data["position"] for event in transcript.events[:-1]} == {1}
     assert_error_end(transcript)
     assert STREAM_WAIT_TIMEOUT_S - 0.2 <= elapsed < STREAM_WAIT_TIMEOUT_S + 8, elapsed
 
@@ -221,7 +225,11 @@ async def test_silent_session_ends_with_an_error_after_the_idle_timeout(
     transcript = await read_stream(client, api + response.json()["stream_url"], timeout=20)
 
     elapsed = time.monotonic() - started
-    assert transcript.ids == [None]  # decided by this reader, not stored: a resume asks again
+    # The error is decided by this reader, not stored: a resume asks again. Before it, only
+    # the session's queue position (first in a queue nobody takes from), also without ids.
+    assert set(transcript.ids) == {None}, transcript.ids
+    assert {event.kind for event in transcript.events[:-1]} == {"queued"}, transcript.events
+    assert {event.data["position"] for event in transcript.events[:-1]} == {1}
     assert_error_end(transcript)
     assert STREAM_IDLE_TIMEOUT_S - 0.2 <= elapsed < STREAM_IDLE_TIMEOUT_S + 8, elapsed
 
