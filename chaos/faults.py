@@ -1,7 +1,9 @@
 """The faults a chaos run injects, each recording what it really did.
 
 - :class:`WorkerKiller`: SIGKILL a random ready worker every ``interval`` seconds and start a
-  new one in its place (same environment), while at least one other worker is ready.
+  new one in its place (same environment), as long as another worker is ready. On a busy
+  machine restarts are slower than the interval, and so are the kills: :meth:`due` tells the
+  load how far the kills have come, so that it keeps pace with them.
 - :class:`BrokerOutage`: ``rabbitmqctl stop_app`` on the run's private node, hold it down,
   ``start_app``; a probe of the AMQP port says when the broker really went away and came back.
 - The API kill is a single ``Stack.kill`` in the scenario (SIGKILL of the process group).
@@ -23,6 +25,7 @@ AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 PROBE_EVERY_S = 0.05
 PROBE_TIMEOUT_S = 1.0
 READY_TIMEOUT_S = 90.0
+READY_POLL_S = 0.05
 
 
 @dataclass
@@ -45,22 +48,42 @@ class WorkerKiller:
     interval: tuple[float, float] = (1.0, 2.0)
     kills: list[Kill] = field(default_factory=list)
     restart_failures: list[str] = field(default_factory=list)
+    replacements: list[Service] = field(default_factory=list)
+    """Every worker started in place of a killed one (killed since, or not)."""
     _ready: set[int] = field(default_factory=set)
     _starting: set[asyncio.Task[None]] = field(default_factory=set)
+
+    started_at: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self._ready = {id(w) for w in self.workers}
 
+    def due(self, k: float) -> bool:
+        """Whether kill number ``k`` (a fraction: 2.5 is half-way from the 2nd to the 3rd) is
+        behind us, by the kills so far and their mean interval."""
+        done = len(self.kills)
+        if k <= done:
+            return True
+        last = self.kills[-1].at if done else self.started_at
+        mean = (last - self.started_at) / done if done else sum(self.interval) / 2
+        return time.monotonic() >= last + (k - done) * mean
+
     async def run(self, stop: asyncio.Event) -> None:
+        self.started_at = time.monotonic()
         generation = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.rng.uniform(*self.interval))
             if stop.is_set():
                 break
-            ready = [w for w in self.workers if id(w) in self._ready]
-            if len(ready) < 2:
-                continue  # keep one worker serving: the fault is a crash loop, not an outage
+            # Keep one worker serving (a crash loop that kills every worker as soon as it is
+            # ready lets nothing finish): wait for a restarted one rather than skip the kill.
+            while len(ready := [w for w in self.workers if id(w) in self._ready]) < 2:
+                if stop.is_set():
+                    break
+                await asyncio.sleep(READY_POLL_S)
+            if stop.is_set():
+                break
             victim = self.rng.choice(ready)
             in_flight = self.in_flight()
             self.stack.kill(victim)
@@ -73,6 +96,7 @@ class WorkerKiller:
             base = victim.name.split(".", 1)[0]
             replacement = self.stack.restart(victim, f"{base}.{generation}")
             self.workers.append(replacement)
+            self.replacements.append(replacement)
             task = asyncio.create_task(self._wait_ready(replacement))
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)

@@ -43,7 +43,7 @@ MOCK_TTFT_MS = 100
 DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
     "workers": {
         "sessions": (1000, 60), "users": (60, 20), "tokens": (30, 20), "tps": (20, 20),
-        "workers": (3, 3), "min_kills": (26, 3), "deadline_s": (60, 45), "time_limit_s": (300, 60),
+        "workers": (4, 3), "min_kills": (26, 3), "deadline_s": (60, 45), "time_limit_s": (300, 60),
     },
     "broker": {
         "sessions": (600, 50), "users": (30, 12), "tokens": (30, 20), "tps": (20, 20),

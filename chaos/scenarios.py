@@ -214,10 +214,11 @@ def retry_pause(post: Post, rng: random.Random) -> float:
 
 async def closed_loop(
     clients: Clients, urls: list[str], opts: Options, tickets: Tickets, rng: random.Random,
-    *, rate: float | None = None,
+    *, rate: float | None = None, gate: Callable[[int], bool] | None = None,
 ) -> None:
     """``opts.users`` users, each asking, reading to the end and asking again, until no ticket
-    is left; with ``rate``, no more than that many POSTs per second are sent in all."""
+    is left; with ``rate``, no more than that many POSTs per second are sent in all; with
+    ``gate``, the n-th POST waits until ``gate(n)`` holds."""
     kinds = [k for k in KINDS if opts.mix.get(k, 0) > 0]
     weights = [opts.mix[k] for k in kinds]
     began = time.monotonic()
@@ -228,10 +229,12 @@ async def closed_loop(
         nonlocal sent
         await asyncio.sleep(k * ramp / opts.users)
         while tickets.take():
+            slot = sent
+            sent += 1
             if rate:
-                slot = sent
-                sent += 1
                 await asyncio.sleep(max(0.0, began + slot / rate - time.monotonic()))
+            if gate is not None:
+                await until(lambda n=slot: gate(n) or tickets.closed, float("inf"))
             kind = rng.choices(kinds, weights)[0]
             url = rng.choice(urls)
             outcome = await getattr(clients, kind)(url)
@@ -316,20 +319,23 @@ async def workers(run: Run, opts: Options) -> Outcome:
     async with http_session(opts.users * 2) as http:
         clients = new_clients(run, "workers", http, opts)
         tickets = Tickets(opts.sessions)
-        # Paced so that the run lasts long enough for min_kills kills at the mean interval.
-        mean = sum(opts.kill_every) / 2
-        rate = opts.sessions / max(1.0, opts.min_kills * mean * 1.3)
         killer = WorkerKiller(run.stack, workers, run.rng, clients.in_flight, opts.kill_every)
         stop = asyncio.Event()
         kills = asyncio.create_task(killer.run(stop))
+
+        def keeps_pace(n: int) -> bool:
+            # The sessions are spread over the kills, whatever their pace: the n-th starts once
+            # kill (min_kills + 0.5) * n / sessions is behind us, so the last ones see the last kill.
+            return killer.due((opts.min_kills + 0.5) * n / opts.sessions)
+
         try:
             async with time_limit(opts.time_limit_s, tickets, problems):
-                await closed_loop(clients, urls, opts, tickets, run.rng, rate=rate)
+                await closed_loop(clients, urls, opts, tickets, run.rng, gate=keeps_pace)
         finally:
             stop.set()
             await kills
-        all_started += [w for w in killer.workers if w not in all_started]
-        facts = {**killer.facts(), "workers": opts.workers, "pace_per_s": round(rate, 1)}
+        all_started += killer.replacements
+        facts = {**killer.facts(), "workers": opts.workers}
         if len(killer.kills) < opts.min_kills:
             problems.append(f"only {len(killer.kills)} worker kills, {opts.min_kills} wanted")
         if facts["killed_by_sigkill"] != len(killer.kills):
