@@ -73,6 +73,7 @@ async def test_watched_sessions_learn_their_position_and_wake_their_readers() ->
     session = Session("b", 0.0)
     session.readers = 1
     queue.watch(session)
+    await asyncio.sleep(0.05)
     assert session.queue_position == 2
     woke = asyncio.create_task(session.wait(2))
     await asyncio.sleep(0)

@@ -141,9 +141,10 @@ class QueueTracker:
         return math.ceil(excess / rate)
 
     def watch(self, session: Session) -> None:
-        """Keep ``session.queue_position`` current while it waits (a reader follows it)."""
+        """Keep ``session.queue_position`` current while it waits (a reader follows it); the
+        first position comes with the next batch of updates, within ``UPDATE_DELAY_S``."""
         self._watched[session.id] = session
-        self._set_position(session, self.position_of(session.id))
+        self._changed()
 
     def unwatch(self, session: Session) -> None:
         if session.readers <= 0:
