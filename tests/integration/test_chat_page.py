@@ -18,6 +18,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, Request, async_playwright
@@ -192,30 +193,33 @@ async def test_stop_ends_the_answer_and_says_what_happens_to_the_generation(
 
 
 async def test_the_queue_position_is_shown_while_the_answer_waits(
-    browser: Browser, api: str, shots: Shots
+    browser: Browser, make_deployment: Callable[[], Deployment], shots: Shots
 ) -> None:
-    """The API does not report queue positions yet, so the browser's network layer answers
-    the stream with the events the API will send; the POST still goes to the real API."""
+    """One busy worker and a task ahead: the page's answer waits at position 2, then 1, then
+    streams; the positions are the API's own."""
+    stack = make_deployment()
+    stack.api()
+    stack.worker(WORKER_CONCURRENCY="1")
+    api = stack.start().apis[0].base_url
+    async with httpx.AsyncClient(timeout=10) as client:
+        for label in ("page-blocker-running", "page-blocker-waiting"):
+            ask = prompt(label, tokens=40, tps=20)
+            assert (await client.post(f"{api}/chat/async", json={"message": ask.text})).status_code == 200
     page = await browser.new_page()
-    events = [
-        {"type": "queued", "position": 3, "eta_s": 4.2},
-        {"type": "queued", "position": 2, "eta_s": 1.6},
-    ]
-    body = "retry: 600000\n\n" + "".join(f"data: {json.dumps(e)}\n\n" for e in events)
-    await page.route("**/stream/*", lambda route: route.fulfill(
-        status=200, headers={"Content-Type": "text/event-stream"}, body=body
-    ))
     await page.goto(api + "/")
-    await page.fill("#message", prompt("queue-position").text)
+    await page.fill("#message", prompt("queue-position", tokens=5).text)
     await page.keyboard.press("Enter")
     note = page.locator(".msg.bot .notes .queue")
     await note.wait_for(timeout=ANSWER_TIMEOUT_MS)
-    await page.wait_for_function(
-        "document.querySelector('.msg.bot .notes .queue').textContent.includes('position 2')"
-    )
-    assert await note.text_content() == "Queued: position 2, about 2 s"
+    assert (await note.text_content()).startswith("Queued: position 2")
     assert await page.get_attribute(".msg.bot", "data-state") == "waiting"
     await shots.take(page, "queued-position")
+    await page.wait_for_function(
+        "document.querySelector('.msg.bot .notes .queue')?.textContent.includes('position 1')",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+    await wait_answers(page, 1)
+    assert await note.count() == 0  # gone once the answer streams
 
 
 # -- markdown, safely ---------------------------------------------------------------------------
