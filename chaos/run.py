@@ -129,8 +129,8 @@ def fault_line(outcome: Outcome) -> str:
         back = f.get("intake_back_s")
         return (
             f"broker down {f.get('broker_down_s')} s; {f.get('refused', 0)} POSTs refused with 503 "
-            f"({f.get('refused_while_down', 0)} while down); intake back "
-            f"{'never' if back is None else f'{back} s'} after the broker"
+            f"({f.get('refused_while_down', 0)} while down, {outcome.tally.refused_by_probe} by the "
+            f"intake probe); intake back {'never' if back is None else f'{back} s'} after the broker"
         )
     return (
         f"API process SIGKILLed with {f.get('mid_answer_at_kill', 0)} of its "
