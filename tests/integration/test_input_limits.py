@@ -118,6 +118,8 @@ def prompt_answer(text: str, tokens: int) -> str:
         ({"messages": turns(1, "x" * (MAX_TOTAL_CHARS + 1))}, "limit_exceeded", "messages"),
         ({"max_tokens": CEILING + 1}, "limit_exceeded", "max_tokens"),
         ({"max_completion_tokens": CEILING + 1}, "limit_exceeded", "max_completion_tokens"),
+        # max_completion_tokens wins, and max_tokens is held to the ceiling all the same.
+        ({"max_completion_tokens": CEILING, "max_tokens": CEILING + 1}, "limit_exceeded", "max_tokens"),
         ({"model": "gpt-5"}, "model_not_allowed", "model"),
     ],
 )

@@ -5,7 +5,7 @@ invalid ones the API must refuse) and checks every response against the document
 codes, content types, headers, bodies, and that valid requests are accepted. It runs against a
 real API and worker on the real broker and the mock LLM, twice: keys off (the old clients), and
 keys on (``API_KEYS``) sending a valid ``Authorization: Bearer`` key, with fewer examples;
-without a key, every route but the probes must answer 401. Bounded in examples and time so the
+without a key, every route but ``/health`` must answer 401. Bounded in examples and time so the
 module stays around two minutes. The JUnit reports are kept in the tests' tmp dirs.
 """
 
@@ -107,11 +107,11 @@ def test_schemathesis_finds_no_failure_with_keys_on(keyed_api: str, tmp_path: Pa
     run_schemathesis(keyed_api, tmp_path, KEYED_MAX_EXAMPLES, KEYED_MAX_TIME_S, headers=BEARER)
 
 
-# Open with keys on: the probes (a kubelet sends no key).
-OPEN_WITH_KEYS = {"/health", "/health/full"}
+# Open with keys on: liveness (/health/full too only with API_KEYS_OPEN_PROBES).
+OPEN_WITH_KEYS = {"/health"}
 
 
-def test_with_keys_on_every_route_but_the_probes_wants_a_key(keyed_api: str) -> None:
+def test_with_keys_on_every_route_but_health_wants_a_key(keyed_api: str) -> None:
     """Each operation of the document, without a key and with wrong ones: 401 in the route's
     dialect, never a 500; the document says which need a key (``security``), truthfully."""
     document = httpx.get(f"{keyed_api}/openapi.json", headers=BEARER, timeout=10).json()

@@ -43,15 +43,19 @@ def check(wanted: TaskRequest, settings: APISettings, names: FieldNames = NATIVE
         raise LimitExceeded(
             where, f"{total} characters in all, more than MAX_TOTAL_CHARS ({settings.max_total_chars})"
         )
-    ceiling = settings.llm_max_tokens
-    if ceiling and wanted.max_tokens and wanted.max_tokens > ceiling:
-        raise LimitExceeded(
-            names.max_tokens,
-            f"{wanted.max_tokens} is over this deployment's ceiling of {ceiling} tokens (LLM_MAX_TOKENS)",
-        )
+    check_tokens(wanted.max_tokens, settings, names.max_tokens)
     allowed = settings.allowed_models
     if allowed and wanted.model is not None and wanted.model not in allowed:
         raise LimitExceeded(
             names.model, f"model {wanted.model!r} is not allowed here (MODELS_ALLOWED: {', '.join(allowed)})",
             code="model_not_allowed",
+        )
+
+
+def check_tokens(wanted: int | None, settings: APISettings, param: str) -> None:
+    """``LLM_MAX_TOKENS`` is the ceiling of a token cap a request asks for."""
+    ceiling = settings.llm_max_tokens
+    if ceiling and wanted and wanted > ceiling:
+        raise LimitExceeded(
+            param, f"{wanted} is over this deployment's ceiling of {ceiling} tokens (LLM_MAX_TOKENS)"
         )

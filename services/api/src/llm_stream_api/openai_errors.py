@@ -55,6 +55,30 @@ def documented(description: str, **extra: Any) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}, **extra}
 
 
+RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}
+}
+INVALID = documented(
+    "`invalid_request_error`: bad JSON, an invalid field or parameter (`param` names it), a parameter "
+    "that cannot be honoured (`unsupported_parameter`), an input limit (`limit_exceeded`, "
+    "`model_not_allowed`); or the LLM refused the request (`upstream_refused`)."
+)
+NOT_FOUND = documented("`not_found_error`: no such response, or no such model.")
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: INVALID,
+    413: documented("The body is over MAX_BODY_BYTES."),
+    503: documented(
+        "`server_error`: the broker is unavailable, or the API is overloaded; `Retry-After` says when "
+        "to try again (the SDKs wait for it).", headers=RETRY_AFTER,
+    ),
+}
+ANSWER_ERRORS: dict[int | str, dict[str, Any]] = {
+    502: documented("`server_error`: the LLM failed after every allowed attempt."),
+    504: documented("`server_error`: the request waited past STREAM_IDLE_TIMEOUT_S."),
+}
+LOOKUP_ERRORS: dict[int | str, dict[str, Any]] = {400: INVALID, 404: NOT_FOUND}
+
+
 def validation_error(errors: list[dict[str, Any]]) -> OpenAIError:
     """A pydantic or FastAPI validation failure: the first problem, with its parameter."""
     first = errors[0] if errors else {}

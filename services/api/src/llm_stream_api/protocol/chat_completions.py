@@ -3,7 +3,8 @@
 What we honour goes into the task: the conversation (system, developer, user and assistant
 turns with text content), ``temperature``, ``top_p``, ``max_tokens`` or
 ``max_completion_tokens``, ``stop``, ``seed``, ``user``, ``stream`` and
-``stream_options.include_usage``. What we cannot honour is refused by name (``REFUSED``).
+``stream_options.include_usage``. What we cannot honour is refused by name
+(``refuse_what_we_cannot_honour``), and the fields' schemas say which values are honoured.
 """
 
 from __future__ import annotations
@@ -16,8 +17,17 @@ from pydantic import Field, field_validator
 
 from llm_stream_api.limits import FieldNames
 from llm_stream_api.protocol.openai_base import (
+    NULL,
+    ROLE_NAMES,
+    SSE_EVENT_SCHEMA,
+    Integer,
     OpenAIBaseModel,
     OpenAIError,
+    Seed,
+    TokenCap,
+    content_schema,
+    documented_as,
+    null_or,
     refuse_unless,
     turn,
 )
@@ -25,12 +35,12 @@ from llm_stream_api.tasks import TaskRequest
 
 
 class Message(OpenAIBaseModel):
-    role: str
-    content: Any = None
+    role: str = Field(json_schema_extra=documented_as({"type": "string", "enum": ROLE_NAMES}))
+    content: Any = Field(default=None, json_schema_extra=documented_as(content_schema(("text",))))
     name: str | None = None
-    tool_calls: Any = None
+    tool_calls: Any = Field(default=None, json_schema_extra=null_or())
     tool_call_id: str | None = None
-    function_call: Any = None
+    function_call: Any = Field(default=None, json_schema_extra=null_or())
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -38,35 +48,58 @@ class StreamOptions(OpenAIBaseModel):
     include_obfuscation: bool | None = None
 
 
+# Only allowed with ``stream: true`` (see ``task_request``).
+STREAM_OPTIONS_NEED_STREAM = [
+    {"not": {"required": ["stream_options"]}},
+    {"properties": {"stream_options": NULL}},
+    {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+]
+
+
 class ChatCompletionRequest(OpenAIBaseModel):
+    model_config = {"json_schema_extra": {"anyOf": STREAM_OPTIONS_NEED_STREAM}}
+
     model: str = Field(min_length=1, max_length=200)
     messages: list[Message] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    max_tokens: TokenCap | None = None
+    max_completion_tokens: TokenCap | None = None
+    stop: str | list[str] | None = Field(
+        default=None,
+        json_schema_extra=null_or(
+            {"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}
+        ),
+    )
+    seed: Seed | None = None
     user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    # Known parameters we cannot honour: refused unless left at their defaults.
-    n: int | None = Field(default=None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    response_format: Any = None
-    logit_bias: dict[str, Any] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    audio: Any = None
-    modalities: list[str] | None = None
-    prediction: Any = None
-    web_search_options: Any = None
-    reasoning_effort: str | None = None
+    # Known parameters we cannot honour: refused unless left at their defaults; their schemas
+    # say which values are honoured.
+    n: Integer | None = Field(default=None, ge=1, json_schema_extra=null_or({"const": 1}))
+    logprobs: bool | None = Field(default=None, json_schema_extra=null_or({"const": False}))
+    top_logprobs: Integer | None = Field(default=None, json_schema_extra=null_or({"const": 0}))
+    tools: list[Any] | None = Field(default=None, json_schema_extra=null_or({"type": "array", "maxItems": 0}))
+    tool_choice: Any = Field(default=None, json_schema_extra=null_or({"enum": ["none", "auto"]}))
+    functions: list[Any] | None = Field(
+        default=None, json_schema_extra=null_or({"type": "array", "maxItems": 0})
+    )
+    function_call: Any = Field(default=None, json_schema_extra=null_or({"enum": ["none", "auto"]}))
+    response_format: Any = Field(default=None, json_schema_extra=null_or({
+        "type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"],
+        "additionalProperties": False,
+    }))
+    logit_bias: dict[str, Any] | None = Field(
+        default=None, json_schema_extra=null_or({"type": "object", "maxProperties": 0})
+    )
+    presence_penalty: float | None = Field(default=None, json_schema_extra=null_or({"const": 0}))
+    frequency_penalty: float | None = Field(default=None, json_schema_extra=null_or({"const": 0}))
+    audio: Any = Field(default=None, json_schema_extra=null_or())
+    modalities: list[str] | None = Field(default=None, json_schema_extra=null_or({"const": ["text"]}))
+    prediction: Any = Field(default=None, json_schema_extra=null_or())
+    web_search_options: Any = Field(default=None, json_schema_extra=null_or())
+    reasoning_effort: str | None = Field(default=None, json_schema_extra=null_or())
     # Accepted, with no effect here.
     store: bool | None = None
     metadata: dict[str, Any] | None = None
@@ -138,6 +171,51 @@ class ChatCompletionRequest(OpenAIBaseModel):
 
 
 # -- what goes back ------------------------------------------------------------------------
+
+
+USAGE_SCHEMA = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "object", "properties": {
+            name: {"type": "integer"} for name in ("prompt_tokens", "completion_tokens", "total_tokens")
+        }},
+    ]
+}
+COMPLETION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+            "type": "object",
+            "properties": {
+                "index": {"const": 0},
+                "message": {
+                    "type": "object",
+                    "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}},
+                    "required": ["role", "content"],
+                },
+                "finish_reason": {"enum": ["stop", "length"]},
+            },
+            "required": ["index", "message", "finish_reason"],
+        }},
+        "usage": USAGE_SCHEMA,
+    },
+    "required": ["id", "object", "created", "model", "choices"],
+}
+RESPONSES = {
+    200: {
+        "description": "Not streamed: the `chat.completion`. `stream: true`: `chat.completion.chunk` "
+        "events, then `data: [DONE]`; an error after the start is an error object event.",
+        "content": {
+            "application/json": {"schema": COMPLETION_SCHEMA},
+            "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
+        },
+        "headers": {"X-Session-ID": {"description": "The session's id.", "schema": {"type": "string"}}},
+    },
+}
 
 
 def completion_id(session_id: str) -> str:

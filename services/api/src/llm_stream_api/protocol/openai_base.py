@@ -1,23 +1,39 @@
 """What the OpenAI dialects share: the base model, the error object, turning turns into messages.
 
 Unknown fields are accepted (the OpenAI API adds fields often, and clients send them) and
-logged by name as ignored. Fields we know but cannot honour are refused with a 400 naming the
-parameter (``Unsupported``), never silently accepted.
+logged by name as ignored. Known fields are strictly typed, as OpenAI types them (``"0.5"`` is
+not a temperature, ``1`` not a boolean). Fields we know but cannot honour are refused with a 400
+naming the parameter (``Unsupported``), never silently accepted; ``documented_as`` states in the
+OpenAPI document which values of such a field are honoured.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import structlog
 from mqcommon.schemas import ChatMessage
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 log = structlog.get_logger(__name__)
 
 
+def _integral(value: Any) -> Any:
+    # JSON has numbers, not integers: 5.0 is the integer 5 (JSON Schema says so too).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+"""An integer field of a strict model: a JSON number with no fraction. Bounds go inside the
+``Annotated`` (``TokenCap``), or the document would not state them."""
+TOKEN_CAP_MAX = 1_000_000  # as on the native routes; larger is no real request
+TokenCap = Annotated[int, Field(ge=1, le=TOKEN_CAP_MAX), BeforeValidator(_integral)]
+Seed = Annotated[int, Field(ge=-(2**53), le=2**53), BeforeValidator(_integral)]
+
+
 class OpenAIBaseModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     @model_validator(mode="after")
     def _log_ignored(self) -> OpenAIBaseModel:
@@ -45,6 +61,44 @@ class OpenAIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def documented_as(schema: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """A field's ``json_schema_extra``: its schema becomes ``schema`` (what is honoured)."""
+
+    def replace(field_schema: dict[str, Any]) -> None:
+        title, description = field_schema.get("title"), field_schema.get("description")
+        field_schema.clear()
+        field_schema.update(schema)
+        field_schema.update({k: v for k, v in (("title", title), ("description", description)) if v})
+
+    return replace
+
+
+NULL = {"type": "null"}
+
+
+def null_or(*schemas: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """Only null (left out), or one of ``schemas``."""
+    return documented_as({"anyOf": [*schemas, NULL]} if schemas else NULL)
+
+
+# One event of a ``/v1`` stream, as an SSE parser sees it (``data`` is JSON, or ``[DONE]``).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["data"],
+}
+
+
+def content_schema(kinds: tuple[str, ...]) -> dict[str, Any]:
+    """A message's content as ``text_of`` takes it: a string, null, or text parts."""
+    part = {
+        "type": "object",
+        "properties": {"type": {"enum": list(kinds)}, "text": {"type": "string"}},
+        "required": ["type", "text"],
+    }
+    return {"anyOf": [{"type": "string"}, NULL, {"type": "array", "items": part}]}
 
 
 class Unsupported(OpenAIError):
@@ -79,6 +133,7 @@ def text_of(content: Any, where: str, *, kinds: tuple[str, ...] = ("text",)) -> 
 
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLE_NAMES = list(ROLES)
 
 
 def turn(role: str, content: Any, where: str, *, kinds: tuple[str, ...] = ("text",)) -> ChatMessage:

@@ -21,34 +21,65 @@ import orjson
 from pydantic import Field
 
 from llm_stream_api.limits import FieldNames
-from llm_stream_api.protocol.openai_base import OpenAIBaseModel, OpenAIError, refuse_unless, turn
+from llm_stream_api.protocol.openai_base import (
+    ROLE_NAMES,
+    SSE_EVENT_SCHEMA,
+    Integer,
+    OpenAIBaseModel,
+    OpenAIError,
+    TokenCap,
+    content_schema,
+    documented_as,
+    null_or,
+    refuse_unless,
+    turn,
+)
 from llm_stream_api.tasks import TaskRequest
 
 FIRST_DELTA = 3  # the sequence number before the first delta
 INPUT_KINDS = ("input_text", "output_text", "text")
 LIMIT_NAMES = FieldNames(messages="input", max_tokens="max_output_tokens")
+# What ``task_request`` takes as input: a string, or message items.
+INPUT_ITEM = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "message"},
+        "role": {"type": "string", "enum": ROLE_NAMES},
+        "content": content_schema(INPUT_KINDS),
+    },
+    "required": ["role"],
+}
+INPUT_SCHEMA = {
+    "anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": INPUT_ITEM, "minItems": 1}]
+}
+TEXT_FORMAT = {
+    "type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"],
+    "additionalProperties": False,
+}
 
 
 class ResponseRequest(OpenAIBaseModel):
     model: str | None = Field(default=None, min_length=1, max_length=200)
-    input: str | list[Any] = Field(min_length=1)
+    input: str | list[Any] = Field(min_length=1, json_schema_extra=documented_as(INPUT_SCHEMA))
     instructions: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: TokenCap | None = None
     user: str | None = None
     stream: bool | None = False
     background: bool | None = False
     # Known parameters we cannot honour: refused unless left at their defaults.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    previous_response_id: str | None = None
-    conversation: Any = None
-    prompt: Any = None
-    reasoning: Any = None
-    text: dict[str, Any] | None = None
-    top_logprobs: int | None = None
-    max_tool_calls: int | None = None
+    tools: list[Any] | None = Field(default=None, json_schema_extra=null_or({"type": "array", "maxItems": 0}))
+    tool_choice: Any = Field(default=None, json_schema_extra=null_or({"enum": ["none", "auto"]}))
+    previous_response_id: str | None = Field(default=None, json_schema_extra=null_or())
+    conversation: Any = Field(default=None, json_schema_extra=null_or())
+    prompt: Any = Field(default=None, json_schema_extra=null_or())
+    reasoning: Any = Field(default=None, json_schema_extra=null_or())
+    text: dict[str, Any] | None = Field(default=None, json_schema_extra=null_or(
+        {"type": "object", "properties": {"format": {"anyOf": [TEXT_FORMAT, {"type": "null"}]}}}
+    ))
+    top_logprobs: Integer | None = Field(default=None, json_schema_extra=null_or({"const": 0}))
+    max_tool_calls: Integer | None = Field(default=None, json_schema_extra=null_or())
     # Accepted, with no effect here.
     store: bool | None = None
     metadata: dict[str, Any] | None = None
@@ -95,6 +126,28 @@ class ResponseRequest(OpenAIBaseModel):
 # -- what goes back ------------------------------------------------------------------------
 
 STATUS_OF_END = {"done": "completed", "error": "failed", "cancelled": "cancelled", "timeout": "failed"}
+
+
+RESPONSE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response"},
+        "created_at": {"type": "number"},
+        "status": {"enum": ["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]},
+        "model": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object"}},
+        "usage": {"anyOf": [{"type": "null"}, {"type": "object"}]},
+    },
+    "required": ["id", "object", "created_at", "status", "model", "output"],
+}
+RESPONSE = {
+    "description": "The response object; with `stream: true`, its events (`text/event-stream`).",
+    "content": {
+        "application/json": {"schema": RESPONSE_SCHEMA},
+        "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
+    },
+}
 
 
 def message_id(response_id: str) -> str:

@@ -11,11 +11,12 @@ import time
 
 from fastapi import APIRouter
 
+from llm_stream_api import openai_errors
 from llm_stream_api.deps import SettingsDep
 from llm_stream_api.protocol.openai_base import OpenAIError
 from llm_stream_api.settings import APISettings
 
-router = APIRouter(prefix="/v1", include_in_schema=False)
+router = APIRouter(prefix="/v1")
 
 STARTED = int(time.time())
 
@@ -28,12 +29,36 @@ def _listed(settings: APISettings) -> list[str]:
     return settings.allowed_models or [settings.llm_model]
 
 
-@router.get("/models")
+MODEL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+    },
+    "required": ["id", "object", "created", "owned_by"],
+}
+LIST_SCHEMA = {
+    "type": "object",
+    "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": MODEL_SCHEMA}},
+    "required": ["object", "data"],
+}
+
+
+@router.get(
+    "/models", summary="OpenAI models: those a request may name",
+    responses={200: {"description": "The models.", "content": {"application/json": {"schema": LIST_SCHEMA}}}},
+)
 async def list_models(settings: SettingsDep) -> dict[str, object]:
     return {"object": "list", "data": [_model(model_id) for model_id in _listed(settings)]}
 
 
-@router.get("/models/{model_id:path}")
+@router.get(
+    "/models/{model_id:path}", summary="OpenAI models: one",
+    responses={
+        200: {"description": "The model.", "content": {"application/json": {"schema": MODEL_SCHEMA}}},
+        404: openai_errors.documented("`model_not_found`: not a model a request may name."),
+    },
+)
 async def get_model(model_id: str, settings: SettingsDep) -> dict[str, object]:
     if model_id not in _listed(settings):
         raise OpenAIError(

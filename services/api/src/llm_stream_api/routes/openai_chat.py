@@ -14,10 +14,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from llm_stream_api import admission, limits
+from llm_stream_api import admission, limits, openai_errors
 from llm_stream_api.broker import Broker
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.hub import DONE, SessionHub
+from llm_stream_api.models import inline_schema
 from llm_stream_api.openai_errors import end_error
 from llm_stream_api.protocol import chat_completions as protocol
 from llm_stream_api.routes.openai_common import answer, read_body
@@ -25,18 +26,29 @@ from llm_stream_api.settings import APISettings
 from llm_stream_api.streaming import StreamMeter, follow
 from llm_stream_api.tasks import enqueue
 
-router = APIRouter(prefix="/v1", include_in_schema=False)
+router = APIRouter(prefix="/v1")
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@router.post("/chat/completions", response_model=None)
+BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": inline_schema(protocol.ChatCompletionRequest)}
+}}}
+
+
+@router.post(
+    "/chat/completions", response_model=None, summary="OpenAI Chat Completions, through the queue",
+    openapi_extra=BODY,
+    responses={**protocol.RESPONSES, **openai_errors.BODY_ERRORS, **openai_errors.ANSWER_ERRORS},
+)
 async def chat_completions(
     request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> JSONResponse | EventSourceResponse:
     body = await read_body(request, settings, protocol.ChatCompletionRequest)
     wanted = body.task_request()
     limits.check(wanted, settings, body.limit_names)
+    # The one not used (max_completion_tokens wins) is held to the ceiling too.
+    limits.check_tokens(body.max_tokens, settings, "max_tokens")
     if body.stream:
         admission.check_streams(settings)
     requested_at = time.time()

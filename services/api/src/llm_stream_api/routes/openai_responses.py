@@ -23,11 +23,12 @@ from fastapi import APIRouter, Path, Query, Request
 from mqcommon.schemas import SESSION_ID_PATTERN, new_id
 from sse_starlette import EventSourceResponse
 
-from llm_stream_api import admission, limits
+from llm_stream_api import admission, limits, openai_errors
 from llm_stream_api.auth import KeyDep
 from llm_stream_api.broker import YOUNG_GRACE_S, Broker
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
 from llm_stream_api.hub import TIMEOUT, Session, SessionHub
+from llm_stream_api.models import inline_schema
 from llm_stream_api.openai_errors import end_error
 from llm_stream_api.ownership import owns
 from llm_stream_api.protocol import responses as protocol
@@ -37,7 +38,7 @@ from llm_stream_api.settings import APISettings
 from llm_stream_api.streaming import StreamMeter, follow
 from llm_stream_api.tasks import enqueue
 
-router = APIRouter(prefix="/v1", include_in_schema=False)
+router = APIRouter(prefix="/v1")
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ResponseId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
@@ -82,7 +83,15 @@ def _object(response_id: str, session: Session, meta: protocol.Meta, status: str
     )
 
 
-@router.post("/responses", response_model=None)
+BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": inline_schema(protocol.ResponseRequest)}
+}}}
+
+
+@router.post(
+    "/responses", response_model=None, summary="OpenAI Responses: create one", openapi_extra=BODY,
+    responses={200: protocol.RESPONSE, **openai_errors.BODY_ERRORS, **openai_errors.ANSWER_ERRORS},
+)
 async def create_response(
     request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
 ) -> object:
@@ -106,7 +115,10 @@ async def create_response(
     return _object(response_id, session, meta)
 
 
-@router.get("/responses/{response_id}", response_model=None)
+@router.get(
+    "/responses/{response_id}", response_model=None, summary="OpenAI Responses: one, or its events",
+    responses={200: protocol.RESPONSE, **openai_errors.LOOKUP_ERRORS},
+)
 async def get_response(
     response_id: ResponseId, settings: SettingsDep, broker: BrokerDep, hub: HubDep, key: KeyDep,
     stream: bool = False, starting_after: Annotated[int | None, Query(ge=-1)] = None,
@@ -126,7 +138,12 @@ async def get_response(
     return found
 
 
-@router.post("/responses/{response_id}/cancel", response_model=None)
+@router.post(
+    "/responses/{response_id}/cancel", response_model=None, summary="OpenAI Responses: cancel one",
+    responses={200: {**protocol.RESPONSE, "content": {
+        "application/json": protocol.RESPONSE["content"]["application/json"]
+    }}, **openai_errors.LOOKUP_ERRORS, 503: openai_errors.BODY_ERRORS[503]},
+)
 async def cancel_response(
     response_id: ResponseId, settings: SettingsDep, broker: BrokerDep, hub: HubDep, key: KeyDep
 ) -> object:
