@@ -23,6 +23,7 @@ TERMINAL = ("done", "error", "cancelled")
 class Event:
     id: int | None
     data: dict[str, Any]
+    name: str | None = None  # the SSE ``event:`` field
 
     @property
     def kind(self) -> str:
@@ -75,21 +76,24 @@ class Transcript:
 
 async def parse(lines: AsyncIterator[str]) -> AsyncIterator[Event | Comment]:
     event_id: int | None = None
+    name: str | None = None
     data: list[str] = []
     async for line in lines:
         if line == "":
             if data:
-                yield Event(event_id, json.loads("\n".join(data)))
-            event_id, data = None, []
+                yield Event(event_id, json.loads("\n".join(data)), name)
+            event_id, name, data = None, None, []
             continue
         if line.startswith(":"):
             yield Comment(line[1:].strip())
             continue
-        name, _, value = line.partition(":")
+        field, _, value = line.partition(":")
         value = value.removeprefix(" ")
-        if name == "id":
+        if field == "id":
             event_id = int(value)
-        elif name == "data":
+        elif field == "event":
+            name = value
+        elif field == "data":
             data.append(value)
 
 
@@ -166,6 +170,7 @@ def assert_queued(transcript: Transcript) -> list[int]:
         elif event.kind == "queued":
             assert not seen_text, f"a queue position after text: {transcript.events}"
             assert event.id is None, event
+            assert event.name == "queued", event  # named: an EventSource's onmessage never sees it
             assert set(event.data) == {"type", "position", "eta_s"}, event.data
             position, eta = event.data["position"], event.data["eta_s"]
             assert isinstance(position, int) and position >= 1, event.data
