@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 
 from llm_stream_api.errors import Overloaded
 from llm_stream_api.queue_position import QueueTracker
+from llm_stream_api.rates import RateMeter
 from llm_stream_api.settings import APISettings
 
 RATE_WINDOW_S = 30.0
@@ -31,23 +31,18 @@ class StreamCount:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.open = 0
         self._clock = clock
-        self._closed_at: deque[float] = deque()
+        self._closed = RateMeter(RATE_WINDOW_S)
 
     def opened(self) -> None:
         self.open += 1
 
     def closed(self) -> None:
         self.open -= 1
-        self._closed_at.append(self._clock())
+        self._closed.record(self._clock())
 
     def close_rate(self) -> float:
-        """Streams closed per second, as ``QueueTracker.drain_rate`` counts tasks."""
-        now = self._clock()
-        while self._closed_at and self._closed_at[0] < now - RATE_WINDOW_S:
-            self._closed_at.popleft()
-        if not self._closed_at:
-            return 0.0
-        return len(self._closed_at) / max(now - self._closed_at[0], 1.0)
+        """Streams closed per second (``rates.RateMeter``, over ``RATE_WINDOW_S``)."""
+        return self._closed.rate(self._clock())
 
 
 STREAMS = StreamCount()

@@ -23,7 +23,7 @@ import asyncio
 import datetime as dt
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -32,6 +32,7 @@ from mqcommon.schemas import QUEUED, QueueEvent
 from mqcommon.topology import QueueSpec, declare_queue
 
 from llm_stream_api.hub import Session
+from llm_stream_api.rates import RateMeter
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +50,7 @@ class QueueTracker:
         self._stream = stream
         self._clock = clock
         self._waiting: OrderedDict[str, None] = OrderedDict()  # queue order
-        self._left_at: deque[float] = deque()
+        self._left = RateMeter(RATE_WINDOW_S)
         self._watched: dict[str, Session] = {}
         self._last_offset = -1
         self._unacked: AbstractIncomingMessage | None = None
@@ -100,7 +101,7 @@ class QueueTracker:
             self._waiting[event.session_id] = None
         elif self._waiting.pop(event.session_id, 0) is None:
             if event.kind == "left":
-                self._left_at.append(event.at or self._clock())
+                self._left.record(event.at or self._clock())
         self._changed()
 
     # -- what clients see -------------------------------------------------------------------
@@ -110,15 +111,8 @@ class QueueTracker:
         return len(self._waiting)
 
     def drain_rate(self) -> float:
-        """Tasks leaving the queue per second: those of the last ``RATE_WINDOW_S``, over the time
-        since the first of them (so a queue that started draining a moment ago is not taken for
-        a slow one, and one that stopped draining slows down)."""
-        now = self._clock()
-        while self._left_at and self._left_at[0] < now - RATE_WINDOW_S:
-            self._left_at.popleft()
-        if not self._left_at:
-            return 0.0
-        return len(self._left_at) / max(now - self._left_at[0], 1.0)
+        """Tasks leaving the queue per second (``rates.RateMeter``, over ``RATE_WINDOW_S``)."""
+        return self._left.rate(self._clock())
 
     def eta(self, position: int) -> float | None:
         rate = self.drain_rate()
