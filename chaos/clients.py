@@ -28,7 +28,7 @@ import openai
 import orjson
 from llm_stream_mockllm.answer import expected_answer
 
-from oracle import DEADLINE, DROPPED, EOF, FINAL_TYPES, OPEN_AFTER_FINAL, Post, Read, Session
+from oracle import DEADLINE, DROPPED, EOF, FINAL_TYPES, OPEN_AFTER_FINAL, Event, Post, Read, Session
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = {"Accept": "text/event-stream"}
@@ -39,21 +39,22 @@ BROKEN = (aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
 
 
 class SSEParser:
-    """Incremental ``text/event-stream`` parser that keeps each event's ``id`` (a position).
+    """Incremental ``text/event-stream`` parser that keeps each event's ``id`` and name.
 
-    ``bench/loadgen.py`` has one that drops ids; here they are what the oracle checks. An
-    event's id is None unless it has an ``id:`` line of its own. Comments (``: ping``) are
-    skipped.
+    ``bench/loadgen.py`` has one that drops both; here the id (a position) is what the oracle
+    checks. An event's id is None unless it has an ``id:`` line of its own; its name is None
+    unless it has an ``event:`` line. Comments (``: ping``) are skipped.
     """
 
-    __slots__ = ("_data", "_id", "_tail")
+    __slots__ = ("_data", "_id", "_name", "_tail")
 
     def __init__(self) -> None:
         self._tail = b""
         self._data: list[bytes] = []
         self._id: int | None = None
+        self._name: str | None = None
 
-    def feed(self, chunk: bytes) -> list[tuple[int | None, bytes]]:
+    def feed(self, chunk: bytes) -> list[Event]:
         lines = (self._tail + chunk).split(b"\n")
         self._tail = lines.pop()
         events = []
@@ -62,18 +63,21 @@ class SSEParser:
                 line = line[:-1]
             if not line:
                 if self._data:
-                    events.append((self._id, b"\n".join(self._data)))
-                self._data, self._id = [], None
+                    events.append((self._id, self._name, b"\n".join(self._data)))
+                self._data, self._id, self._name = [], None, None
             elif line[:5] == b"data:":
                 self._data.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line[:3] == b"id:":
                 raw = line[3:].strip()
                 self._id = int(raw) if raw.isdigit() else -1  # -1: an id that is no position
+            elif line[:6] == b"event:":
+                self._name = line[6:].strip().decode("utf-8", "replace")
         return events
 
 
-def is_final(data: bytes) -> bool:
-    if b'"type"' not in data:
+def is_final(event: Event) -> bool:
+    _, name, data = event
+    if name is not None or b'"type"' not in data:
         return False
     with contextlib.suppress(ValueError):
         event = orjson.loads(data)
@@ -84,7 +88,7 @@ def is_final(data: bytes) -> bool:
 def position(session: Session) -> int:
     """How much of the answer an SSE client holds: the last id it received."""
     for read in reversed(session.reads):
-        for event_id, _ in reversed(read.events):
+        for event_id, _, _ in reversed(read.events):
             if event_id is not None:
                 return event_id
     return 0
@@ -239,7 +243,7 @@ class Clients:
                 async for chunk in response.content.iter_any():
                     events = parser.feed(chunk)
                     read.events += events
-                    if events and is_final(events[-1][1]):
+                    if events and is_final(events[-1]):
                         break
                 else:
                     read.end = EOF

@@ -11,7 +11,7 @@ A session is accepted when its POST is answered 200. It then ends in one of thre
   every chunk's id must be the previous id plus its length), an event after the final one, a
   non-JSON event, an event of an unknown type, a stream the server closed without a final
   event, a connection that broke where the client cannot resume, no final event before the
-  deadline. ``queued`` events (a waiting session's position) carry no id and are skipped.
+  deadline. ``event: queued`` (a waiting session's position, no id) is skipped.
 
 A refused POST must be a 503 (or 429) with ``Retry-After``; any other answer to a POST is a
 failure too. The oracle only reads observations: it never talks to the system.
@@ -26,8 +26,8 @@ from typing import Any
 
 CORRECT, ERROR, FAILURE = "correct", "error", "failure"
 FINAL_TYPES = ("done", "error", "cancelled")
-NEWS_TYPES = ("queued",)
-"""Events about a waiting session (its queue position): no id, no text, not an end."""
+NEWS_EVENTS = ("queued",)
+"""Named SSE events about a waiting session (its queue position): no id, no text, not an end."""
 REFUSAL_STATUSES = (429, 503)
 ERROR_LINE = "\n[error] "
 """How ``POST /chat`` ends a failed answer inside its plain-text body."""
@@ -44,6 +44,11 @@ OPEN_AFTER_FINAL = "open after final"
 """The final event arrived but the server kept the stream open."""
 
 
+Event = tuple[int | None, str | None, bytes]
+"""An SSE event: its ``id`` (None without an id line), its name (None without an ``event:``
+line, that is a message), its ``data``."""
+
+
 @dataclass
 class Read:
     """One ``GET /stream/{id}`` connection of an SSE session."""
@@ -51,8 +56,7 @@ class Read:
     url: str
     last_event_id: int | None
     status: int | None = None
-    events: list[tuple[int | None, bytes]] = field(default_factory=list)
-    """Each event's ``id`` (None when the event had no id line) and ``data``."""
+    events: list[Event] = field(default_factory=list)
     end: str = ""
     why: str = ""
     """What broke the connection, or the body of a non-200 answer."""
@@ -145,10 +149,16 @@ def _judge_sse(session: Session) -> Verdict:
             continue  # could not connect: the client tries the next process
         if read.status != 200:
             raise _Failed(f"read {n + 1} on {read.url}: GET answered {read.status}: {read.why[:160]}")
-        for event_id, data in read.events:
+        for event_id, name, data in read.events:
             if final is not None:
                 raise _Failed(f"event after the final one: {data[:80]!r}")
             event = _json_object(data)
+            if name is not None:
+                if name not in NEWS_EVENTS or event.get("type") != name:
+                    raise _Failed(f"unknown event {name!r}: {data[:80]!r}")
+                if event_id is not None:
+                    raise _Failed(f"a {name} event with an id ({event_id}): news is never replayed")
+                continue
             if "chunk" in event:
                 chunk = event["chunk"]
                 if not isinstance(chunk, str):
@@ -165,10 +175,9 @@ def _judge_sse(session: Session) -> Verdict:
                 position, held_id = event_id, event_id
                 continue
             kind = event.get("type")
-            if kind in NEWS_TYPES:
-                if event_id is not None:
-                    raise _Failed(f"a {kind} event with an id ({event_id}): news is never replayed")
-                continue
+            if kind in NEWS_EVENTS:
+                # A message with a type: a client that ends on any typed message would stop here.
+                raise _Failed(f"a {kind} event sent as a message, not as `event: {kind}`")
             if kind == "done":
                 if event_id != position + 1:
                     raise _Failed(f"done with id {event_id} at position {position}")

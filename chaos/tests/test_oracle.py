@@ -16,6 +16,7 @@ from oracle import (
     ERROR,
     FAILURE,
     OPEN_AFTER_FINAL,
+    Event,
     Post,
     Read,
     Session,
@@ -28,19 +29,26 @@ PROMPT = "oracle test [[mock:tokens=12]]"
 EXPECTED = expected_answer(PROMPT, 12)
 
 
-def chunk(text: str, end: int) -> tuple[int, bytes]:
-    return end, json.dumps({"chunk": text}).encode()
+def chunk(text: str, end: int) -> Event:
+    return end, None, json.dumps({"chunk": text}).encode()
 
 
-def done(at: int) -> tuple[int, bytes]:
-    return at, b'{"type": "done"}'
+def done(at: int) -> Event:
+    return at, None, b'{"type": "done"}'
+
+
+def message(event_id: int | None, data: bytes) -> Event:
+    return event_id, None, data
+
+
+QUEUED = b'{"type": "queued", "position": 2, "eta_s": 1.0}'
 
 
 def sse(*reads: Read) -> Session:
     return Session("t", "sse", "sid-1", PROMPT, EXPECTED, "http://a", 0.0, list(reads))
 
 
-def whole(cut: int = 10) -> list[tuple[int | None, bytes]]:
+def whole(cut: int = 10) -> list[Event]:
     return [chunk(EXPECTED[:cut], cut), chunk(EXPECTED[cut:], len(EXPECTED)), done(len(EXPECTED) + 1)]
 
 
@@ -72,17 +80,19 @@ def test_a_refused_reconnection_is_tried_again() -> None:
         ([chunk("x" + EXPECTED[1:10], 10)], EOF, "wrong text at position 0"),
         ([chunk(EXPECTED[:10], 10)], EOF, "closed the stream without a final event"),
         ([chunk(EXPECTED[:10], 10)], DEADLINE, "hang"),
-        ([chunk(EXPECTED[:10], 10), (None, b"not json")], EOF, "non-JSON"),
+        ([chunk(EXPECTED[:10], 10), message(None, b"not json")], EOF, "non-JSON"),
         ([chunk(EXPECTED[:10], 10), done(11)], EOF, "done after 10 of"),
         ([*whole(), chunk("more", 999)], EOF, "event after the final one"),
-        ([chunk(EXPECTED[:10], 10), (11, b'{"type": "cancelled"}')], EOF, "nobody cancelled"),
-        ([(None, json.dumps({"chunk": EXPECTED}).encode())], EOF, "without an id"),
-        ([(1, b'{"type": "queued", "position": 1}'), *whole()], EOF, "news is never replayed"),
-        ([(None, b'{"type": "surprise"}'), *whole()], EOF, "unknown event"),
+        ([chunk(EXPECTED[:10], 10), message(11, b'{"type": "cancelled"}')], EOF, "nobody cancelled"),
+        ([message(None, json.dumps({"chunk": EXPECTED}).encode())], EOF, "without an id"),
+        ([(1, "queued", QUEUED), *whole()], EOF, "news is never replayed"),
+        ([message(None, QUEUED), *whole()], EOF, "sent as a message"),
+        ([(None, "surprise", QUEUED), *whole()], EOF, "unknown event 'surprise'"),
+        ([message(None, b'{"type": "surprise"}'), *whole()], EOF, "unknown event"),
         (whole(), OPEN_AFTER_FINAL, "kept the stream open"),
     ],
 )
-def test_what_the_oracle_refuses(events: list[tuple[int | None, bytes]], end: str, what: str) -> None:
+def test_what_the_oracle_refuses(events: list[Event], end: str, what: str) -> None:
     verdict = judge(sse(Read("http://a", None, 200, events, end)))
     assert verdict.outcome == FAILURE
     assert what in verdict.detail, verdict.detail
@@ -105,16 +115,16 @@ def test_a_resume_answered_404_is_a_failure() -> None:
     assert "GET answered 404" in judge(sse(first, rest)).detail
 
 
-def test_queue_news_without_an_id_is_skipped() -> None:
-    events = [(None, b'{"type": "queued", "position": 2, "eta_s": 1.0}'), *whole()]
+def test_queue_news_as_a_named_event_without_an_id_is_skipped() -> None:
+    events = [(None, "queued", QUEUED), *whole()]
     assert judge(sse(Read("http://a", None, 200, events, EOF))).outcome == CORRECT
 
 
 def test_an_error_event_is_an_explicit_end_counted_apart() -> None:
-    events = [chunk(EXPECTED[:10], 10), (11, b'{"type": "error", "error": "upstream failed"}')]
+    events = [chunk(EXPECTED[:10], 10), message(11, b'{"type": "error", "error": "upstream failed"}')]
     verdict = judge(sse(Read("http://a", None, 200, events, EOF)))
     assert (verdict.outcome, verdict.detail) == (ERROR, "upstream failed")
-    timeout = [(None, b'{"type": "error", "error": "no answer event for 300s"}')]
+    timeout = [message(None, b'{"type": "error", "error": "no answer event for 300s"}')]
     assert judge(sse(Read("http://a", None, 200, timeout, EOF))).detail.startswith("reader timeout")
 
 
@@ -180,7 +190,7 @@ def test_tally_counts_each_outcome() -> None:
 def test_sse_parser_keeps_ids_across_any_split() -> None:
     stream = (
         b': ping\r\n\r\nid: 4\r\ndata: {"chunk": "caf\xc3\xa9"}\r\n\r\n'
-        b'data: {"type": "queued"}\n\nid: 5\ndata: {"type": "done"}\n\n'
+        b'event: queued\ndata: {"type": "queued"}\n\nid: 5\ndata: {"type": "done"}\n\n'
     )
     for size in (1, 2, 5, len(stream)):
         parser = SSEParser()
@@ -188,5 +198,7 @@ def test_sse_parser_keeps_ids_across_any_split() -> None:
         for i in range(0, len(stream), size):
             events += parser.feed(stream[i : i + size])
         assert events == [
-            (4, '{"chunk": "café"}'.encode()), (None, b'{"type": "queued"}'), (5, b'{"type": "done"}')
+            (4, None, '{"chunk": "café"}'.encode()),
+            (None, "queued", b'{"type": "queued"}'),
+            (5, None, b'{"type": "done"}'),
         ]
