@@ -228,7 +228,8 @@ async def delete_topology(amqp_url: str, names: dict[str, str]) -> list[str]:
     async with connection:
         queue_keys = ("TASK_QUEUE", "EVENTS_STREAM", "CANCELS_STREAM", "DEAD_LETTER_QUEUE")
         queues = [names[key] for key in queue_keys]
-        for queue in [*queues, f"{names['TASK_QUEUE']}.log"]:
+        extra = [f"{names['TASK_QUEUE']}.log", f"{names['DEAD_LETTER_QUEUE']}.notices"]
+        for queue in [*queues, *extra]:
             channel = await connection.channel()
             try:
                 await channel.queue_delete(queue)

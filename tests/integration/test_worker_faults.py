@@ -15,7 +15,7 @@ import pytest
 from .support.deployment import Deployment, prompt
 from .support.metrics import IN_PROGRESS, scrape, wait_for_metric
 from .support.processes import Service
-from .support.sse import Comment, Event, Transcript, assert_complete, read_stream
+from .support.sse import Comment, Event, Transcript, assert_complete, assert_error_end, read_stream
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +110,29 @@ async def test_sigterm_mid_answer_requeues_and_exits_promptly(
         client, survivor.base_url + "/metrics", lambda s: s.tasks("completed") > completed,
         timeout=10, what="the other worker completing the requeued task",
     )
+
+
+async def test_a_task_whose_every_delivery_dies_ends_with_an_error_at_once(
+    client: httpx.AsyncClient, make_deployment: Callable[[], Deployment]
+) -> None:
+    """The broker dead-letters a task at its delivery limit with no worker to end its session:
+    a worker takes the dead-letter notice and every reader gets an error end, not a hang."""
+    deployment = make_deployment()
+    api = deployment.api().base_url
+    first = deployment.worker(TASK_MAX_DELIVERIES="1")
+    deployment.start()
+    ask = prompt("dies-every-time", tokens=200, tps=20)
+
+    reader = await answer_in_progress(client, api, ask.text, chunks=2)
+    first.signal(signal.SIGKILL)
+    assert await first.wait_exit(10) == -signal.SIGKILL
+    second = deployment.worker(TASK_MAX_DELIVERIES="1")
+    deployment.start()  # takes the redelivery, the last one the limit allows
+    await generating_worker(client, [second])
+    second.signal(signal.SIGKILL)
+    assert await second.wait_exit(10) == -signal.SIGKILL
+    deployment.worker(TASK_MAX_DELIVERIES="1")
+    deployment.start()
+
+    transcript = await asyncio.wait_for(reader, 30)
+    assert "dead-lettered" in assert_error_end(transcript)

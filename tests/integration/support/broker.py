@@ -78,7 +78,7 @@ async def delete_topology(url: str, names: Names) -> None:
     try:
         queues = (
             names.task_queue, f"{names.task_queue}.log", names.events_stream, names.cancels_stream,
-            names.dead_letter_queue,
+            names.dead_letter_queue, f"{names.dead_letter_queue}.notices",
         )
         for queue in queues:
             channel = await connection.channel()

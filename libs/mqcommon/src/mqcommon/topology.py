@@ -47,6 +47,7 @@ class Topology:
     live_exchange: ExchangeSpec
     dead_letter_exchange: ExchangeSpec
     dead_letter_queue: QueueSpec
+    dead_letter_notices: QueueSpec
     presence_exchange: ExchangeSpec
     workers_exchange: ExchangeSpec
 
@@ -107,6 +108,11 @@ class Topology:
             dead_letter_queue=QueueSpec(
                 name=settings.dead_letter_queue, arguments={"x-queue-type": "quorum"}
             ),
+            # A copy of every dead-lettered task, for the workers: a task the broker gave up on
+            # (its delivery limit) has no worker to end its session (llm_stream_worker.dead_letters).
+            dead_letter_notices=QueueSpec(
+                name=f"{settings.dead_letter_queue}.notices", arguments={"x-queue-type": "quorum"}
+            ),
             presence_exchange=ExchangeSpec(
                 name=settings.presence_exchange, type=aio_pika.ExchangeType.FANOUT, durable=False
             ),
@@ -146,6 +152,8 @@ class Topology:
         dlx = await declare_exchange(channel, self.dead_letter_exchange)
         dlq = await declare_queue(channel, self.dead_letter_queue)
         await dlq.bind(dlx, routing_key=self.dead_letter_queue.name)
+        notices = await declare_queue(channel, self.dead_letter_notices)
+        await notices.bind(dlx, routing_key=self.dead_letter_queue.name)
         tasks = await declare_queue(channel, self.task_queue)
         intake = await declare_exchange(channel, self.intake_exchange)
         queue_log = await declare_queue(channel, self.queue_log_stream)

@@ -10,6 +10,8 @@ happens on each kind of failure is decided here:
     cancelled      cancelled by a client (even while queued: the   -> cancelled end, ack
                    LLM is never called), or abandoned by all       -> error end, ack
     dead_lettered  bad payload, or retryable failures exhausted -> (error end,) reject to DLQ
+                   every delivery died with its worker          -> the broker dead-letters it;
+                                                                   dead_letters ends the session
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from mqcommon.publishing import publish_confirmed
 from mqcommon.schemas import LEFT, HistoryRecord, MalformedMessage, Presence, QueueEvent
 from mqcommon.topology import Topology, declare_exchange, declare_queue
 
-from llm_stream_worker import generation, http, metrics
+from llm_stream_worker import dead_letters, generation, http, metrics
 from llm_stream_worker.cancels import CancelFeed
 from llm_stream_worker.outbox import Outbox
 from llm_stream_worker.presence import PresenceTracker
@@ -32,6 +32,7 @@ from llm_stream_worker.settings import WorkerSettings
 log = structlog.get_logger(__name__)
 
 WATCHDOG_INTERVAL_S = 1.0
+NOTICES_PREFETCH = 10
 
 
 class Worker:
@@ -104,6 +105,11 @@ class Worker:
         presence_queue = await presence_channel.declare_queue(exclusive=True, auto_delete=True)
         await presence_queue.bind(presence_exchange)
         await presence_queue.consume(self._on_presence, no_ack=True)
+
+        notices_channel = await self._connection.channel()
+        await notices_channel.set_qos(prefetch_count=NOTICES_PREFETCH)
+        notices = await declare_queue(notices_channel, self.topology.dead_letter_notices)
+        await notices.consume(self._on_dead_letter)
 
         tasks_channel = await self._connection.channel()
         tasks_channel.close_callbacks.add(self._deliveries_lost)
@@ -225,6 +231,9 @@ class Worker:
         finally:
             self.running.pop(key, None)
             metrics.TASKS_IN_PROGRESS.dec()
+
+    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        await dead_letters.on_notice(message, self.outbox, self._record)
 
     async def _left_queue(self, session_id: str) -> None:
         """Tell the queue log this task left the queue: the positions of those behind it move up.
