@@ -32,7 +32,7 @@ import orjson
 import psutil
 
 import loadgen
-from stack import CpuMeter, Service, broker_names, free_port
+from stack import CpuMeter, Service, background_cores, broker_names, cpu_seconds, free_port
 
 if TYPE_CHECKING:
     from run import Bench
@@ -238,7 +238,7 @@ class CancelPart:
             "worker": CpuMeter.of_pids([services[1].popen.pid]),
             **{k: v for k, v in self.bench.meters.items() if k in ("mock", "broker", "loadgen")},
         }
-        cpu_before = self._cpu(meters)
+        cpu_before = cpu_seconds(meters)
         began = time.perf_counter()
         try:
             async with loadgen.new_session(2 * len(sessions) + 10) as session:
@@ -261,7 +261,7 @@ class CancelPart:
             seed=self.args.cancel_seed,
             wall_s=round(wall, 2),
             load_average_before=load_before,
-            background_cores=self._background(meters, cpu_before, wall),
+            background_cores=background_cores(meters, cpu_before, wall),
         )
         return summary
 
@@ -308,14 +308,3 @@ class CancelPart:
                 return
             await asyncio.sleep(CLOSE_POLL_S)
 
-    def _cpu(self, meters: dict[str, CpuMeter]) -> dict[str, float]:
-        seconds = {name: meter.seconds() for name, meter in meters.items()}
-        host = psutil.cpu_times()
-        seconds["host"] = host.user + host.nice + host.system + host.irq + host.softirq
-        return seconds
-
-    def _background(self, meters: dict[str, CpuMeter], before: dict[str, float], wall: float) -> float | None:
-        after = self._cpu(meters)
-        delta = {k: after[k] - before[k] for k in after}
-        host = delta.pop("host")
-        return round(max(0.0, host - sum(delta.values())) / wall, 2) if wall else None

@@ -34,7 +34,7 @@ from llm_stream_mockllm.answer import expected_answer
 
 import loadgen
 import report
-from stack import CpuMeter, Service, broker_names, free_port
+from stack import CpuMeter, Service, background_cores, broker_names, cpu_seconds, free_port
 
 if TYPE_CHECKING:
     from run import Bench
@@ -402,19 +402,6 @@ class ScaleOut:
                     f"{service.log_tail()}"
                 )
 
-    def _cpu(self, meters: dict[str, CpuMeter]) -> dict[str, float]:
-        seconds = {name: meter.seconds() for name, meter in meters.items()}
-        host = psutil.cpu_times()
-        seconds["host"] = host.user + host.nice + host.system + host.irq + host.softirq
-        return seconds
-
-    def _background(self, meters: dict[str, CpuMeter], before: dict[str, float], wall: float) -> float | None:
-        """Cores used meanwhile by processes not in ``meters`` (other programs)."""
-        after = self._cpu(meters)
-        delta = {k: after[k] - before[k] for k in after}
-        host = delta.pop("host")
-        return round(max(0.0, host - sum(delta.values())) / wall, 2) if wall else None
-
     def _shared_meters(self) -> dict[str, CpuMeter]:
         return {k: v for k, v in self.bench.meters.items() if k in ("mock", "broker", "loadgen")}
 
@@ -448,11 +435,11 @@ class ScaleOut:
         apis = dict(zip((*served, *idle), (*group.replicas, *group.idle), strict=True))
         # What the idle replica uses with no traffic at all: timers, heartbeats.
         idle_meters = {k: meters[k] for k in idle}
-        quiet = self._cpu(idle_meters)
+        quiet = cpu_seconds(idle_meters)
         await asyncio.sleep(IDLE_BASELINE_S)
-        quiet = {k: v - quiet[k] for k, v in self._cpu(idle_meters).items() if k in idle}
+        quiet = {k: v - quiet[k] for k, v in cpu_seconds(idle_meters).items() if k in idle}
         metrics_before = await scrape_all(session, apis)
-        before = self._cpu(meters)
+        before = cpu_seconds(meters)
         run = await loadgen.closed_loop(
             session,
             loadgen.chat_async(group.url, self.bench.n_tokens),
@@ -462,7 +449,7 @@ class ScaleOut:
             deadline=self.args.scenario_timeout,
             ramp=self.args.ramp,
         )
-        after = self._cpu(meters)
+        after = cpu_seconds(meters)
         metrics_after = await scrape_all(session, apis)
         delta = {k: after[k] - before[k] for k in after}
         by_process = {k: delta.pop(k) for k in (*served, *idle)}
@@ -512,11 +499,11 @@ class ScaleOut:
             await asyncio.sleep(RSS_SETTLE_S)
             before = api.memory_info().rss
             meters = {**self._shared_meters(), **group.meters()}
-            cpu_before = self._cpu(meters)
+            cpu_before = cpu_seconds(meters)
             started = time.perf_counter()
             results = await answers("rss", self.args.rss_answers)
             wall = time.perf_counter() - started
-            background = self._background(meters, cpu_before, wall)
+            background = background_cores(meters, cpu_before, wall)
             await asyncio.sleep(RSS_SETTLE_S)
             after = api.memory_info().rss
             self.check_alive(group, "the buffered-answer measurement")
@@ -666,10 +653,10 @@ class ScaleOut:
             stop=stop,
         )
         meters = {**self._shared_meters(), **group.meters()}
-        cpu_before = self._cpu(meters)
+        cpu_before = cpu_seconds(meters)
         run, _ = await asyncio.gather(loop, kill_and_restart())
         # The restarted process is not among the meters: its CPU counts as other load.
-        background = self._background(meters, cpu_before, run.wall)
+        background = background_cores(meters, cpu_before, run.wall)
         results = [r for r in run.results if r.error != "not sent"]
         ready_s = timeline["ready"] - timeline["started"]
         window = restart_window(

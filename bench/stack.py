@@ -261,3 +261,20 @@ async def rabbitmq_version(amqp_url: str) -> str | None:
         properties = connection.transport.connection.server_properties
         version = properties.get("version")
         return version.decode() if isinstance(version, bytes) else version
+
+
+def cpu_seconds(meters: dict[str, CpuMeter]) -> dict[str, float]:
+    """CPU seconds of each meter's processes so far, and of the whole host (``"host"``)."""
+    seconds = {name: meter.seconds() for name, meter in meters.items()}
+    host = psutil.cpu_times()
+    seconds["host"] = host.user + host.nice + host.system + host.irq + host.softirq
+    return seconds
+
+
+def background_cores(meters: dict[str, CpuMeter], before: dict[str, float], wall: float) -> float | None:
+    """Cores used since ``before`` by processes not in ``meters`` (other programs)."""
+    after = cpu_seconds(meters)
+    delta = {k: after[k] - before[k] for k in after}
+    host = delta.pop("host")
+    return round(max(0.0, host - sum(delta.values())) / wall, 2) if wall else None
+
