@@ -36,6 +36,9 @@ SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
 
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+# A model name has no control characters and no line breaks of any kind (U+0085 and U+2028/9
+# end lines for some SSE parsers, so a model echoed back in a stream would cut it).
+MODEL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]+$"
 
 FRAMES_VERSION = 2
 HISTORY_VERSION = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from mqcommon.schemas import SessionId
+from mqcommon.schemas import MODEL_PATTERN, SessionId
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # One character that is not whitespace, spelled out: Python's idea of whitespace (what the
@@ -85,7 +85,7 @@ class ChatRequest(BaseModel):
     session_id: SessionId | None = Field(
         default=None, description="Optional client-chosen id (letters, digits, _.:-; up to 128)."
     )
-    model: str | None = Field(default=None, min_length=1, max_length=200)
+    model: str | None = Field(default=None, min_length=1, max_length=200, pattern=MODEL_PATTERN)
     temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
     top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int | None = Field(

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import orjson
+from mqcommon.schemas import MODEL_PATTERN
 from pydantic import Field, field_validator
 
 from llm_stream_api.limits import FieldNames
@@ -59,7 +60,7 @@ STREAM_OPTIONS_NEED_STREAM = [
 class ChatCompletionRequest(OpenAIBaseModel):
     model_config = {"json_schema_extra": {"anyOf": STREAM_OPTIONS_NEED_STREAM}}
 
-    model: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=200, pattern=MODEL_PATTERN)
     messages: list[Message] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)

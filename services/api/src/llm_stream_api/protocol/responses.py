@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from mqcommon.schemas import MODEL_PATTERN
 from pydantic import Field
 
 from llm_stream_api.limits import FieldNames
@@ -59,7 +60,7 @@ TEXT_FORMAT = {
 
 
 class ResponseRequest(OpenAIBaseModel):
-    model: str | None = Field(default=None, min_length=1, max_length=200)
+    model: str | None = Field(default=None, min_length=1, max_length=200, pattern=MODEL_PATTERN)
     input: str | list[Any] = Field(min_length=1, json_schema_extra=documented_as(INPUT_SCHEMA))
     instructions: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
