@@ -205,11 +205,7 @@ async def test_unknown_session_ends_with_an_error_after_the_wait_timeout(
     transcript = await read_stream(client, f"{api}/stream/{session_id('nobody')}", timeout=20)
 
     elapsed = time.monotonic() - started
-    # The error is decided by this reader, not stored: a resume asks again. Before it, only
-    # the session's queue position (first in a queue nobody takes from), also without ids.
-    assert set(transcript.ids) == {None}, transcript.ids
-    assert {event.kind for event in transcript.events[:-1]} == {"queued"}, transcript.events
-    assert {event.data["position"] for event in transcript.events[:-1]} == {1}
+    assert transcript.ids == [None]  # decided by this reader, not stored: a resume asks again
     assert_error_end(transcript)
     assert STREAM_WAIT_TIMEOUT_S - 0.2 <= elapsed < STREAM_WAIT_TIMEOUT_S + 8, elapsed
 
@@ -226,10 +222,11 @@ async def test_silent_session_ends_with_an_error_after_the_idle_timeout(
 
     elapsed = time.monotonic() - started
     # The error is decided by this reader, not stored: a resume asks again. Before it, only
-    # the session's queue position (first in a queue nobody takes from), also without ids.
+    # the session's queue position, also without ids: it stays where it is, since nobody takes
+    # from this queue (tasks of earlier tests may wait ahead of it).
     assert set(transcript.ids) == {None}, transcript.ids
     assert {event.kind for event in transcript.events[:-1]} == {"queued"}, transcript.events
-    assert {event.data["position"] for event in transcript.events[:-1]} == {1}
+    assert len({event.data["position"] for event in transcript.events[:-1]}) == 1, transcript.events
     assert_error_end(transcript)
     assert STREAM_IDLE_TIMEOUT_S - 0.2 <= elapsed < STREAM_IDLE_TIMEOUT_S + 8, elapsed
 
