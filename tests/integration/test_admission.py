@@ -26,7 +26,7 @@ from .support.sse import Event, Transcript, assert_complete, assert_queued, read
 
 pytestmark = pytest.mark.integration
 
-QUEUED_TASKS = 60
+QUEUED_TASKS = 100
 WORKERS = 2
 RETRY_AFTER_MAX_S = 120
 
@@ -49,7 +49,7 @@ async def test_positions_fall_to_one_across_replicas_and_tasks_start_in_that_ord
     stack.start()
     api_a, api_b = (api.base_url for api in stack.apis)
     # Two long answers keep both workers busy while the others queue up behind them.
-    blockers = [prompt(f"blocker-{i}", tokens=40, tps=20) for i in range(2)]
+    blockers = [prompt(f"blocker-{i}", tokens=100, tps=20) for i in range(2)]
     for ask in blockers:
         assert (await client.post(f"{api_a}/chat/async", json={"message": ask.text})).status_code == 200
     await asyncio.sleep(0.5)
