@@ -9,6 +9,7 @@ from llm_stream_api.protocol.openai_base import OpenAIError
 from llm_stream_api.protocol.responses import ResponseRequest
 from llm_stream_api.tasks import from_native
 from mqcommon.schemas import ChatMessage
+from pydantic import ValidationError
 
 
 def test_message_alone_is_the_old_task() -> None:
@@ -81,3 +82,10 @@ def test_responses_input_becomes_a_conversation() -> None:
     with pytest.raises(OpenAIError):
         tool_output = {"type": "function_call_output", "output": "x"}
         ResponseRequest.model_validate({"input": [tool_output]}).task_request("r")
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "max_tokens", "seed"])
+@pytest.mark.parametrize("value", [True, "1"])
+def test_native_generation_parameters_are_json_numbers_only(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match="must be a number"):
+        ChatRequest.model_validate({"message": "hi", field: value})

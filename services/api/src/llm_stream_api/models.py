@@ -100,10 +100,13 @@ class ChatRequest(BaseModel):
 
     @field_validator("temperature", "top_p", "max_tokens", "seed", mode="before")
     @classmethod
-    def _not_a_boolean(cls, value: Any) -> Any:
-        # JSON true is not a number, though Python's bool is an int.
+    def _a_json_number(cls, value: Any) -> Any:
+        # JSON true is not a number, though Python's bool is an int; nor is "0.5", which
+        # pydantic would otherwise read as one.
         if isinstance(value, bool):
             raise ValueError("must be a number, not a boolean")
+        if isinstance(value, str):
+            raise ValueError("must be a number, not a string")
         return value
 
     @field_validator("messages")

@@ -31,7 +31,7 @@ REDISCOVER_UNKNOWN_S = 2.0
 REDISCOVER_SILENT_S = 10.0
 # A waiting session's position is sent at once, on every change, and again at this interval
 # (the contract says at least every 2 s).
-QUEUED_REPEAT_S = 1.5
+QUEUED_REPEAT_S = 1.0
 QUEUED = "queued"  # not an end: a reader's news about a waiting session, never stored
 
 Discover = Callable[[Session], None]
