@@ -160,28 +160,38 @@ def _engine() -> None:
         os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 
+START_ATTEMPTS = 3
+
+
 @contextmanager
 def rabbitmq_container() -> Iterator[Broker]:
     image = os.environ.get("RABBITMQ_IMAGE") or ensure_image()
     _engine()
     from testcontainers.community.rabbitmq import RabbitMqContainer
 
-    container = RabbitMqContainer(image).with_exposed_ports(15672, 15692)
     # The readiness probe logs every refused connection while the broker boots.
     pika_logger = logging.getLogger("pika")
     pika_level = pika_logger.level
     pika_logger.setLevel(logging.CRITICAL)
     try:
-        container.start()
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            logs = b"\n".join(part or b"" for part in container.get_logs()).decode(errors="replace")
-            exc.add_note(f"container log:\n{logs[-4000:]}")
-        with contextlib.suppress(Exception):
-            container.stop()
-        raise BrokerUnavailable(
-            f"The RabbitMQ container ({image}) did not start: {type(exc).__name__}: {exc}"
-        ) from exc
+        for attempt in range(1, START_ATTEMPTS + 1):
+            container = RabbitMqContainer(image).with_exposed_ports(15672, 15692)
+            try:
+                container.start()
+                break
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    logs = b"\n".join(part or b"" for part in container.get_logs()).decode(errors="replace")
+                    exc.add_note(f"container log:\n{logs[-4000:]}")
+                with contextlib.suppress(Exception):
+                    container.stop()
+                # The engine itself sometimes fails a start ("write child: broken pipe" from
+                # runc): a new container gets another chance; the last failure is reported.
+                if attempt == START_ATTEMPTS:
+                    raise BrokerUnavailable(
+                        f"The RabbitMQ container ({image}) did not start in {START_ATTEMPTS} attempts: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
     finally:
         pika_logger.setLevel(pika_level)
     try:
