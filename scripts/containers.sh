@@ -182,14 +182,38 @@ sys.exit(0 if data.split(b"\r\n", 1)[0].split()[1] == b"200" else 1)
 EOF
 }
 
+# A service started from a checkout that is gone since (a CI clone, a deleted work tree) still
+# answers, but every container it starts fails ("write child: broken pipe": conmon cannot find
+# its working directory, nor the engine its CONTAINERS_CONF): such a service is replaced.
+socket_stale() {
+    local pidfile="$STATE_DIR/socket.pid" pid
+    [ -f "$pidfile" ] || return 1
+    pid=$(cat "$pidfile")
+    kill -0 "$pid" 2>/dev/null || return 1
+    case "$(readlink "/proc/$pid/cwd")" in *" (deleted)") return 0 ;; esac
+    local conf
+    conf=$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | sed -n 's/^CONTAINERS_CONF=//p')
+    [ -z "$conf" ] || [ -f "$conf" ] || return 0
+    return 1
+}
+
 start_socket() {
+    if socket_stale; then
+        say "the podman socket service was started from a checkout that is gone; restarting it"
+        cmd_stop_socket
+        sleep 0.5
+    fi
     if socket_answers; then
         return 0
     fi
     rm -f "$SOCKET_PATH"
     mkdir -p "$STATE_DIR"
+    # Its own copy of the configuration, and / as its directory: the service outlives this
+    # checkout.
+    cp "$CONTAINERS_CONF" "$STATE_DIR/containers.conf"
     say "starting podman system service on unix://$SOCKET_PATH (log: $STATE_DIR/socket.log)"
-    setsid podman system service --time=0 "unix://$SOCKET_PATH" >"$STATE_DIR/socket.log" 2>&1 </dev/null &
+    CONTAINERS_CONF="$STATE_DIR/containers.conf" setsid env -C / podman system service --time=0 \
+        "unix://$SOCKET_PATH" >"$STATE_DIR/socket.log" 2>&1 </dev/null &
     echo $! >"$STATE_DIR/socket.pid"
     for _ in $(seq 1 100); do
         socket_answers && return 0
