@@ -37,8 +37,6 @@ from llm_stream_api.rates import RateMeter
 log = structlog.get_logger(__name__)
 
 PREFETCH = 2000
-ACK_EVERY = 500
-ACK_DELAY_S = 0.2
 WINDOW_S = 3600.0  # the log's retention: nobody waits longer than that
 RATE_WINDOW_S = 30.0
 UPDATE_DELAY_S = 0.02  # positions are recomputed once per burst of records, not per record
@@ -53,9 +51,6 @@ class QueueTracker:
         self._left = RateMeter(RATE_WINDOW_S)
         self._watched: dict[str, Session] = {}
         self._last_offset = -1
-        self._unacked: AbstractIncomingMessage | None = None
-        self._unacked_count = 0
-        self._ack_timer: asyncio.TimerHandle | None = None
         self._update: asyncio.TimerHandle | None = None
         self._suspects: list[str] = []
 
@@ -70,12 +65,7 @@ class QueueTracker:
         await queue.consume(self._on_message, arguments={"x-stream-offset": since})
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # Acknowledged in batches (a stream needs acks to send more), the rest shortly after.
-        self._unacked, self._unacked_count = message, self._unacked_count + 1
-        if self._unacked_count >= ACK_EVERY:
-            self._ack_rest()
-        elif self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._ack_rest)
+        await message.ack()  # a stream consumer gets more only as it acknowledges
         headers = message.headers or {}
         offset = headers.get("x-stream-offset")
         if isinstance(offset, int):
@@ -85,16 +75,6 @@ class QueueTracker:
         event = QueueEvent.from_headers(headers)
         if event is not None:
             self.apply(event)
-
-    def _ack_rest(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-        if self._unacked is not None:
-            message, self._unacked, self._unacked_count = self._unacked, None, 0
-            task = asyncio.ensure_future(_quietly(message.ack(multiple=True)))
-            _acks.add(task)
-            task.add_done_callback(_acks.discard)
 
     def apply(self, event: QueueEvent) -> None:
         if event.kind == QUEUED:
@@ -200,13 +180,3 @@ class QueueTracker:
                 self.reconcile(await queue_length())
             except Exception as exc:  # the broker is away: try again later
                 log.debug("queue length unavailable", error=str(exc))
-
-
-_acks: set[asyncio.Future[None]] = set()
-
-
-async def _quietly(awaitable: Awaitable[object]) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        log.debug("queue log ack failed", error=str(exc))
