@@ -117,7 +117,10 @@ async def follow(
                 discover(session)
             before = (session.started, session.known)
             waiting = queue is not None and session.queue_position is not None and not session.started
-            await session.wait(min(remaining, again, QUEUED_REPEAT_S) if waiting else min(remaining, again))
+            # Until the next repeat is due, not a whole interval: a wait that wakes a moment early
+            # would otherwise skip a repeat and leave two intervals between them.
+            until_repeat = max(told[1] + QUEUED_REPEAT_S - now, 0.01)
+            await session.wait(min(remaining, again, until_repeat) if waiting else min(remaining, again))
             if (session.started, session.known) != before:
                 progress_at = time.monotonic()
     finally:
