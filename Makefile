@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-tools test-integration test-integration-rabbitmq4 test-deploy test-observability bench chaos tools lint images
+.PHONY: help install run test typecheck test-unit test-tools test-integration test-integration-rabbitmq4 test-deploy test-observability bench chaos tools lint images
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -51,5 +51,8 @@ bench: install ## Benchmark the stack against the mock LLM and direct (writes be
 chaos: install ## Load while workers are SIGKILLed, the broker restarts and an API process dies; every session judged
 	$(UV) run python chaos/run.py $(CHAOS_ARGS)
 
-lint: install ## Static checks
+lint: install typecheck ## Static checks: ruff, then the type checker
 	$(UV) run ruff check libs services tests bench scripts
+
+typecheck: install ## mypy over the packages in [tool.mypy] (strict on mqcommon and the API's core)
+	$(UV) run mypy

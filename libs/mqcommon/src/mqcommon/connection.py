@@ -38,7 +38,9 @@ async def connect(url: str, role: str, *, reconnect_interval_s: float = 1.0) -> 
 
 def broker_version(connection: AbstractRobustConnection) -> tuple[int, ...]:
     """The broker's version as announced when the connection opened, e.g. ``(4, 0, 5)``."""
-    properties = getattr(connection.transport.connection, "server_properties", None) or {}
+    transport = connection.transport
+    underlay = transport.connection if transport is not None else None
+    properties = getattr(underlay, "server_properties", None) or {}
     raw = properties.get("version", b"0")
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     parts = []

@@ -138,7 +138,7 @@ async def stream_task(
         yield text
 
 
-def _delta_text(chunk: dict) -> str | None:
+def _delta_text(chunk: dict[str, Any]) -> str | None:
     if "error" in chunk:
         detail = chunk["error"]
         message = detail.get("message") if isinstance(detail, dict) else str(detail)

@@ -31,7 +31,7 @@ async def publish_confirmed(
         body,
         content_type="application/json",
         delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
-        headers=headers or None,
+        headers=dict(headers) if headers else None,
         message_id=message_id,
     )
     try:
@@ -42,7 +42,7 @@ async def publish_confirmed(
         await target.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout_s)
     except aio_pika.exceptions.DeliveryError as exc:
         if isinstance(exc.frame, Basic.Nack):
-            where = routing_key or getattr(exchange, "name", exchange)
+            where = routing_key or (exchange if isinstance(exchange, str) else exchange.name)
             raise PublishRefused(f"the broker refused the publish to {where!r}") from exc
         raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from exc
     except (AMQPError, aio_pika.exceptions.AMQPException, ConnectionError, RuntimeError) as exc:
