@@ -25,17 +25,15 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import orjson
 import psutil
 
 import loadgen
+from context import BenchRun
 from stack import CpuMeter, Service, background_cores, broker_names, cpu_seconds, free_port
-
-if TYPE_CHECKING:
-    from run import Bench
 
 ANSWER_DIRECTIVES = "[[mock:tokens=400]] [[mock:tps=20]]"
 """20 s answers: still running whenever the cancel comes."""
@@ -183,7 +181,7 @@ async def queue(session: aiohttp.ClientSession, api: str, one: Cancelled) -> boo
 
 
 class CancelPart:
-    def __init__(self, bench: Bench) -> None:
+    def __init__(self, bench: BenchRun) -> None:
         self.bench = bench
         self.args = bench.args
         self.stack = bench.stack

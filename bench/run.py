@@ -41,7 +41,7 @@ import cancel
 import loadgen
 import report
 import scaleout
-from stack import CpuMeter, Stack, broker_names, delete_topology, free_port, rabbitmq_version
+from stack import CpuMeter, Stack, StackDied, broker_names, delete_topology, free_port, rabbitmq_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP_REQUESTS, WARMUP_CONCURRENCY = 20, 10
@@ -191,10 +191,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.direct_only:
         args.modes, args.burst = [], 0
     return args
-
-
-class StackDied(RuntimeError):
-    """A process of the stack exited during the run."""
 
 
 class Bench:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import psutil
@@ -34,10 +34,8 @@ from llm_stream_mockllm.answer import expected_answer
 
 import loadgen
 import report
-from stack import CpuMeter, Service, background_cores, broker_names, cpu_seconds, free_port
-
-if TYPE_CHECKING:
-    from run import Bench
+from context import BenchRun
+from stack import CpuMeter, Service, StackDied, background_cores, broker_names, cpu_seconds, free_port
 
 HAPROXY_CANDIDATES = ("haproxy", "/usr/sbin/haproxy")
 HAPROXY_INSTALL = "sudo apt-get install -y haproxy"
@@ -302,7 +300,7 @@ class Group:
 
 
 class ScaleOut:
-    def __init__(self, bench: Bench) -> None:
+    def __init__(self, bench: BenchRun) -> None:
         self.bench = bench
         self.args = bench.args
         self.stack = bench.stack
@@ -395,8 +393,6 @@ class ScaleOut:
     def check_alive(self, group: Group, during: str) -> None:
         for service in group.services:
             if service.popen.poll() is not None:
-                from run import StackDied
-
                 raise StackDied(
                     f"{service.name} exited with {service.popen.returncode} during {during}:\n"
                     f"{service.log_tail()}"

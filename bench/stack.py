@@ -42,6 +42,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 @dataclass
+
+class StackDied(RuntimeError):
+    """A process of the stack exited during the run."""
+
 class Service:
     name: str
     popen: subprocess.Popen[bytes]

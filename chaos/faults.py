@@ -1,11 +1,12 @@
 """The faults a chaos run injects, each recording what it really did.
 
 - :class:`WorkerKiller`: SIGKILL a random ready worker every ``interval`` seconds and start a
-  new one in its place (same environment), as long as another worker is ready. On a busy
-  machine restarts are slower than the interval, and so are the kills: :meth:`due` tells the
-  load how far the kills have come, so that it keeps pace with them.
+  new one in its place (same environment), as long as another worker is ready and a session is
+  under way. On a busy machine restarts are slower than the interval, and so are the kills:
+  :meth:`due` tells the load how far the kills have come, so that it keeps pace with them.
 - :class:`BrokerOutage`: ``rabbitmqctl stop_app`` on the run's private node, hold it down,
   ``start_app``; a probe of the AMQP port says when the broker really went away and came back.
+  It stays down until a POST has been seen refused, however slow the machine.
 - The API kill is a single ``Stack.kill`` in the scenario (SIGKILL of the process group).
 """
 
@@ -16,6 +17,7 @@ import contextlib
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,8 @@ PROBE_EVERY_S = 0.05
 PROBE_TIMEOUT_S = 1.0
 READY_TIMEOUT_S = 90.0
 READY_POLL_S = 0.05
+# How long the broker stays down at most waiting for a refused POST (then the run says so).
+REFUSAL_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -59,14 +63,9 @@ class WorkerKiller:
         self._ready = {id(w) for w in self.workers}
 
     def due(self, k: float) -> bool:
-        """Whether kill number ``k`` (a fraction: 2.5 is half-way from the 2nd to the 3rd) is
-        behind us, by the kills so far and their mean interval."""
-        done = len(self.kills)
-        if k <= done:
-            return True
-        last = self.kills[-1].at if done else self.started_at
-        mean = (last - self.started_at) / done if done else sum(self.interval) / 2
-        return time.monotonic() >= last + (k - done) * mean
+        """Whether ``int(k)`` kills have happened: the kills themselves, not a clock, pace the
+        load, so a slow machine slows both alike."""
+        return len(self.kills) >= int(k)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.started_at = time.monotonic()
@@ -81,6 +80,10 @@ class WorkerKiller:
             while len(ready := [w for w in self.workers if id(w) in self._ready]) < 2:
                 if stop.is_set():
                     break
+                await asyncio.sleep(READY_POLL_S)
+            # A kill lands mid-answer: wait for a session under way (the load lets one through
+            # whenever none is, so this wait ends).
+            while self.in_flight() == 0 and not stop.is_set():  # noqa: ASYNC110 (a count, not an event)
                 await asyncio.sleep(READY_POLL_S)
             if stop.is_set():
                 break
@@ -150,8 +153,9 @@ class BrokerOutage:
     def port(self) -> int:
         return int(self.node.node.amqp_port)
 
-    async def run(self) -> None:
-        """Stop the broker, keep it down ``hold_s`` from the moment it went away, start it."""
+    async def run(self, refused: Callable[[], bool] = lambda: True) -> None:
+        """Stop the broker, keep it down ``hold_s`` from the moment it went away and until
+        ``refused()`` holds (a POST was seen refused meanwhile), then start it."""
         self.stop_called_at = time.monotonic()
         watch = asyncio.create_task(self._watch(want_up=False))
         try:
@@ -162,6 +166,10 @@ class BrokerOutage:
             watch.cancel()
         assert self.down_at is not None
         await asyncio.sleep(max(0.0, self.down_at + self.hold_s - time.monotonic()))
+        # On a slow machine the API may take longer to notice the loss: wait for the evidence.
+        deadline = time.monotonic() + REFUSAL_TIMEOUT_S
+        while not refused() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(PROBE_EVERY_S)
         self.start_called_at = time.monotonic()
         watch = asyncio.create_task(self._watch(want_up=True))
         try:

@@ -43,15 +43,15 @@ MOCK_TTFT_MS = 100
 DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
     "workers": {
         "sessions": (1000, 60), "users": (60, 20), "tokens": (30, 20), "tps": (20, 20),
-        "workers": (4, 3), "min_kills": (26, 3), "deadline_s": (60, 45), "time_limit_s": (300, 60),
+        "workers": (4, 3), "min_kills": (26, 3), "deadline_s": (60, 120), "time_limit_s": (300, 300),
     },
     "broker": {
         "sessions": (600, 50), "users": (30, 12), "tokens": (30, 20), "tps": (20, 20),
-        "workers": (2, 2), "outage_s": (10.0, 3.0), "deadline_s": (90, 60), "time_limit_s": (300, 90),
+        "workers": (2, 2), "outage_s": (10.0, 3.0), "deadline_s": (90, 120), "time_limit_s": (300, 300),
     },
     "api": {
         "sessions": (120, 16), "users": (0, 0), "tokens": (60, 40), "tps": (10, 10),
-        "workers": (2, 2), "deadline_s": (60, 45), "time_limit_s": (120, 60),
+        "workers": (2, 2), "deadline_s": (60, 120), "time_limit_s": (120, 300),
     },
 }
 

@@ -32,6 +32,7 @@ from stack import Service, Stack, broker_names, free_port
 
 KINDS = ("sse", "sync", "openai")
 UNDER_WAY_TIMEOUT_S = 60.0
+PROBE_LIMIT_S = 600.0
 POLL_S = 0.05
 
 
@@ -326,7 +327,8 @@ async def workers(run: Run, opts: Options) -> Outcome:
         def keeps_pace(n: int) -> bool:
             # The sessions are spread over the kills, whatever their pace: the n-th starts once
             # kill (min_kills + 0.5) * n / sessions is behind us, so the last ones see the last kill.
-            return killer.due((opts.min_kills + 0.5) * n / opts.sessions)
+            # With nothing under way one goes through anyway: a kill waits for a session mid-answer.
+            return killer.due((opts.min_kills + 0.5) * n / opts.sessions) or clients.in_flight() == 0
 
         try:
             async with time_limit(opts.time_limit_s, tickets, problems):
@@ -369,8 +371,12 @@ async def broker(run: Run, opts: Options) -> Outcome:
             await until(lambda: len(clients.sessions) >= threshold or load.done(), UNDER_WAY_TIMEOUT_S * 5)
             facts["in_flight_at_stop"] = clients.in_flight()
             probe = asyncio.create_task(intake_probe(clients, urls[0], outage, tickets, opts.probe_every_s))
+            def refused_while_down() -> bool:
+                down = outage.down_at
+                return down is not None and any(p.status == 503 and p.at >= down for p in clients.posts)
+
             try:
-                await outage.run()
+                await outage.run(refused=refused_while_down)
             finally:
                 if not outage.came_back.is_set():
                     # Bring it back whatever happened, or nothing after this can run.
@@ -394,16 +400,18 @@ async def intake_probe(
     clients: Clients, url: str, outage: BrokerOutage, tickets: Tickets, every_s: float
 ) -> None:
     """From the moment the broker is gone, POST every ``every_s`` (ignoring ``Retry-After``:
-    it measures) until one is accepted after the broker is back; that session is read like any."""
+    it measures) until one is accepted after the broker is back; that session is read like any.
+    It does not stop with the load: it ends on an acceptance, or after ``PROBE_LIMIT_S``."""
     await outage.went_down.wait()
-    while True:
-        if not tickets.take():
-            return
+    deadline = time.monotonic() + PROBE_LIMIT_S
+    while time.monotonic() < deadline:
+        ticket = tickets.take()
         outcome = await clients.post_sse(url, probe=True)
         if isinstance(outcome, Session):
             await clients.read(outcome, [url])
             return
-        tickets.give_back()
+        if ticket:
+            tickets.give_back()
         await asyncio.sleep(every_s)
 
 
@@ -444,7 +452,16 @@ async def api(run: Run, opts: Options) -> Outcome:
                 order = [first, *(u for u in urls if u != first)]
                 reads.append(asyncio.create_task(clients.read(outcome, order)))
         on_victim = readers[victim]
-        await until(lambda: all(position(s) > 0 for s in on_victim), UNDER_WAY_TIMEOUT_S)
+
+        def ripe() -> bool:
+            # Every reader of the victim under way, or one of them mid-answer about to end: the
+            # kill then hits as many mid-answer readers as it can, however slow the machine.
+            started = [s for s in on_victim if position(s) > 0]
+            mid = [s for s in started if not finished(s) and position(s) < len(s.expected)]
+            nearly = any(position(s) >= len(s.expected) * 0.7 for s in mid)
+            return bool(on_victim) and (len(started) == len(on_victim) or nearly) and bool(mid)
+
+        await until(lambda: ripe() or all(finished(s) for s in on_victim), UNDER_WAY_TIMEOUT_S * 10)
         mid_answer = [s for s in on_victim if not finished(s) and position(s) < len(s.expected)]
         run.stack.kill(apis[0])
         facts.update(

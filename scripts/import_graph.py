@@ -1,6 +1,7 @@
 """The import graph of a Python package: modules, arrows, floors, circles, arrows back up.
 
     python scripts/import_graph.py services/api/src/llm_stream_api [--rooms a,b,c] [--json]
+    python scripts/import_graph.py bench          # a folder of scripts: circles between them
 
 A module's floor is 1 when it imports nothing of the package, else one more than the highest
 floor it imports. ``--rooms`` names the package's rooms from the bottom up (a sub-package, or a
@@ -18,6 +19,10 @@ from pathlib import Path
 
 
 def modules_of(root: Path) -> dict[str, Path]:
+    """A package's modules by dotted name; for a folder of scripts (no ``__init__.py``, such as
+    ``bench/``, whose scripts import each other by bare name), its top-level files by name."""
+    if not (root / "__init__.py").exists():
+        return {path.stem: path for path in sorted(root.glob("*.py"))}
     package = root.name
     found: dict[str, Path] = {}
     for path in sorted(root.rglob("*.py")):
@@ -32,7 +37,7 @@ def modules_of(root: Path) -> dict[str, Path]:
 def arrows_of(modules: dict[str, Path]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
-        is_package = path.name == "__init__.py"
+        is_package = path.name == "__init__.py"  # a script folder's modules are all top-level
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             targets: list[str] = []
             if isinstance(node, ast.Import):
@@ -117,7 +122,7 @@ def report(root: Path, rooms: list[str]) -> dict[str, object]:
     graph = arrows_of(modules)
     package = root.name
     # The package's __init__ and __main__ are the door: they may import anything.
-    doors = {package, f"{package}.__main__"}
+    doors = {package, f"{package}.__main__"} if package in modules else set()
     floors = floors_of(graph)
     rank = {room: i for i, room in enumerate(rooms)}
     back_up = []

@@ -17,44 +17,18 @@ import asyncio
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
 
+from .broker import Broker, BrokerUnavailable
+
+__all__ = ["Broker", "BrokerUnavailable", "broker_for_run", "selected_kind"]
+
 KINDS = ("node", "container", "external")
 DEFAULT_EXTERNAL_URL = "amqp://guest:guest@localhost:5672/"
 CONNECT_TIMEOUT_S = 5.0
-
-
-class BrokerUnavailable(RuntimeError):
-    """No broker for the run; the message says what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class Broker:
-    description: str
-    """What it is, for messages: version and kind."""
-    amqp_url: str
-    management_url: str | None
-    """``http://user:password@host:port`` of the management API, if it has one."""
-    prometheus_target: str | None
-    """``host:port`` of the prometheus plugin, if enabled."""
-    version: str | None = None
-
-    @property
-    def major(self) -> int | None:
-        return int(self.version.split(".", 1)[0]) if self.version else None
-
-    def management(self, **kwargs: object) -> httpx.AsyncClient:
-        """An async client for the management API (base URL and credentials set)."""
-        if self.management_url is None:
-            raise BrokerUnavailable(f"{self.description} has no management API")
-        url = httpx.URL(self.management_url)
-        base = str(url.copy_with(username=None, password=None))
-        auth = (url.username, url.password)
-        return httpx.AsyncClient(base_url=base, auth=auth, trust_env=False, **kwargs)  # type: ignore[arg-type]
 
 
 def selected_kind() -> str:

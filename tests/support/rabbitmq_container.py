@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from .brokers import Broker, BrokerUnavailable
+from .broker import Broker, BrokerUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_SH = ROOT / "scripts" / "containers.sh"

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from .brokers import Broker
+from .broker import Broker
 
 START_TIMEOUT_S = float(os.environ.get("RABBITMQ_NODE_START_TIMEOUT_S", "90"))
 STOP_TIMEOUT_S = float(os.environ.get("RABBITMQ_NODE_STOP_TIMEOUT_S", "30"))
