@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test typecheck test-unit test-tools test-integration test-integration-rabbitmq4 test-deploy test-observability bench chaos tools lint images
+.PHONY: help install run test typecheck test-unit test-tools test-integration test-integration-rabbitmq4 test-rabbitmq4 test-deploy test-observability bench chaos tools lint images
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -22,9 +22,14 @@ images: ## Build the api, worker and mockllm images with podman (skipped when th
 tools: ## Make helm and kubectl available (PATH, or installed into .tools/bin)
 	bash deploy/tools/install-tools.sh
 
-test: install tools test-tools ## Every test (private RabbitMQ 3.x node), then the integration tests again on RabbitMQ 4
-	$(UV) run pytest
-	$(MAKE) --no-print-directory test-integration-rabbitmq4
+# Test files run in parallel, each pytest worker with a private broker node of its own; a
+# module's tests stay together, on one worker, so they share what the module starts.
+TEST_JOBS ?= 3
+PARALLEL := -n $(TEST_JOBS) --dist loadfile
+
+test: install tools test-tools typecheck ## Types, every test (private RabbitMQ 3.x nodes), then the broker-dependent tests on RabbitMQ 4
+	$(UV) run pytest $(PARALLEL)
+	$(MAKE) --no-print-directory test-rabbitmq4
 
 test-tools: ## Install the Debian packages the tests need when missing (RabbitMQ, Prometheus, Chromium)
 	bash scripts/ensure-test-tools.sh
@@ -35,9 +40,13 @@ test-unit: install ## Unit tests of every member
 test-integration: install tools test-tools ## Integration tests against a real broker (TEST_BROKER) and real processes
 	$(UV) run pytest tests/integration
 
-test-integration-rabbitmq4: install tools test-tools ## Integration tests on RabbitMQ 4.0 in a container (podman, testcontainers)
+test-rabbitmq4: install tools test-tools ## The tests marked `broker` (what the broker itself does) on RabbitMQ 4.0 in a container
 	bash scripts/containers.sh install
-	TEST_BROKER=container $(UV) run pytest tests/integration
+	TEST_BROKER=container $(UV) run pytest $(PARALLEL) -m broker tests/integration
+
+test-integration-rabbitmq4: install tools test-tools ## Every integration test on RabbitMQ 4.0 in a container (podman, testcontainers)
+	bash scripts/containers.sh install
+	TEST_BROKER=container $(UV) run pytest $(PARALLEL) tests/integration
 
 test-deploy: install tools ## Render and validate the Helm chart, kustomize overlays and skaffold
 	$(UV) run pytest tests/deploy

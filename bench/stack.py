@@ -41,11 +41,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-@dataclass
-
 class StackDied(RuntimeError):
     """A process of the stack exited during the run."""
 
+
+@dataclass
 class Service:
     name: str
     popen: subprocess.Popen[bytes]

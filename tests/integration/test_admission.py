@@ -24,7 +24,7 @@ import pytest
 from .support.deployment import Deployment, prompt
 from .support.sse import Event, Transcript, assert_complete, assert_queued, read_stream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 QUEUED_TASKS = 100
 WORKERS = 2

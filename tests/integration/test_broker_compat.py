@@ -15,7 +15,7 @@ from support.brokers import Broker
 
 from .support.deployment import Deployment, prompt
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 MAX_DELIVERIES = 2
 

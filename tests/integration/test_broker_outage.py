@@ -18,7 +18,7 @@ from support.brokers import Broker
 from .support.deployment import Deployment, prompt
 from .support.sse import assert_complete, read_stream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 RECONNECT_DEADLINE_S = 30.0
 

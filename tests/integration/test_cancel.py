@@ -16,7 +16,7 @@ import pytest
 from .support.deployment import Deployment, prompt
 from .support.sse import Comment, Event, Transcript, assert_positions, read_stream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 UPSTREAM_CLOSE_LIMIT_S = 1.0
 

@@ -17,7 +17,7 @@ from .support.deployment import Deployment, prompt, session_id
 from .support.metrics import scrape, wait_for_metric
 from .support.sse import Comment, Event, assert_complete, read_stream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 

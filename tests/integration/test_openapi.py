@@ -6,7 +6,8 @@ codes, content types, headers, bodies, and that valid requests are accepted. It 
 real API and worker on the real broker and the mock LLM, twice: keys off (the old clients), and
 keys on (``API_KEYS``) sending a valid ``Authorization: Bearer`` key, with fewer examples;
 without a key, every route but ``/health`` must answer 401. Bounded in examples and time so the
-module stays around two minutes. The JUnit reports are kept in the tests' tmp dirs.
+module stays around three minutes; the coverage phase runs on its own too. The JUnit reports
+are kept in the tests' tmp dirs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ MAX_TIME_S = 60
 # Keys on: the same routes behind one more check, so a smaller budget.
 KEYED_MAX_EXAMPLES = 10
 KEYED_MAX_TIME_S = 40
+COVERAGE_MAX_TIME_S = 90
 SEED = 20261201
 KEY = "sk-fuzz-3f9a1c7e5b2d4068"
 # Short waits: a generated stream id names a session nobody queued, which ends with an error
@@ -107,6 +109,12 @@ def test_schemathesis_finds_no_failure_with_keys_on(keyed_api: str, tmp_path: Pa
     run_schemathesis(keyed_api, tmp_path, KEYED_MAX_EXAMPLES, KEYED_MAX_TIME_S, headers=BEARER)
 
 
+def test_schemathesis_coverage_phase_finds_no_failure(api: str, tmp_path: Path) -> None:
+    """The coverage phase: the boundary values of every documented constraint, and a status the
+    document does not declare for a route (ST201) is a failure too."""
+    run_schemathesis(api, tmp_path, MAX_EXAMPLES, COVERAGE_MAX_TIME_S, phases="coverage")
+
+
 # Open with keys on: liveness (/health/full too only with API_KEYS_OPEN_PROBES).
 OPEN_WITH_KEYS = {"/health"}
 
@@ -142,7 +150,8 @@ def test_with_keys_on_every_route_but_health_wants_a_key(keyed_api: str) -> None
 
 
 def run_schemathesis(
-    api: str, tmp_path: Path, max_examples: int, max_time_s: int, headers: dict[str, str] | None = None
+    api: str, tmp_path: Path, max_examples: int, max_time_s: int, headers: dict[str, str] | None = None,
+    phases: str | None = None,
 ) -> None:
     report = tmp_path / "schemathesis"
     config = tmp_path / "schemathesis.toml"
@@ -159,6 +168,8 @@ def run_schemathesis(
         "--report", "junit",
         "--report-dir", str(report),
     ]
+    if phases:
+        command += ["--phases", phases]
     for name, value in (headers or {}).items():
         command += ["--header", f"{name}: {value}"]
     # Its example database goes to the tmp dir, not the checkout.

@@ -17,7 +17,7 @@ from .support.deployment import Deployment, prompt
 from .support.metrics import Samples, scrape
 from .support.processes import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 TASKS = 3
 # The API caches queue figures for 5 s and the management API refreshes them every 5 s.

@@ -16,7 +16,7 @@ from .support.broker import run_sync
 from .support.deployment import Deployment, prompt, session_id
 from .support.sse import Transcript, assert_complete, read_stream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 
 @dataclass(frozen=True, slots=True)

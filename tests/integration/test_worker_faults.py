@@ -17,7 +17,7 @@ from .support.metrics import IN_PROGRESS, scrape, wait_for_metric
 from .support.processes import Service
 from .support.sse import Comment, Event, Transcript, assert_complete, assert_error_end, read_stream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 SHUTDOWN_GRACE_S = 1
 
