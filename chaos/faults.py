@@ -58,6 +58,8 @@ class WorkerKiller:
     _starting: set[asyncio.Task[None]] = field(default_factory=set)
 
     started_at: float = field(default_factory=time.monotonic)
+    waiting_for_load: bool = False
+    """Ready to kill, waiting for a session under way (the load then lets one through)."""
 
     def __post_init__(self) -> None:
         self._ready = {id(w) for w in self.workers}
@@ -83,8 +85,10 @@ class WorkerKiller:
                 await asyncio.sleep(READY_POLL_S)
             # A kill lands mid-answer: wait for a session under way (the load lets one through
             # whenever none is, so this wait ends).
+            self.waiting_for_load = True
             while self.in_flight() == 0 and not stop.is_set():  # noqa: ASYNC110 (a count, not an event)
                 await asyncio.sleep(READY_POLL_S)
+            self.waiting_for_load = False
             if stop.is_set():
                 break
             victim = self.rng.choice(ready)

@@ -327,8 +327,9 @@ async def workers(run: Run, opts: Options) -> Outcome:
         def keeps_pace(n: int) -> bool:
             # The sessions are spread over the kills, whatever their pace: the n-th starts once
             # kill (min_kills + 0.5) * n / sessions is behind us, so the last ones see the last kill.
-            # With nothing under way one goes through anyway: a kill waits for a session mid-answer.
-            return killer.due((opts.min_kills + 0.5) * n / opts.sessions) or clients.in_flight() == 0
+            # When the next kill waits for a session under way and none is, one goes through.
+            due = killer.due((opts.min_kills + 0.5) * n / opts.sessions)
+            return due or (killer.waiting_for_load and clients.in_flight() == 0)
 
         try:
             async with time_limit(opts.time_limit_s, tickets, problems):

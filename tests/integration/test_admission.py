@@ -23,6 +23,7 @@ import pytest
 
 from .support.deployment import Deployment, prompt
 from .support.sse import Event, Transcript, assert_complete, assert_queued, read_stream
+from .support.waits import llm_was_asked, queue_position, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
@@ -52,7 +53,7 @@ async def test_positions_fall_to_one_across_replicas_and_tasks_start_in_that_ord
     blockers = [prompt(f"blocker-{i}", tokens=100, tps=20) for i in range(2)]
     for ask in blockers:
         assert (await client.post(f"{api_a}/chat/async", json={"message": ask.text})).status_code == 200
-    await asyncio.sleep(0.5)
+    await llm_was_asked(client, mock_url, [ask.text for ask in blockers])
     asks = [prompt(f"queued-{i}", tokens=3, tps=100) for i in range(QUEUED_TASKS)]
     readers: list[asyncio.Task[Transcript]] = []
     seen_at: list[list[tuple[float, int]]] = []
@@ -104,7 +105,7 @@ async def test_positions_fall_to_one_across_replicas_and_tasks_start_in_that_ord
 
 
 async def test_a_queued_background_response_reports_its_position(
-    client: httpx.AsyncClient, make_deployment: Callable[[], Deployment]
+    client: httpx.AsyncClient, make_deployment: Callable[[], Deployment], mock_url: str
 ) -> None:
     stack = make_deployment()
     stack.api()
@@ -116,14 +117,20 @@ async def test_a_queued_background_response_reports_its_position(
     # Long enough for the other replica's first lookup of a session it never saw (seconds).
     blocker = prompt("responses-blocker", tokens=200, tps=20)
     await sdk.responses.create(model="mock", input=blocker.text, background=True)
-    await asyncio.sleep(0.5)
+    await llm_was_asked(client, mock_url, [blocker.text])
     asks = [prompt(f"responses-{i}", tokens=3) for i in range(3)]
     waiting = [await sdk.responses.create(model="mock", input=a.text, background=True) for a in asks]
-    await asyncio.sleep(0.5)
     other = openai.AsyncOpenAI(base_url=f"{api_b}/v1", api_key="unused", max_retries=0)
-    last = await other.responses.retrieve(waiting[-1].id)
-    assert last.status == "queued"
-    assert last.model_extra["queue"]["position"] == 3, last.model_extra
+    retrieved: list[object] = []
+
+    async def third_in_line() -> bool:
+        # The other replica learns the queue from the queue log, a moment after the POSTs.
+        last = await other.responses.retrieve(waiting[-1].id)
+        retrieved.append(last.model_extra)
+        assert last.status == "queued", last
+        return (last.model_extra or {}).get("queue", {}).get("position") == 3
+
+    await until(third_in_line, what=f"position 3 on the other replica (retrieved {retrieved[-3:]})")
     done = await other.responses.retrieve(waiting[-1].id)
     deadline = time.monotonic() + 30
     while done.status != "completed" and time.monotonic() < deadline:
@@ -150,7 +157,7 @@ async def test_a_full_queue_refuses_with_a_computed_retry_after_and_loses_nothin
         response = await client.post(f"{api}/chat/async", json={"message": ask.text})
         assert response.status_code == 200, response.text
         accepted.append(response.json()["stream_url"])
-    await asyncio.sleep(0.3)  # the queue log has told the API
+    await queue_position(client, f"{api}{accepted[-1]}", len(asks))  # the queue log has told the API
     refused = await client.post(f"{api}/chat/async", json={"message": "one too many"})
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"] == "overloaded" and "MAX_QUEUED_TASKS" in refused.json()["message"]
@@ -185,14 +192,20 @@ async def test_a_full_queue_refuses_with_a_computed_retry_after_and_loses_nothin
     transcripts = await asyncio.gather(*(read_stream(client, f"{api}{url}", timeout=30) for url in accepted))
     for ask, transcript in zip(asks, transcripts, strict=True):
         assert_complete(transcript, ask.expected)
-    await asyncio.sleep(1)  # the queue log has told the API that they left
     refused_again = None
-    for index in range(60):
+    deadline = time.monotonic() + 60
+    index = 0
+    while index < 60 and time.monotonic() < deadline:
         slow = prompt(f"slow-{index}", tokens=10, tps=20)
         response = await client.post(f"{api}/chat/async", json={"message": slow.text})
         if response.status_code == 503:
+            if response.headers["Retry-After"] == str(RETRY_AFTER_MAX_S):
+                # The queue log has not yet told the API that the first four left: ask again.
+                await asyncio.sleep(0.2)
+                continue
             refused_again = response
             break
+        index += 1
     assert refused_again is not None, "the queue never filled while draining"
     assert 1 <= int(refused_again.headers["Retry-After"]) < RETRY_AFTER_MAX_S, refused_again.text
     await sdk.close()
