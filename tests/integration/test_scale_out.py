@@ -45,6 +45,7 @@ from .support.sse import (
     parse,
     read_stream,
 )
+from .support.waits import until as eventually
 
 pytestmark = pytest.mark.integration
 
@@ -61,13 +62,13 @@ REPLICAS = 4
 WORKERS = 2
 # Workers forget a finished answer this soon, so "long after the end" takes seconds, not 15.
 KEEP_ENDED_S = 1.0
-WATCHDOG_S = 1.0  # how often a worker prunes finished answers (llm_stream_worker.service)
 READ_TIMEOUT_S = 90.0
 START_TIMEOUT_S = 240.0
 
 MALFORMED = "llmstream_malformed_messages_total"
 UNKNOWN_FRAMES = "llmstream_unknown_session_frames_total"
 REPLAYS = "llmstream_worker_replays_total"
+ANSWERS_KEPT = "llmstream_worker_answers_kept"
 TASKS = "llmstream_worker_tasks_total"
 
 
@@ -307,7 +308,10 @@ async def test_a_reader_long_after_the_end_on_a_replica_that_never_saw_it(
     saw = {accepted.served_by, served_by(first.headers)}
     # Long after the end: the workers have forgotten the answer (KEEP_ENDED_S, pruned by their
     # watchdog), so only the history can tell a replica that never saw the session.
-    await asyncio.sleep(KEEP_ENDED_S + 2 * WATCHDOG_S)
+    async def forgotten() -> bool:
+        return await total(client, shared.deployment.workers, ANSWERS_KEPT) == 0
+
+    await eventually(forgotten, what="every ended answer forgotten (llmstream_worker_answers_kept 0)")
     replays = await total(client, shared.deployment.workers, REPLAYS)
 
     middle = len(ask.expected) // 2

@@ -63,6 +63,10 @@ MALFORMED = Counter(
     "llmstream_worker_malformed_messages_total",
     "Presence messages and cancel records that could not be read (logged and skipped).",
 )
+ANSWERS_KEPT = Gauge(
+    "llmstream_worker_answers_kept",
+    "Answers this process holds for replay: running, or ended less than KEEP_ENDED_S ago.",
+)
 REPLAYS = Counter(
     "llmstream_worker_replays_total",
     "Answers sent again from offset 0 to a replica that asked (a late reader or a gap).",

@@ -117,6 +117,7 @@ class Outbox:
             out.routes[reply_to] = now
         out.routes.update(self._pending.pop(session_id, {}))
         self.sessions[session_id] = out
+        metrics.ANSWERS_KEPT.set(len(self.sessions))
         self._mark(out, urgent=True)
         return out
 
@@ -139,6 +140,7 @@ class Outbox:
         if self.sessions.get(out.session_id) is out:
             routes = out.routes
             del self.sessions[out.session_id]
+            metrics.ANSWERS_KEPT.set(len(self.sessions))
             # Whoever asked keeps its place for the next attempt, wherever it runs.
             self._pending.setdefault(out.session_id, {}).update(routes)
         self._dirty.pop(out.session_id, None)
@@ -234,6 +236,7 @@ class Outbox:
         over = [s for s, o in self.sessions.items() if o.ended_at and now - o.ended_at > self._keep_ended]
         for sid in over:
             del self.sessions[sid]
+        metrics.ANSWERS_KEPT.set(len(self.sessions))
         for sid, asked in list(self._pending.items()):
             for replica in [r for r, seen in asked.items() if now - seen > self._route_ttl]:
                 del asked[replica]
