@@ -49,10 +49,15 @@ async def test_positions_fall_to_one_across_replicas_and_tasks_start_in_that_ord
         stack.worker(WORKER_CONCURRENCY="1")
     stack.start()
     api_a, api_b = (api.base_url for api in stack.apis)
-    # Two long answers keep both workers busy while the others queue up behind them.
-    blockers = [prompt(f"blocker-{i}", tokens=100, tps=20) for i in range(2)]
+    # Two long answers keep both workers busy while the others queue up behind them, until
+    # every waiting client has been told its place (however long the POSTs take); then they
+    # are cancelled and the queue drains.
+    blockers = [prompt(f"blocker-{i}", tokens=2000, tps=20) for i in range(2)]
+    blocking = []
     for ask in blockers:
-        assert (await client.post(f"{api_a}/chat/async", json={"message": ask.text})).status_code == 200
+        response = await client.post(f"{api_a}/chat/async", json={"message": ask.text})
+        assert response.status_code == 200, response.text
+        blocking.append(response.json()["session_id"])
     await llm_was_asked(client, mock_url, [ask.text for ask in blockers])
     asks = [prompt(f"queued-{i}", tokens=3, tps=100) for i in range(QUEUED_TASKS)]
     readers: list[asyncio.Task[Transcript]] = []
@@ -69,8 +74,15 @@ async def test_positions_fall_to_one_across_replicas_and_tasks_start_in_that_ord
                 times.append((time.monotonic(), item.data["position"]))
 
         readers.append(asyncio.create_task(
-            read_stream(client, f"{read_from}{queued['stream_url']}", timeout=120, on_item=note)
+            read_stream(client, f"{read_from}{queued['stream_url']}", timeout=180, on_item=note)
         ))
+
+    async def everyone_told() -> bool:
+        return all(seen_at)
+
+    await until(everyone_told, what=f"a first position for each of {QUEUED_TASKS} waiting clients")
+    for sid in blocking:
+        assert (await client.delete(f"{api_a}/sessions/{sid}")).status_code in (200, 202)
     transcripts = await asyncio.gather(*readers)
 
     for ask, transcript in zip(asks, transcripts, strict=True):
