@@ -6,7 +6,7 @@ codes, content types, headers, bodies, and that valid requests are accepted. It 
 real API and worker on the real broker and the mock LLM, twice: keys off (the old clients), and
 keys on (``API_KEYS``) sending a valid ``Authorization: Bearer`` key, with fewer examples;
 without a key, every route but ``/health`` must answer 401. Bounded in examples and time so the
-module stays around three minutes; the coverage phase runs on its own too. The JUnit reports
+module stays around two minutes; the coverage phase runs on its own too. The JUnit reports
 are kept in the tests' tmp dirs.
 """
 
@@ -28,10 +28,10 @@ from .support.processes import Service
 pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 25
-MAX_TIME_S = 60
+MAX_TIME_S = 30
 # Keys on: the same routes behind one more check, so a smaller budget.
 KEYED_MAX_EXAMPLES = 10
-KEYED_MAX_TIME_S = 40
+KEYED_MAX_TIME_S = 20
 COVERAGE_MAX_TIME_S = 90
 SEED = 20261201
 KEY = "sk-fuzz-3f9a1c7e5b2d4068"
