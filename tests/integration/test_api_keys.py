@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 from .support.deployment import Deployment, mock_llm, prompt
 from .support.processes import Service
 from .support.sse import assert_complete, read_stream
+from .support.waits import llm_was_asked
 
 pytestmark = pytest.mark.integration
 
@@ -389,3 +391,30 @@ async def test_no_key_appears_in_any_log_line(stack: Stack) -> None:
     assert 'llmstream_key_requests_total{key="alice"}' in scrape
     assert 'key="erin",limit="requests_per_minute"' in scrape
     assert _leaks(scrape.splitlines(), secrets) == []
+
+
+async def test_with_keys_a_waiting_sessions_stream_opens_at_once_with_its_position(
+    make_deployment: Callable[[], Deployment], mock_url: str
+) -> None:
+    """Whose a waiting session is travels with its queue-log record: the stream opens on any
+    replica and carries ``event: queued`` while the task waits, not once it starts."""
+    d = make_deployment()
+    a = d.api(ready_path="/health", **_key_env()).base_url
+    b = d.api(ready_path="/health", **_key_env()).base_url
+    d.worker(WORKER_CONCURRENCY="1")
+    d.start()
+    await asyncio.gather(*(_ready(s) for s in d.apis))
+    blocker = prompt("keyed-blocker", tokens=2000, tps=20)  # 100 s: busy throughout the test
+    async with _client(KEYS["dave"]) as client, _client(KEYS["erin"]) as other:
+        blocking = await _queue(client, a, blocker.text)
+        await llm_was_asked(client, mock_url, [blocker.text])
+        waiting = [await _queue(client, a, prompt(f"keyed-waiting-{i}").text) for i in range(2)]
+        for base in (a, b):
+            # Headers and a position while the worker is still busy with the blocker.
+            transcript = await read_stream(client, f"{base}/stream/{waiting[-1]}", max_events=1, timeout=20)
+            assert transcript.status == 200, transcript.body
+            first = transcript.events[0]
+            assert first.kind == "queued" and first.data["position"] == 2, first
+            # Another key still gets a 404, on either replica.
+            assert (await other.get(f"{base}/stream/{waiting[-1]}")).status_code == 404
+        assert (await client.delete(f"{a}/sessions/{blocking}")).status_code in (200, 202)

@@ -115,3 +115,13 @@ def test_ids_are_uuid7_and_say_when_they_were_made() -> None:
     assert new_id() != made
     for foreign in (uuid.uuid4().hex, "chosen-by-a-client", "", "z" * 32):
         assert id_time(foreign) is None
+
+
+def test_a_queue_event_carries_its_owner_in_its_headers_only_when_there_is_one() -> None:
+    from mqcommon.schemas import QUEUED, QueueEvent
+
+    keyed = QueueEvent(QUEUED, "s-1", at=12.5, owner="alice")
+    assert QueueEvent.from_headers(keyed.headers()) == keyed
+    open_ = QueueEvent(QUEUED, "s-2", at=1.0)
+    assert "owner" not in open_.headers()
+    assert QueueEvent.from_headers({**open_.headers(), "owner": 7}) == open_  # not a key id

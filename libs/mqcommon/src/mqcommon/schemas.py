@@ -302,6 +302,7 @@ class HistoryRecord:
 # -- the queue log -------------------------------------------------------------------------
 
 QUEUE_EVENT_HEADER = "queue_event"
+OWNER_HEADER = "owner"
 QUEUED, LEFT, WITHDRAWN = "queued", "left", "withdrawn"
 
 
@@ -316,12 +317,20 @@ class QueueEvent:
     kind: str  # QUEUED, LEFT or WITHDRAWN
     session_id: str
     at: float = 0.0
+    owner: str | None = None
+    """On ``queued``, with API keys on: the key id that created it, so that every replica can
+    tell whose a waiting session is without waiting for its task to start."""
 
     def headers(self) -> dict[str, Any]:
         # Milliseconds as an integer: AMQP client libraries encode a float header as 32 bits,
         # which rounds a Unix time to minutes.
         at_ms = round(self.at * 1000)
-        return {QUEUE_EVENT_HEADER: self.kind, SESSION_HEADER: self.session_id, "at_ms": at_ms}
+        headers: dict[str, Any] = {
+            QUEUE_EVENT_HEADER: self.kind, SESSION_HEADER: self.session_id, "at_ms": at_ms,
+        }
+        if self.owner is not None:
+            headers[OWNER_HEADER] = self.owner
+        return headers
 
     @classmethod
     def from_headers(cls, headers: dict[str, Any] | None) -> QueueEvent | None:
@@ -332,7 +341,8 @@ class QueueEvent:
         if kind not in (QUEUED, LEFT, WITHDRAWN) or not isinstance(sid, str):
             return None
         at = at_ms / 1000 if isinstance(at_ms, int) and not isinstance(at_ms, bool) else 0.0
-        return cls(kind, sid, at)
+        owner = headers.get(OWNER_HEADER)
+        return cls(kind, sid, at, owner if isinstance(owner, str) else None)
 
 
 # -- presence ------------------------------------------------------------------------------

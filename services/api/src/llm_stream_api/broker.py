@@ -136,7 +136,7 @@ class Broker:
         """
         if not self.connected or self._intake is None:
             raise BrokerUnavailable("not connected to the broker")
-        entered = QueueEvent(QUEUED, task.session_id, at=task.created_at)
+        entered = QueueEvent(QUEUED, task.session_id, at=task.created_at, owner=task.owner)
         try:
             await publish_confirmed(
                 self._publish_channel, "", task.encode(),

@@ -47,7 +47,8 @@ class QueueTracker:
     def __init__(self, stream: QueueSpec, *, clock: Callable[[], float] = time.time) -> None:
         self._stream = stream
         self._clock = clock
-        self._waiting: OrderedDict[str, None] = OrderedDict()  # queue order
+        # The waiting tasks in queue order, each with the key id that created it (None: keys off).
+        self._waiting: OrderedDict[str, str | None] = OrderedDict()
         self._left = RateMeter(RATE_WINDOW_S)
         self._watched: dict[str, Session] = {}
         self._last_offset = -1
@@ -78,8 +79,9 @@ class QueueTracker:
 
     def apply(self, event: QueueEvent) -> None:
         if event.kind == QUEUED:
-            self._waiting[event.session_id] = None
-        elif self._waiting.pop(event.session_id, 0) is None:
+            self._waiting[event.session_id] = event.owner
+        elif event.session_id in self._waiting:
+            del self._waiting[event.session_id]
             if event.kind == "left":
                 self._left.record(event.at or self._clock())
         self._changed()
@@ -106,6 +108,11 @@ class QueueTracker:
             if waiting == session_id:
                 return index + 1
         return None
+
+    def owner_of(self, session_id: str) -> str | None:
+        """The key id that created a waiting task, as its ``queued`` record says; None when
+        the task is not waiting, or was queued with keys off."""
+        return self._waiting.get(session_id)
 
     def seconds_until(self, excess: int) -> int:
         """Whole seconds until ``excess`` more tasks have left, at the measured drain rate."""
