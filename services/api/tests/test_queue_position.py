@@ -47,11 +47,11 @@ def test_the_drain_rate_counts_tasks_that_left_in_the_window() -> None:
     for index in range(6):
         queue.apply(QueueEvent(LEFT, f"s{index}", at=clock.now + index))
     clock.now += 5
-    assert queue.drain_rate() == pytest.approx(6 / 5)  # six in the five seconds since the first
-    assert queue.eta(3) == 2.5
-    assert queue.seconds_until(7) == 6
+    assert queue.drain_rate() == pytest.approx(5 / 5)  # five intervals in the five seconds since the first
+    assert queue.eta(3) == 3.0
+    assert queue.seconds_until(7) == 7
     clock.now += 10
-    assert queue.drain_rate() == pytest.approx(6 / 15)  # none since: it slows down
+    assert queue.drain_rate() == pytest.approx(5 / 15)  # none since: it slows down
     clock.now += RATE_WINDOW_S + 1
     assert queue.drain_rate() == 0 and queue.eta(1) is None
 
@@ -112,7 +112,7 @@ def test_a_full_queue_and_too_many_streams_answer_503_with_retry_after() -> None
     clock.now += 6
     with pytest.raises(Overloaded) as draining:
         admission.check_queue(settings, queue)
-    assert draining.value.headers == {"Retry-After": "2"}  # 1 over the bound, 0.5 tasks/s
+    assert draining.value.headers == {"Retry-After": "3"}  # 1 over the bound, 2 intervals in 6 s
 
     streams = admission.StreamCount(clock=clock)
     admission.check_streams(settings, streams)
@@ -129,3 +129,24 @@ def test_queue_events_keep_millisecond_times_in_their_headers() -> None:
     assert QueueEvent.from_headers(headers) == event
     assert QueueEvent.from_headers({"session_id": "s"}) is None
     assert QueueEvent.from_headers({"queue_event": "left", "session_id": "s", "at_ms": True}).at == 0.0
+
+
+def test_before_a_drain_rate_is_measured_a_refusal_promises_no_early_slot() -> None:
+    """A fresh stack has seen one task leave a moment ago: that is no rate of one a second. A
+    refusal then names the ceiling; once two have left five seconds apart, five seconds."""
+    settings = APISettings(max_queued_tasks=1, retry_after_max_s=60)
+    clock = Clock()
+    queue = tracker(clock)
+    queue.apply(QueueEvent(QUEUED, "first"))
+    queue.apply(QueueEvent(LEFT, "first", at=clock.now))
+    queue.apply(QueueEvent(QUEUED, "waiting"))
+    clock.now += 0.2
+    with pytest.raises(Overloaded) as fresh:
+        admission.check_queue(settings, queue)
+    assert fresh.value.headers == {"Retry-After": "60"}
+    clock.now += 4.8
+    queue.apply(QueueEvent(QUEUED, "second"))
+    queue.apply(QueueEvent(LEFT, "second", at=clock.now))
+    with pytest.raises(Overloaded) as measured:
+        admission.check_queue(settings, queue)
+    assert measured.value.headers == {"Retry-After": "5"}

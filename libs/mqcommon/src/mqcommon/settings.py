@@ -37,8 +37,9 @@ class BrokerSettings(BaseSettings):
     )
     max_queued_tasks: int = Field(
         default=10_000, ge=1,
-        description="Most tasks the task queue holds, waiting or being generated: past it a POST "
-        "is refused with 503 (the broker enforces it too, x-max-length with reject-publish).",
+        description="Most tasks waiting in the task queue (tasks being generated do not count): "
+        "past it a POST is refused with 503. It is also the queue's x-max-length (reject-publish), "
+        "which counts ready messages only, so the API and the broker bound the same thing.",
     )
     events_stream: str = Field(
         default="llm.events",

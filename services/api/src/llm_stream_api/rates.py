@@ -1,8 +1,10 @@
 """How fast something happens: events per second over a sliding window.
 
-The rate is the events of the last ``window`` seconds over the time since the first of them,
-so a flow that began a moment ago is not taken for a slow one, and one that stopped slows
-down as time passes. Admission control and queue positions measure their drain rates so.
+The rate is the intervals between the events of the last ``window`` seconds over the time
+since the first of them, so a flow that began a moment ago is not taken for a slow one, and one
+that stopped slows down as time passes. One event alone measures no interval, hence no rate:
+a fresh stack that has seen one task leave does not promise one a second. Admission control
+and queue positions measure their drain rates so.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ class RateMeter:
         self._times.append(at)
 
     def rate(self, now: float) -> float:
-        """Events per second; 0 when none happened in the window."""
+        """Events per second; 0 (not measured) with fewer than two events in the window."""
         while self._times and self._times[0] < now - self._window:
             self._times.popleft()
-        if not self._times:
+        if len(self._times) < 2:
             return 0.0
-        return len(self._times) / max(now - self._times[0], MIN_SPAN_S)
+        return (len(self._times) - 1) / max(now - self._times[0], MIN_SPAN_S)
