@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from mqcommon.gc import freeze_startup_heap
-from mqcommon.llm import make_client
 from mqcommon.logging import setup_logging
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
@@ -93,10 +92,14 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
 
         def llm_client():
             if not clients:
+                from mqcommon.llm import make_client  # the SDK costs a second of start-up
+
                 clients.append(make_client(settings))
             return clients[0]
 
         app.state.llm_client = llm_client
+        if settings.chat_direct_llm:
+            import mqcommon.llm  # noqa: F401  (direct mode answers with the SDK: load it now, not on a request)
         app.state.collectors = [
             metrics.QueueDepthCollector(
                 settings.rabbitmq_management_url,

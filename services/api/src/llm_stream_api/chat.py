@@ -12,7 +12,6 @@ from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from mqcommon.errors import UpstreamError
-from mqcommon.llm import stream_answer
 from mqcommon.schemas import SESSION_ID_PATTERN, new_id
 from mqcommon.tracing import trace_id_of
 from pydantic import ValidationError
@@ -124,6 +123,8 @@ def _direct(body: ChatRequest, request: Request) -> StreamingResponse:
 
     async def answer() -> AsyncIterator[bytes]:
         try:
+            from mqcommon.llm import stream_answer  # the SDK: only direct mode needs it
+
             async for text in stream_answer(
                 client, settings, body.message, body.model, messages=messages, params=params
             ):

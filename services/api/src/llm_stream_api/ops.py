@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from mqcommon.errors import BrokerUnavailable, UpstreamError
-from mqcommon.llm import check_connection, stream_answer
 
 from llm_stream_api import metrics
 from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
@@ -115,6 +114,8 @@ async def test(request: Request, settings: SettingsDep) -> Response:
     base_url = settings.openai_base_url or "https://api.openai.com/v1"
     if "application/json" not in request.headers.get("accept", ""):
         return await _test_completion(client, settings)
+    from mqcommon.llm import check_connection  # the SDK is imported when first needed
+
     try:
         async with asyncio.timeout(LLM_CHECK_TIMEOUT_S):
             models = await check_connection(client)
@@ -131,6 +132,8 @@ async def test(request: Request, settings: SettingsDep) -> Response:
 
 
 async def _test_completion(client, settings) -> PlainTextResponse:
+    from mqcommon.llm import stream_answer  # the SDK is imported when first needed
+
     tiny = settings.model_copy(update={"llm_max_tokens": TEST_MAX_TOKENS, "system_prompt": ""})
     pieces: list[str] = []
     try:
