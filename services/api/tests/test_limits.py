@@ -140,3 +140,20 @@ def test_the_document_states_the_limits_and_still_allows_null() -> None:
     }
     assert properties["model"]["anyOf"][0]["enum"] == ["gpt-4o-mini"]
     assert {"type": "null"} in properties["model"]["anyOf"]
+
+
+def test_the_native_message_added_after_messages_is_not_counted_against_their_bounds() -> None:
+    """``messages`` may hold MAX_MESSAGES turns, as the OpenAPI document says, and ``message``
+    beside them is one more: the bound is that of what the client sent in ``messages``."""
+    from llm_stream_api.chat import _appended
+
+    settings = APISettings(max_messages=2)
+    body = ChatRequest(message="and now?", messages=[{"role": "user", "content": "a"}] * 2)
+    wanted = from_native(body)
+    assert len(wanted.messages) == 3
+    limits.check(wanted, settings, appended=_appended(body, wanted))
+    with pytest.raises(LimitExceeded):
+        limits.check(wanted, settings)
+    over = ChatRequest(message="x", messages=[{"role": "user", "content": "a"}] * 3)
+    with pytest.raises(LimitExceeded):
+        limits.check(from_native(over), settings, appended=_appended(over, from_native(over)))

@@ -30,7 +30,7 @@ from llm_stream_api.models import ChatRequest, Queued, inline_schema
 from llm_stream_api.ownership import owns
 from llm_stream_api.request_body import read_limited
 from llm_stream_api.streaming import sse_body, text_body
-from llm_stream_api.tasks import enqueue, from_native
+from llm_stream_api.tasks import TaskRequest, enqueue, from_native
 
 router = APIRouter()
 log = structlog.get_logger(__name__)
@@ -82,7 +82,7 @@ async def chat_async(
 ) -> Queued:
     body = await read_chat_request(request, settings)
     wanted = from_native(body)
-    limits.check(wanted, settings)
+    limits.check(wanted, settings, appended=_appended(body, wanted))
     task, traceparent = await enqueue(wanted, request, broker, hub, reader_here=False)
     response.headers.update(_session_headers(task.session_id, traceparent))
     return Queued(session_id=task.session_id, stream_url=f"/stream/{task.session_id}")
@@ -97,7 +97,7 @@ async def chat(
 ) -> StreamingResponse:
     body = await read_chat_request(request, settings)
     wanted = from_native(body)
-    limits.check(wanted, settings)
+    limits.check(wanted, settings, appended=_appended(body, wanted))
     if settings.chat_direct_llm:
         return _direct(body, request)
     admission.check_streams(settings)
@@ -168,3 +168,10 @@ async def stream(
         ping=settings.sse_ping_s,
         headers={"X-Session-ID": session_id, **STREAM_HEADERS},
     )
+
+
+def _appended(body: ChatRequest, wanted: TaskRequest) -> int:
+    """1 when ``message`` was added after the ``messages`` the client sent."""
+    if body.messages is None or wanted.messages is None:
+        return 0
+    return len(wanted.messages) - len(body.messages)

@@ -28,9 +28,16 @@ class FieldNames:
 NATIVE = FieldNames()
 
 
-def check(wanted: TaskRequest, settings: APISettings, names: FieldNames = NATIVE) -> None:
-    """Raise ``LimitExceeded`` for the first limit ``wanted`` is over."""
-    turns = wanted.messages or ()
+def check(
+    wanted: TaskRequest, settings: APISettings, names: FieldNames = NATIVE, *, appended: int = 0
+) -> None:
+    """Raise ``LimitExceeded`` for the first limit ``wanted`` is over.
+
+    ``appended``: turns added after the ``messages`` the client sent (the native ``message``,
+    bounded by ``MAX_MESSAGE_CHARS`` on its own). The bounds are those of ``messages`` as sent,
+    as the OpenAPI document declares them.
+    """
+    turns = (wanted.messages or ())[: len(wanted.messages or ()) - appended or None]
     # A native request with ``message`` alone is one turn.
     where = names.messages if turns else "message"
     count = len(turns) or 1
