@@ -372,6 +372,7 @@ async def broker(run: Run, opts: Options) -> Outcome:
             await until(lambda: len(clients.sessions) >= threshold or load.done(), UNDER_WAY_TIMEOUT_S * 5)
             facts["in_flight_at_stop"] = clients.in_flight()
             probe = asyncio.create_task(intake_probe(clients, urls[0], outage, tickets, opts.probe_every_s))
+
             def refused_while_down() -> bool:
                 down = outage.down_at
                 return down is not None and any(p.status == 503 and p.at >= down for p in clients.posts)

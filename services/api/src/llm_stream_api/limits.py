@@ -37,7 +37,9 @@ def check(
     bounded by ``MAX_MESSAGE_CHARS`` on its own). The bounds are those of ``messages`` as sent,
     as the OpenAPI document declares them.
     """
-    turns = (wanted.messages or ())[: len(wanted.messages or ()) - appended or None]
+    turns = wanted.messages or ()
+    if appended:
+        turns = turns[:-appended]
     # A native request with ``message`` alone is one turn.
     where = names.messages if turns else "message"
     count = len(turns) or 1
