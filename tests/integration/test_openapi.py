@@ -162,7 +162,7 @@ def run_schemathesis(
         "--max-examples", str(max_examples),
         "--max-time", str(max_time_s),
         "--seed", str(SEED),
-        "--request-timeout", "15",
+        "--request-timeout", "30",
         "--workers", "2",
         "--no-color",
         "--report", "junit",

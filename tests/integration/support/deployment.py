@@ -62,6 +62,10 @@ class Deployment:
             **self.names.env(),
         }
 
+    # A busy test machine can keep the broker from confirming a publish for seconds: a slow
+    # confirm is not what these tests are about, so POSTs wait longer than the 5 s default.
+    API_DEFAULTS = {"ENQUEUE_TIMEOUT_S": "20"}
+
     def api(self, *, ready_path: str = "/health/full", **env: str) -> Service:
         """Add an API process (not started); ``env`` overrides the defaults.
 
@@ -71,7 +75,7 @@ class Deployment:
         port = free_port()
         service = Service(
             f"api-{len(self.apis) + 1}", "llm_stream_api",
-            {**self._common_env(), "HOST": "127.0.0.1", "PORT": str(port), **env},
+            {**self._common_env(), **self.API_DEFAULTS, "HOST": "127.0.0.1", "PORT": str(port), **env},
             base_url=f"http://127.0.0.1:{port}", health_path=ready_path, log_dir=self.log_dir,
         )
         self.apis.append(service)
