@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 import aio_pika
-from llm_stream_api.history import History
+from llm_stream_api.broker.history import History
 from mqcommon.connection import broker_version
 from mqcommon.schemas import End, HistoryRecord
 from mqcommon.topology import QueueSpec, declare_queue

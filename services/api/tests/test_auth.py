@@ -7,10 +7,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from llm_stream_api import errors, openai_errors
-from llm_stream_api.auth import Authenticate, KeyDep, KeyRing, key_id_of, presented_key
-from llm_stream_api.rate_limits import KeyLimits
+from fastapi import APIRouter, FastAPI
+from llm_stream_api import dialects
+from llm_stream_api.deps import KeyDep
+from llm_stream_api.dialects import NativeRoute, OpenAIRoute
+from llm_stream_api.keys import KeyRing, key_id_of, presented_key
+from llm_stream_api.middleware.authenticate import Authenticate
+from llm_stream_api.quota.key_limits import KeyLimits
 
 ALICE = "alice-secret-0001"
 BOB = "bob-secret-000002"
@@ -69,24 +72,28 @@ def test_x_api_key_wins_over_bearer() -> None:
 
 def _app(requests_per_minute: int = 0) -> FastAPI:
     app = FastAPI()
-    errors.install(app)
-    openai_errors.install(app)
+    native, compatible = APIRouter(route_class=NativeRoute), APIRouter(route_class=OpenAIRoute)
 
-    @app.get("/whoami")
+    @native.get("/whoami")
     async def whoami(key: KeyDep) -> dict:
         return {"key": key}
 
-    @app.get("/v1/whoami")
+    @compatible.get("/v1/whoami")
     async def whoami_v1(key: KeyDep) -> dict:
         return {"key": key}
 
-    @app.get("/health")
+    @native.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
+    routes = dialects.install(app, [native, compatible])
+    app.include_router(native)
+    app.include_router(compatible)
+
     limits = KeyLimits(requests_per_minute=requests_per_minute, max_sessions=0, tokens_per_minute=0)
     app.add_middleware(
-        Authenticate, keys=KeyRing.load(f"alice:{ALICE}", None), probes_open=True, limits=limits
+        Authenticate, keys=KeyRing.load(f"alice:{ALICE}", None), probes_open=True, limits=limits,
+        routes=routes,
     )
     return app
 
@@ -127,7 +134,7 @@ async def test_requests_per_minute_answer_429_with_retry_after() -> None:
 
 
 def test_only_liveness_the_page_and_preflights_are_open_unless_probes_are() -> None:
-    from llm_stream_api.auth import is_open
+    from llm_stream_api.keys import is_open
 
     for path in ("/health", "/", "/chat.html", "/static/vendor/x.js"):
         assert is_open("GET", path, probes_open=False), path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from llm_stream_api.hub import DIVERGED, TOO_LONG, SessionHub
+from llm_stream_api.sessions.hub import DIVERGED, TOO_LONG, SessionHub
 from mqcommon.schemas import End, Frame, HistoryRecord
 
 

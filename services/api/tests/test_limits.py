@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
-from llm_stream_api import errors, limits, openai_errors, openapi
-from llm_stream_api.errors import LimitExceeded
-from llm_stream_api.models import ChatRequest
+from llm_stream_api import dialects
+from llm_stream_api.dialects import NativeRoute, OpenAIRoute
+from llm_stream_api.openapi import document as openapi
 from llm_stream_api.protocol import responses
 from llm_stream_api.protocol.chat_completions import ChatCompletionRequest
+from llm_stream_api.protocol.errors import LimitExceeded
+from llm_stream_api.protocol.native import ChatRequest
+from llm_stream_api.protocol.task import NATIVE, FieldNames, appended_turns, from_native
+from llm_stream_api.quota import input_limits as limits
 from llm_stream_api.settings import APISettings
-from llm_stream_api.tasks import from_native
 
 
 def settings(**values: object) -> APISettings:
     return APISettings(**values)
 
 
-def refusal(wanted, config: APISettings, names: limits.FieldNames = limits.NATIVE) -> LimitExceeded:
+def refusal(wanted, config: APISettings, names: FieldNames = NATIVE) -> LimitExceeded:
     with pytest.raises(LimitExceeded) as raised:
         limits.check(wanted, config, names)
     return raised.value
@@ -40,7 +43,7 @@ def test_message_count() -> None:
     limits.check(from_native(ChatRequest(messages=conversation(3))), config)
     # ``message`` after ``messages`` is one more turn.
     error = refusal(from_native(ChatRequest(messages=conversation(3), message="q")), config)
-    assert (error.status, error.code, error.extra["param"]) == (422, "limit_exceeded", "messages")
+    assert (error.status, error.code, error.param) == (422, "limit_exceeded", "messages")
     assert "4 messages" in error.message and "MAX_MESSAGES (3)" in error.message
 
 
@@ -48,10 +51,10 @@ def test_total_characters_of_every_turn() -> None:
     config = settings(max_total_chars=10)
     limits.check(from_native(ChatRequest(messages=conversation(2, "abcde"))), config)
     error = refusal(from_native(ChatRequest(messages=conversation(2, "abcdef"))), config)
-    assert error.extra["param"] == "messages" and "12 characters" in error.message
+    assert error.param == "messages" and "12 characters" in error.message
     assert "MAX_TOTAL_CHARS (10)" in error.message
     alone = refusal(from_native(ChatRequest(message="x" * 11)), config)
-    assert alone.extra["param"] == "message"
+    assert alone.param == "message"
 
 
 def test_max_tokens_is_a_ceiling_and_none_is_left_to_the_workers() -> None:
@@ -59,7 +62,7 @@ def test_max_tokens_is_a_ceiling_and_none_is_left_to_the_workers() -> None:
     limits.check(from_native(ChatRequest(message="q", max_tokens=100)), config)
     limits.check(from_native(ChatRequest(message="q")), config)
     error = refusal(from_native(ChatRequest(message="q", max_tokens=101)), config)
-    assert error.extra["param"] == "max_tokens"
+    assert error.param == "max_tokens"
     assert "101" in error.message and "ceiling of 100 tokens" in error.message
 
 
@@ -69,7 +72,7 @@ def test_model_allow_list() -> None:
     limits.check(from_native(ChatRequest(message="q", model="llama3")), config)
     limits.check(from_native(ChatRequest(message="q")), config)  # LLM_MODEL answers it
     error = refusal(from_native(ChatRequest(message="q", model="gpt-5")), config)
-    assert (error.code, error.extra["param"]) == ("model_not_allowed", "model")
+    assert (error.code, error.param) == ("model_not_allowed", "model")
     assert "'gpt-5'" in error.message and "gpt-4o-mini, llama3" in error.message
 
 
@@ -84,32 +87,34 @@ def test_chat_completions_name_the_token_field_they_sent() -> None:
     plain = {"model": "m", "messages": conversation(1)}
     for field in ("max_tokens", "max_completion_tokens"):
         body = ChatCompletionRequest.model_validate({**plain, field: 6})
-        assert refusal(body.task_request(), config, body.limit_names).extra["param"] == field
+        assert refusal(body.task_request(), config, body.limit_names).param == field
 
 
 def test_responses_name_input_and_max_output_tokens() -> None:
     config = settings(llm_max_tokens=5, max_messages=2)
     body = responses.ResponseRequest.model_validate({"input": "q", "max_output_tokens": 6})
     error = refusal(body.task_request("r"), config, responses.LIMIT_NAMES)
-    assert error.extra["param"] == "max_output_tokens"
+    assert error.param == "max_output_tokens"
     # ``instructions`` is a turn too.
     body = responses.ResponseRequest.model_validate(
         {"input": conversation(2), "instructions": "be brief"}
     )
-    assert refusal(body.task_request("r"), config, responses.LIMIT_NAMES).extra["param"] == "input"
+    assert refusal(body.task_request("r"), config, responses.LIMIT_NAMES).param == "input"
 
 
 @pytest.fixture
 def app() -> TestClient:
     app = FastAPI()
-    errors.install(app)
-    openai_errors.install(app)
+    native, compatible = APIRouter(route_class=NativeRoute), APIRouter(route_class=OpenAIRoute)
 
-    @app.post("/chat/async")
-    @app.post("/v1/chat/completions")
+    @native.post("/chat/async")
+    @compatible.post("/v1/chat/completions")
     async def refuse() -> None:
         raise LimitExceeded("max_tokens", "over the ceiling")
 
+    dialects.install(app, [native, compatible])
+    app.include_router(native)
+    app.include_router(compatible)
     return TestClient(app)
 
 
@@ -132,7 +137,8 @@ def test_the_document_states_the_limits_and_still_allows_null() -> None:
     document = {"paths": {"/chat": {"post": {
         "requestBody": {"content": {"application/json": {"schema": schema}}}
     }}}}
-    openapi.complete(document, settings(max_messages=7, llm_max_tokens=64, models_allowed="gpt-4o-mini"))
+    limited = settings(max_messages=7, llm_max_tokens=64, models_allowed="gpt-4o-mini")
+    openapi.complete(document, limited, set())
     properties = schema["properties"]
     assert properties["messages"]["maxItems"] == 7
     assert {"type": "integer", "maximum": 64, "minimum": 1} == {
@@ -145,15 +151,13 @@ def test_the_document_states_the_limits_and_still_allows_null() -> None:
 def test_the_native_message_added_after_messages_is_not_counted_against_their_bounds() -> None:
     """``messages`` may hold MAX_MESSAGES turns, as the OpenAPI document says, and ``message``
     beside them is one more: the bound is that of what the client sent in ``messages``."""
-    from llm_stream_api.chat import _appended
-
     settings = APISettings(max_messages=2)
     body = ChatRequest(message="and now?", messages=[{"role": "user", "content": "a"}] * 2)
     wanted = from_native(body)
     assert len(wanted.messages) == 3
-    limits.check(wanted, settings, appended=_appended(body, wanted))
+    limits.check(wanted, settings, appended=appended_turns(body, wanted))
     with pytest.raises(LimitExceeded):
         limits.check(wanted, settings)
     over = ChatRequest(message="x", messages=[{"role": "user", "content": "a"}] * 3)
     with pytest.raises(LimitExceeded):
-        limits.check(from_native(over), settings, appended=_appended(over, from_native(over)))
+        limits.check(from_native(over), settings, appended=appended_turns(over, from_native(over)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import aio_pika
 import orjson
 from llm_stream_api import metrics
-from llm_stream_api.hub import SessionHub
-from llm_stream_api.live import LiveFeed
+from llm_stream_api.broker.live import LiveFeed
+from llm_stream_api.sessions.hub import SessionHub
 from mqcommon.schemas import Frame, encode_frames
 from mqcommon.topology import ExchangeSpec
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import orjson
-from llm_stream_api.openai_errors import end_error, validation_error
+from llm_stream_api.dialects.openai import end_error, validation_error
 from llm_stream_api.protocol import responses
 from llm_stream_api.protocol.chat_completions import ChunkWriter
+from llm_stream_api.protocol.openai_base import error_object
 
 
 def events(raw: list[bytes]) -> list[dict]:
@@ -54,7 +55,7 @@ def test_a_cancelled_response_ends_incomplete() -> None:
 def test_errors_name_their_parameter() -> None:
     error = validation_error([{"loc": ("body", "messages", 0, "role"), "msg": "Field required"}])
     assert error.status == 400 and error.param == "messages[0].role"
-    assert error.body()["error"]["type"] == "invalid_request_error"
+    assert error_object(error)["error"]["type"] == "invalid_request_error"
     assert end_error("error", "LLM unavailable: boom").status == 502
     assert end_error("error", "LLM error: unknown model").status == 400
 

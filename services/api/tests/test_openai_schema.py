@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 from llm_stream_api.app import create_app
 from llm_stream_api.protocol.chat_completions import ChatCompletionRequest
-from llm_stream_api.protocol.openai_base import OpenAIError
+from llm_stream_api.protocol.errors import OpenAIError
 from llm_stream_api.protocol.responses import ResponseRequest
 from llm_stream_api.settings import APISettings
 from pydantic import ValidationError

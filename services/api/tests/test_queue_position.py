@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from llm_stream_api import admission
-from llm_stream_api.errors import Overloaded
-from llm_stream_api.hub import Session
-from llm_stream_api.queue_position import RATE_WINDOW_S, QueueTracker
+from llm_stream_api.broker.queue_positions import RATE_WINDOW_S, QueueTracker
+from llm_stream_api.protocol.errors import Overloaded
+from llm_stream_api.quota import admission
+from llm_stream_api.sessions.hub import Session
 from llm_stream_api.settings import APISettings
 from mqcommon.schemas import LEFT, QUEUED, WITHDRAWN, QueueEvent
 from mqcommon.topology import QueueSpec

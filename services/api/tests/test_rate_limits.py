@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from llm_stream_api.errors import RateLimited
-from llm_stream_api.hub import SessionHub
-from llm_stream_api.rate_limits import KeyLimits, answer_tokens
+from llm_stream_api.protocol.errors import RateLimited
+from llm_stream_api.quota.key_limits import KeyLimits, answer_tokens
+from llm_stream_api.sessions.hub import SessionHub
 from mqcommon.schemas import End, Frame
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from llm_stream_api.hub import SessionHub
+from llm_stream_api.quota.admission import StreamCount
+from llm_stream_api.service.follow import follow
+from llm_stream_api.service.streams import sse_body, text_body
+from llm_stream_api.sessions.hub import SessionHub
 from llm_stream_api.settings import APISettings
-from llm_stream_api.streaming import follow, sse_body, text_body
 from mqcommon.schemas import End, Frame
+
+STREAMS = StreamCount()
 
 
 def settings(**kw) -> APISettings:
@@ -53,7 +57,7 @@ def parse_sse(raw: bytes) -> list[tuple[str | None, dict]]:
 async def test_ids_are_positions_and_the_end_is_one_past_the_text() -> None:
     h = hub()
     feed(h, "s", ["ab", "cd"])
-    raw = b"".join(await collect(sse_body(h, "s", 0, settings(), Discoveries())))
+    raw = b"".join(await collect(sse_body(h, "s", 0, settings(), Discoveries(), streams=STREAMS)))
     assert parse_sse(raw) == [("4", {"chunk": "abcd"}), ("5", {"type": "done"})]
 
 
@@ -92,7 +96,7 @@ async def test_known_but_silent_session_ends_with_an_idle_error() -> None:
 
 
 async def test_a_timeout_event_has_no_id_so_a_resume_asks_again() -> None:
-    raw = b"".join(await collect(sse_body(hub(), "ghost", 0, settings(), Discoveries())))
+    raw = b"".join(await collect(sse_body(hub(), "ghost", 0, settings(), Discoveries(), streams=STREAMS)))
     [(event_id, data)] = parse_sse(raw)
     assert event_id is None and data["type"] == "error"
 
@@ -101,11 +105,15 @@ async def test_text_body_is_the_answer_and_ends_errors_with_a_line() -> None:
     h = hub()
     feed(h, "ok", ["Hel", "lo"])
     left: list[str] = []
-    body = b"".join(await collect(text_body(h, "ok", settings(), 0.0, Discoveries(), left.append)))
+    body = b"".join(await collect(
+        text_body(h, "ok", settings(), 0.0, Discoveries(), left.append, streams=STREAMS)
+    ))
     assert body == b"Hello"
     h.accept("bad", 1.0, None)
     h.apply(Frame("bad", 0, "", end=End("error", 0, "LLM error: nope")))
-    body = b"".join(await collect(text_body(h, "bad", settings(), 0.0, Discoveries(), left.append)))
+    body = b"".join(await collect(
+        text_body(h, "bad", settings(), 0.0, Discoveries(), left.append, streams=STREAMS)
+    ))
     assert body == b"\n[error] LLM error: nope\n"
     assert left == []  # both ended: nothing to cancel
 
@@ -114,7 +122,8 @@ async def test_a_text_body_left_before_the_end_cancels_its_generation() -> None:
     h = hub()
     feed(h, "s", ["Hel"], finish=False)
     left: list[str] = []
-    body = text_body(h, "s", settings(stream_idle_timeout_s=5), 0.0, Discoveries(), left.append)
+    config = settings(stream_idle_timeout_s=5)
+    body = text_body(h, "s", config, 0.0, Discoveries(), left.append, streams=STREAMS)
     assert await body.__anext__() == b"Hel"
     await body.aclose()  # the client went away
     assert left == ["s"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from llm_stream_api.models import ChatRequest
 from llm_stream_api.protocol.chat_completions import ChatCompletionRequest
-from llm_stream_api.protocol.openai_base import OpenAIError
+from llm_stream_api.protocol.errors import OpenAIError
+from llm_stream_api.protocol.native import ChatRequest
 from llm_stream_api.protocol.responses import ResponseRequest
-from llm_stream_api.tasks import from_native
+from llm_stream_api.protocol.task import from_native
 from mqcommon.schemas import ChatMessage
 from pydantic import ValidationError
 

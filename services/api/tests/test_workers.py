@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llm_stream_api.workers import WorkerRegistry
+from llm_stream_api.broker.heartbeats import WorkerRegistry
 from mqcommon.heartbeat import PROBE, WorkerHeartbeat, decode
 
 

@@ -1,71 +1,111 @@
-"""The FastAPI application: wiring, lifespan and request metrics."""
+"""The FastAPI application: what is built at start-up, and how it is wired together.
+
+The lifespan builds the parts once (the broker connection and what runs on it, the session
+hub, the session service) and keeps them in one typed ``AppState`` (``deps``). Middleware is
+plain ASGI (``middleware/``), errors are written in the dialect of their route (``dialects``),
+and the routes (``routes/``) only translate HTTP.
+"""
 
 from __future__ import annotations
 
-import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from mqcommon.connection import process_name
 from mqcommon.gc import freeze_startup_heap
 from mqcommon.logging import setup_logging
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_stream_api import chat, errors, metrics, openai_errors, openapi, ops
-from llm_stream_api.auth import Authenticate, KeyRing
-from llm_stream_api.broker import Broker
-from llm_stream_api.hub import SessionHub
-from llm_stream_api.rate_limits import KeyLimits
-from llm_stream_api.routes import models as model_routes
-from llm_stream_api.routes import openai_chat, openai_responses, sessions
+from llm_stream_api import dialects
+from llm_stream_api.broker.connection import BrokerConnection
+from llm_stream_api.broker.heartbeats import WorkerRegistry, WorkerWatch
+from llm_stream_api.broker.history import History
+from llm_stream_api.broker.intake import Intake
+from llm_stream_api.broker.live import LiveFeed
+from llm_stream_api.broker.presence import PresenceAnnouncer
+from llm_stream_api.broker.queue_depth import QueueDepth, QueueDepthCollector
+from llm_stream_api.broker.queue_positions import QueueTracker
+from llm_stream_api.deps import AppState, set_state
+from llm_stream_api.keys import KeyRing
+from llm_stream_api.middleware.authenticate import Authenticate
+from llm_stream_api.middleware.request_metrics import RequestMetrics
+from llm_stream_api.openapi import document
+from llm_stream_api.quota.admission import StreamCount
+from llm_stream_api.quota.key_limits import KeyLimits
+from llm_stream_api.routes import chat, openai_chat, openai_models, openai_responses, ops, sessions
+from llm_stream_api.service.sessions import SessionService
+from llm_stream_api.sessions.hub import SessionHub
 from llm_stream_api.settings import APISettings
-from llm_stream_api.workers import WorkerRegistry, WorkerWatch
 
 log = structlog.get_logger("llm_stream_api")
 
-
-class RequestMetrics:
-    """Count requests by route template; time them to the response headers.
-
-    A plain ASGI middleware: it never buffers a streaming body and never hides a client
-    disconnect from the route.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                metrics.HTTP_DURATION.labels(_route(scope), scope["method"]).observe(
-                    time.perf_counter() - started
-                )
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            metrics.HTTP_REQUESTS.labels(_route(scope), scope["method"], str(status)).inc()
-            structlog.contextvars.clear_contextvars()
-
-
-def _route(scope: Scope) -> str:
-    route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
-
-
 CORS_EXPOSE_HEADERS = ["X-Session-ID", "X-Trace-ID", "Retry-After"]
+STREAM_FILTERING_SINCE = (3, 13)
+
+
+class LLMClients:
+    """The OpenAI SDK client of direct mode and ``/test``, made on first use: the SDK costs
+    a second of start-up."""
+
+    def __init__(self, settings: APISettings) -> None:
+        self._settings = settings
+        self._client: Any = None
+
+    def __call__(self) -> Any:
+        if self._client is None:
+            from mqcommon.llm import make_client
+
+            self._client = make_client(self._settings)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, BrokerConnection, WorkerWatch]:
+    """Every part of a replica, connected to each other (nothing started yet)."""
+    hub = SessionHub(
+        ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions,
+        max_bytes=settings.session_max_bytes,
+    )
+    replica_id = f"{process_name('api')}:{uuid.uuid4().hex[:8]}"
+    broker = BrokerConnection(settings, replica_id)
+    topology = broker.topology
+    live = LiveFeed(hub, topology.live_exchange, replica_id)
+    history = History(
+        topology.events_stream, window_s=settings.session_ttl_s,
+        timeout_s=settings.history_timeout_s, concurrency=settings.history_lookups_max,
+    )
+    positions = QueueTracker(topology.queue_log_stream)
+
+    async def start_readers(broker: BrokerConnection) -> None:
+        connection, channel = broker.connection, broker.channel
+        assert connection is not None and channel is not None
+        await history.start(
+            channel, await connection.channel(publisher_confirms=False), await connection.channel(),
+            filtering=broker.version >= STREAM_FILTERING_SINCE,
+        )
+        await live.start(await connection.channel())
+        await positions.start(await connection.channel())
+
+    broker.when_connected(start_readers)
+    depth = QueueDepth(broker)
+    service = SessionService(
+        settings, hub, broker, replica_id=replica_id, intake=Intake(broker), history=history,
+        positions=positions, presence=PresenceAnnouncer(broker, hub, replica_id), depth=depth,
+        key_limits=key_limits, streams=StreamCount(),
+    )
+    workers = WorkerRegistry(settings.task_queue)
+    state = AppState(
+        settings=settings, sessions=service, workers=workers, depth=depth, llm_client=LLMClients(settings),
+    )
+    return state, broker, WorkerWatch(broker, workers)
 
 
 def create_app(settings: APISettings | None = None) -> FastAPI:
@@ -81,37 +121,20 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.log_level, settings.log_format, service="api")
-        hub = SessionHub(
-            ttl_s=settings.session_ttl_s,
-            max_sessions=settings.max_sessions,
-            max_bytes=settings.session_max_bytes,
-        )
-        broker = Broker(settings, hub)
-        app.state.settings, app.state.hub, app.state.broker = settings, hub, broker
-        clients: list = []
-
-        def llm_client():
-            if not clients:
-                from mqcommon.llm import make_client  # the SDK costs a second of start-up
-
-                clients.append(make_client(settings))
-            return clients[0]
-
-        app.state.llm_client = llm_client
+        state, broker, watch = build(settings, key_limits)
         if settings.chat_direct_llm:
             import mqcommon.llm  # noqa: F401  (direct mode answers with the SDK: load it now, not on a request)
-        app.state.collectors = [
-            metrics.QueueDepthCollector(
+        state.depth.bind_loop()
+        state.collectors.append(
+            QueueDepthCollector(
                 settings.rabbitmq_management_url,
                 {"tasks": settings.task_queue, "dead_letter": settings.dead_letter_queue},
-                passive=metrics.PassiveDepth(lambda: broker._connection),
-            ),
-        ]
-        registry = WorkerRegistry(settings.task_queue)
-        app.state.workers = registry
-        # On the broker's own connection, once it is up (one connection per process).
-        watch = WorkerWatch(broker.topology, lambda: broker._connection, registry)
+                passive=state.depth.read_blocking,
+            )
+        )
+        set_state(app, state)
         await broker.start()
+        state.sessions.start()
         watch.start()
         await broker.wait_ready(timeout=3.0)
         freeze_startup_heap()
@@ -123,9 +146,9 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
             yield
         finally:
             await watch.stop()
+            await state.sessions.stop()
             await broker.stop()
-            for client in clients:
-                await client.close()
+            await state.llm_client.close()
 
     app = FastAPI(
         title="llm-stream",
@@ -136,12 +159,16 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
         # built-in OpenTelemetry hooks would cost every request a provider lookup.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    app.state.key_limits = key_limits
+    modules = (chat, ops, openai_chat, openai_responses, openai_models, sessions)
+    routers = [module.router for module in modules]
+    routes = dialects.install(app, routers)
+    for router in routers:
+        app.include_router(router)
     if keys.enabled:
         # Innermost: CORS answers preflights without a key, and refusals are counted.
         app.add_middleware(
-            Authenticate, keys=keys, probes_open=settings.api_keys_open_probes,
-            limits=key_limits,
+            Authenticate, keys=keys, probes_open=settings.api_keys_open_probes, limits=key_limits,
+            routes=routes,
         )
     app.add_middleware(RequestMetrics)
     if settings.cors_origins:
@@ -155,15 +182,7 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSE_HEADERS,
             max_age=settings.cors_max_age_s,
         )
-    errors.install(app)
-    openai_errors.install(app)
-    app.include_router(chat.router)
-    app.include_router(ops.router)
-    app.include_router(openai_chat.router)
-    app.include_router(openai_responses.router)
-    app.include_router(model_routes.router)
-    app.include_router(sessions.router)
-    openapi.install(app, settings)
+    document.install(app, settings, routes)
     # The chat page's vendored libraries (static/vendor/README.md); the page itself is at /.
     app.mount("/static", StaticFiles(packages=[("llm_stream_api", "static")]), name="static")
     return app

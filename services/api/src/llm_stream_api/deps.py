@@ -1,31 +1,63 @@
-"""Request-scoped dependencies, as short ``Annotated`` aliases.
+"""What the routes get from the app: one typed state, and short ``Annotated`` dependencies.
 
-They are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool.
+Everything the lifespan builds lives in one ``AppState`` on ``app.state.llm_stream``; nothing
+else reads ``app.state``. The dependencies are ``async def`` on purpose: FastAPI runs plain
+``def`` dependencies in a thread pool.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from prometheus_client.registry import Collector
 
-from llm_stream_api.broker import Broker
-from llm_stream_api.hub import SessionHub
+from llm_stream_api import keys
+from llm_stream_api.broker.heartbeats import WorkerRegistry
+from llm_stream_api.broker.queue_depth import QueueDepth
+from llm_stream_api.service.sessions import SessionService
 from llm_stream_api.settings import APISettings
 
 
+@dataclass(slots=True)
+class AppState:
+    settings: APISettings
+    sessions: SessionService
+    workers: WorkerRegistry
+    depth: QueueDepth
+    llm_client: Callable[[], Any]  # the OpenAI SDK client, made on first use
+    collectors: list[Collector] = field(default_factory=list)  # read at scrape time
+
+
+def set_state(app: FastAPI, state: AppState) -> None:
+    app.state.llm_stream = state
+
+
+def state_of(app: FastAPI) -> AppState:
+    found: AppState = app.state.llm_stream
+    return found
+
+
+async def _state(request: Request) -> AppState:
+    return state_of(request.app)
+
+
 async def _settings(request: Request) -> APISettings:
-    return request.app.state.settings
+    return state_of(request.app).settings
 
 
-async def _broker(request: Request) -> Broker:
-    return request.app.state.broker
+async def _sessions(request: Request) -> SessionService:
+    return state_of(request.app).sessions
 
 
-async def _hub(request: Request) -> SessionHub:
-    return request.app.state.hub
+async def _key_id(request: Request) -> str | None:
+    return keys.key_id(request)
 
 
+StateDep = Annotated[AppState, Depends(_state)]
 SettingsDep = Annotated[APISettings, Depends(_settings)]
-BrokerDep = Annotated[Broker, Depends(_broker)]
-HubDep = Annotated[SessionHub, Depends(_hub)]
+SessionsDep = Annotated[SessionService, Depends(_sessions)]
+KeyDep = Annotated[str | None, Depends(_key_id)]
+"""The key id of the request; None when API keys are off."""

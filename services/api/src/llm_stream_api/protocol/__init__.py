@@ -1,5 +1,7 @@
-"""Request and response bodies, one module per dialect, kept apart from serving.
+"""What travels over HTTP, as pure shapes and translators: one module per dialect, and the
+errors every dialect answers with. Nothing here knows the broker, the hub or FastAPI's app.
 
-``native`` bodies live in ``llm_stream_api.models``; ``chat_completions`` and ``responses``
-are the OpenAI dialects, built on ``openai_base``.
+``native`` (the proof of concept's bodies), ``task`` (a request in no dialect), ``errors``
+(the one hierarchy), and the OpenAI dialects ``chat_completions`` and ``responses`` on
+``openai_base``.
 """

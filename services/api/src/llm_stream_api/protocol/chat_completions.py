@@ -16,7 +16,6 @@ import orjson
 from mqcommon.schemas import MODEL_PATTERN
 from pydantic import Field, field_validator
 
-from llm_stream_api.limits import FieldNames
 from llm_stream_api.protocol.openai_base import (
     NULL,
     ROLE_NAMES,
@@ -28,11 +27,12 @@ from llm_stream_api.protocol.openai_base import (
     TokenCap,
     content_schema,
     documented_as,
+    error_object,
     null_or,
     refuse_unless,
     turn,
 )
-from llm_stream_api.tasks import TaskRequest
+from llm_stream_api.protocol.task import FieldNames, TaskRequest
 
 
 class Message(OpenAIBaseModel):
@@ -294,6 +294,6 @@ class ChunkWriter:
 
     @staticmethod
     def error(error: OpenAIError) -> bytes:
-        return b"data: " + orjson.dumps(error.body()) + b"\n\n"
+        return b"data: " + orjson.dumps(error_object(error)) + b"\n\n"
 
 

@@ -16,6 +16,8 @@ import structlog
 from mqcommon.schemas import ChatMessage
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from llm_stream_api.protocol.errors import APIError, OpenAIError, Unsupported
+
 log = structlog.get_logger(__name__)
 
 
@@ -42,25 +44,22 @@ class OpenAIBaseModel(BaseModel):
         return self
 
 
-class OpenAIError(Exception):
-    """An error answered as ``{"error": {"message", "type", "param", "code"}}``."""
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+                429: "rate_limit_error"}
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-             404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
-             422: "invalid_request_error", 429: "rate_limit_error"}
 
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-        type: str | None = None, headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        fallback = "server_error" if status >= 500 else "invalid_request_error"
-        self.type = type or self.TYPES.get(status, fallback)
-        self.headers = headers or {}
+def openai_status(error: APIError) -> int:
+    """OpenAI answers an invalid field with a 400, where the native routes answer 422."""
+    return 400 if error.status == 422 else error.status
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+def error_object(error: APIError) -> dict[str, Any]:
+    """``{"error": {"message", "type", "param", "code"}}``: what the official SDKs raise from."""
+    status = openai_status(error)
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
+    kind = error.error_type or OPENAI_TYPES.get(status, fallback)
+    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.code}}
 
 
 def documented_as(schema: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
@@ -99,11 +98,6 @@ def content_schema(kinds: tuple[str, ...]) -> dict[str, Any]:
         "required": ["type", "text"],
     }
     return {"anyOf": [{"type": "string"}, NULL, {"type": "array", "items": part}]}
-
-
-class Unsupported(OpenAIError):
-    def __init__(self, param: str, why: str) -> None:
-        super().__init__(400, f"{param}: {why}", param=param, code="unsupported_parameter")
 
 
 def refuse_unless(condition: bool, param: str, why: str) -> None:

@@ -21,7 +21,6 @@ import orjson
 from mqcommon.schemas import MODEL_PATTERN
 from pydantic import Field
 
-from llm_stream_api.limits import FieldNames
 from llm_stream_api.protocol.openai_base import (
     ROLE_NAMES,
     SSE_EVENT_SCHEMA,
@@ -35,7 +34,7 @@ from llm_stream_api.protocol.openai_base import (
     refuse_unless,
     turn,
 )
-from llm_stream_api.tasks import TaskRequest
+from llm_stream_api.protocol.task import FieldNames, TaskRequest
 
 FIRST_DELTA = 3  # the sequence number before the first delta
 INPUT_KINDS = ("input_text", "output_text", "text")

@@ -1,6 +1,7 @@
 """``POST /v1/chat/completions``: OpenAI's Chat Completions, through the queue and the workers.
 
-A request becomes a task like any other (``tasks.enqueue``); the answer is read from the hub.
+A request becomes a task like any other (``SessionService.enqueue``); the answer is followed
+like any other.
 Streamed, it is ``chat.completion.chunk`` events and ``data: [DONE]``; a client that goes away
 before the end cancels the generation. Not streamed, the completion is sent whole at the end.
 """
@@ -12,23 +13,23 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from mqcommon.tracing import TRACEPARENT_HEADER
 from sse_starlette import EventSourceResponse
 
-from llm_stream_api import admission, limits, openai_errors
-from llm_stream_api.broker import Broker
-from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
-from llm_stream_api.hub import DONE, SessionHub
-from llm_stream_api.models import inline_schema
-from llm_stream_api.openai_errors import end_error
+from llm_stream_api.deps import KeyDep, SessionsDep, SettingsDep
+from llm_stream_api.dialects import OpenAIRoute
+from llm_stream_api.dialects.openai import end_error
+from llm_stream_api.openapi.responses import ANSWER_ERRORS, BODY_ERRORS
 from llm_stream_api.protocol import chat_completions as protocol
-from llm_stream_api.routes.openai_common import answer, read_body
-from llm_stream_api.settings import APISettings
-from llm_stream_api.streaming import StreamMeter, follow
-from llm_stream_api.tasks import enqueue
+from llm_stream_api.protocol.native import inline_schema
+from llm_stream_api.quota import input_limits
+from llm_stream_api.routes import STREAM_HEADERS
+from llm_stream_api.routes.bodies import read_openai_body
+from llm_stream_api.service.sessions import SessionService
+from llm_stream_api.service.streams import StreamMeter
+from llm_stream_api.sessions.hub import DONE
 
-router = APIRouter(prefix="/v1")
-
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
 
 
 BODY = {"requestBody": {"required": True, "content": {
@@ -39,55 +40,54 @@ BODY = {"requestBody": {"required": True, "content": {
 @router.post(
     "/chat/completions", response_model=None, summary="OpenAI Chat Completions, through the queue",
     openapi_extra=BODY,
-    responses={**protocol.RESPONSES, **openai_errors.BODY_ERRORS, **openai_errors.ANSWER_ERRORS},
+    responses={**protocol.RESPONSES, **BODY_ERRORS, **ANSWER_ERRORS},
 )
 async def chat_completions(
-    request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
+    request: Request, settings: SettingsDep, sessions: SessionsDep, key: KeyDep
 ) -> JSONResponse | EventSourceResponse:
-    body = await read_body(request, settings, protocol.ChatCompletionRequest)
+    body = await read_openai_body(request, settings, protocol.ChatCompletionRequest)
     wanted = body.task_request()
-    limits.check(wanted, settings, body.limit_names)
+    input_limits.check(wanted, settings, body.limit_names)
     # The one not used (max_completion_tokens wins) is held to the ceiling too.
-    limits.check_tokens(body.max_tokens, settings, "max_tokens")
+    input_limits.check_tokens(body.max_tokens, settings, "max_tokens")
     if body.stream:
-        admission.check_streams(settings)
+        sessions.check_streams()
     requested_at = time.time()
-    task, _ = await enqueue(wanted, request, broker, hub)
+    task, _ = await sessions.enqueue(wanted, owner=key, traceparent=request.headers.get(TRACEPARENT_HEADER))
     headers = {"X-Session-ID": task.session_id, "X-Request-ID": task.session_id}
     if body.stream:
         writer = protocol.ChunkWriter(
             task.session_id, body.model, include_usage=body.include_usage, max_tokens=wanted.max_tokens
         )
         return EventSourceResponse(
-            _chunks(hub, task.session_id, settings, broker, writer, requested_at),
+            _chunks(sessions, task.session_id, writer, requested_at),
             ping=settings.sse_ping_s, headers={**headers, **STREAM_HEADERS},
         )
-    text, kind, error = await answer(hub, task.session_id, settings, broker)
-    if kind != DONE:
-        raise end_error(kind, error)
-    session = hub.get(task.session_id)
+    answer = await sessions.answer(task.session_id)
+    if answer.kind != DONE:
+        raise end_error(answer.kind, answer.error)
+    session = sessions.get(task.session_id)
     return JSONResponse(
-        protocol.completion(task.session_id, body.model, int(requested_at), text,
+        protocol.completion(task.session_id, body.model, int(requested_at), answer.text,
                             session.usage if session else None, wanted.max_tokens),
         headers=headers,
     )
 
 
 async def _chunks(
-    hub: SessionHub, session_id: str, settings: APISettings, broker: Broker,
-    writer: protocol.ChunkWriter, requested_at: float,
+    sessions: SessionService, session_id: str, writer: protocol.ChunkWriter, requested_at: float,
 ) -> AsyncIterator[bytes]:
     """The answer as chunks; the generation is cancelled if the client leaves before the end."""
-    meter = StreamMeter("openai", requested_at)
+    meter = StreamMeter("openai", requested_at, sessions.streams)
     ended = False
     try:
         yield writer.role()
-        async for piece in follow(hub, session_id, 0, settings, broker.discover):
+        async for piece in sessions.follow(session_id):
             if piece.kind is None:
                 data = writer.content(piece.text)
             elif piece.kind == DONE:
                 ended = True
-                session = hub.get(session_id)
+                session = sessions.get(session_id)
                 data = writer.finish(session.usage if session else None)
             else:
                 ended = True
@@ -96,5 +96,5 @@ async def _chunks(
             yield data
     finally:
         if not ended:
-            broker.cancel_soon(session_id)
-        meter.close(hub.get(session_id), session_id)
+            sessions.cancel_soon(session_id)
+        meter.close(sessions.get(session_id), session_id)

@@ -1,4 +1,5 @@
-"""API keys: who a request comes from, checked on every route but the open ones.
+"""API keys: who a request comes from, checked on every route but the open ones
+(``middleware.authenticate``).
 
 Off unless ``API_KEYS`` or ``API_KEYS_FILE`` names keys; then every request needs one, as
 ``Authorization: Bearer <key>`` (what the OpenAI SDKs send) or ``X-API-Key: <key>`` (which wins
@@ -23,16 +24,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-import structlog
-from fastapi import Depends, Request
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from llm_stream_api import metrics
-from llm_stream_api.errors import APIError, Unauthorized
-
-log = structlog.get_logger(__name__)
+from starlette.requests import HTTPConnection
 
 KEY_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _KEY_ID = re.compile(KEY_ID_PATTERN)
@@ -150,55 +143,6 @@ def is_open(method: str, path: str, *, probes_open: bool) -> bool:
     return probes_open and path in PROBE_PATHS
 
 
-class Authenticate:
-    """A plain ASGI middleware: streaming routes keep seeing client disconnects.
-
-    A refusal is answered by the app's own ``APIError`` handler, so it is in the route's
-    dialect (native JSON, or OpenAI's error object on ``/v1``). A request with a valid key
-    also passes the key's requests-per-minute limit (``rate_limits``) here.
-    """
-
-    def __init__(self, app: ASGIApp, keys: KeyRing, *, probes_open: bool, limits) -> None:
-        self.app = app
-        self.keys = keys
-        self.probes_open = probes_open
-        self.limits = limits
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope["method"], scope["path"], probes_open=self.probes_open):
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        presented = presented_key(headers)
-        key_id = self.keys.identify(presented) if presented else None
-        try:
-            if key_id is None:
-                metrics.AUTH_FAILURES.labels("missing" if presented is None else "invalid").inc()
-                raise Unauthorized(missing=presented is None)
-            self.limits.request(key_id)
-        except APIError as exc:
-            await _refuse(scope, receive, send, exc)
-            return
-        metrics.KEY_REQUESTS.labels(key_id).inc()
-        scope[SCOPE_KEY] = key_id
-        structlog.contextvars.bind_contextvars(key=key_id)
-        await self.app(scope, receive, send)
-
-
-async def _refuse(scope: Scope, receive: Receive, send: Send, exc: APIError) -> None:
-    request = Request(scope, receive)
-    handler = scope["app"].exception_handlers[APIError]
-    response = await handler(request, exc)
-    await response(scope, receive, send)
-
-
-def key_id(request: Request) -> str | None:
-    """The key id of the request; None when keys are off."""
+def key_id(request: HTTPConnection) -> str | None:
+    """The key id of the request (``middleware.authenticate`` put it there); None when keys are off."""
     return request.scope.get(SCOPE_KEY)
-
-
-async def _key_id(request: Request) -> str | None:
-    return key_id(request)
-
-
-KeyDep = Annotated[str | None, Depends(_key_id)]

@@ -31,8 +31,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from mqcommon.schemas import QUEUED, QueueEvent
 from mqcommon.topology import QueueSpec, declare_queue
 
-from llm_stream_api.hub import Session
-from llm_stream_api.rates import RateMeter
+from llm_stream_api.quota.rates import RateMeter
+from llm_stream_api.sessions.hub import Session
 
 log = structlog.get_logger(__name__)
 

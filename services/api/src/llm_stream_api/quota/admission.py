@@ -16,17 +16,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from llm_stream_api.errors import Overloaded
-from llm_stream_api.queue_position import QueueTracker
-from llm_stream_api.rates import RateMeter
+from llm_stream_api.protocol.errors import Overloaded
+from llm_stream_api.quota.rates import RateMeter
 from llm_stream_api.settings import APISettings
 
 RATE_WINDOW_S = 30.0
 
 
+class Backlog(Protocol):
+    """The waiting tasks, as the queue log counts them (``broker.queue_positions``)."""
+
+    @property
+    def waiting(self) -> int: ...
+
+    def drain_rate(self) -> float: ...
+
+
 class StreamCount:
-    """Streams open in this process, and how fast they close."""
+    """Streams open in this process, and how fast they close (one per app, on its state)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.open = 0
@@ -41,11 +50,8 @@ class StreamCount:
         self._closed.record(self._clock())
 
     def close_rate(self) -> float:
-        """Streams closed per second (``rates.RateMeter``, over ``RATE_WINDOW_S``)."""
+        """Streams closed per second (``quota.rates.RateMeter``, over ``RATE_WINDOW_S``)."""
         return self._closed.rate(self._clock())
-
-
-STREAMS = StreamCount()
 
 
 def retry_after(excess: int, rate: float, ceiling: int) -> int:
@@ -56,14 +62,14 @@ def retry_after(excess: int, rate: float, ceiling: int) -> int:
     return max(1, min(ceiling, math.ceil(excess / rate)))
 
 
-def check_queue(settings: APISettings, queue: QueueTracker) -> None:
+def check_queue(settings: APISettings, queue: Backlog) -> None:
     """Refuse a new task while the queue holds ``MAX_QUEUED_TASKS`` waiting tasks."""
     waiting = queue.waiting
     if waiting >= settings.max_queued_tasks:
         raise queue_full(settings, queue, waiting)
 
 
-def queue_full(settings: APISettings, queue: QueueTracker, waiting: int | None = None) -> Overloaded:
+def queue_full(settings: APISettings, queue: Backlog, waiting: int | None = None) -> Overloaded:
     """The 503 of a full queue (also when the broker itself refused the task)."""
     waiting = queue.waiting if waiting is None else waiting
     excess = max(1, waiting - settings.max_queued_tasks + 1)
@@ -75,7 +81,7 @@ def queue_full(settings: APISettings, queue: QueueTracker, waiting: int | None =
     )
 
 
-def check_streams(settings: APISettings, streams: StreamCount = STREAMS) -> None:
+def check_streams(settings: APISettings, streams: StreamCount) -> None:
     """Refuse a new stream while this process serves ``MAX_OPEN_STREAMS``."""
     if streams.open < settings.max_open_streams:
         return

@@ -1,4 +1,4 @@
-"""What this API process knows about the workers: their heartbeats, kept briefly.
+"""What this API process knows about the workers: a registry of their heartbeats, kept briefly.
 
 Every API process binds an exclusive, auto-delete queue to the workers fanout exchange and
 keeps the last heartbeat of each worker that consumes *its* task queue (deployments may share
@@ -24,7 +24,9 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
 from mqcommon.heartbeat import EXPIRY_INTERVALS, PROBE, WorkerHeartbeat, decode
-from mqcommon.topology import Topology, declare_exchange
+from mqcommon.topology import declare_exchange
+
+from llm_stream_api.broker.connection import BrokerConnection
 
 log = structlog.get_logger(__name__)
 
@@ -79,14 +81,8 @@ class WorkerRegistry:
 class WorkerWatch:
     """Consume heartbeats on the API's broker connection, once it exists."""
 
-    def __init__(
-        self,
-        topology: Topology,
-        connection: Callable[[], AbstractRobustConnection | None],
-        registry: WorkerRegistry,
-    ) -> None:
-        self.topology = topology
-        self._connection = connection
+    def __init__(self, broker: BrokerConnection, registry: WorkerRegistry) -> None:
+        self._broker = broker
         self.registry = registry
         self._task: asyncio.Task[None] | None = None
 
@@ -101,7 +97,7 @@ class WorkerWatch:
 
     async def _run(self) -> None:
         while True:
-            connection = self._connection()
+            connection = self._broker.connection
             if connection is not None and not connection.is_closed:
                 try:
                     await self._setup(connection)
@@ -112,7 +108,7 @@ class WorkerWatch:
 
     async def _setup(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel()
-        exchange = await declare_exchange(channel, self.topology.workers_exchange)
+        exchange = await declare_exchange(channel, self._broker.topology.workers_exchange)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange)
         await queue.consume(self._on_message, no_ack=True)

@@ -14,7 +14,7 @@ from mqcommon.schemas import MalformedMessage, decode_frames
 from mqcommon.topology import ExchangeSpec, declare_exchange
 
 from llm_stream_api import metrics
-from llm_stream_api.hub import SessionHub
+from llm_stream_api.sessions.hub import SessionHub
 
 log = structlog.get_logger(__name__)
 

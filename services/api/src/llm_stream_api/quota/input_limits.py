@@ -9,23 +9,9 @@ spelled it, which differs between dialects (``input``, ``max_output_tokens``...)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from llm_stream_api.errors import LimitExceeded
+from llm_stream_api.protocol.errors import LimitExceeded
+from llm_stream_api.protocol.task import NATIVE, FieldNames, TaskRequest
 from llm_stream_api.settings import APISettings
-from llm_stream_api.tasks import TaskRequest
-
-
-@dataclass(frozen=True, slots=True)
-class FieldNames:
-    """What a dialect calls the fields the limits are about."""
-
-    messages: str = "messages"
-    max_tokens: str = "max_tokens"
-    model: str = "model"
-
-
-NATIVE = FieldNames()
 
 
 def check(

@@ -15,9 +15,10 @@ lost message): the hub reports it and the replica asks for a replay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from mqcommon.schemas import End, Frame, HistoryRecord
 
@@ -48,7 +49,7 @@ class Session:
         self.accepted_at: float | None = None  # wall clock of the POST that queued it
         self.started = False
         self.trace_id: str | None = None
-        self.owner: str | None = None  # id of the API key that created it (``auth``); None: keys off
+        self.owner: str | None = None  # id of the API key that created it (``keys``); None: keys off
         self.reserved = False  # a POST of this replica is queueing it right now
         self.tracked = False  # this replica receives its frames (accepted here, or asked for)
         self.looked_up = False  # the history has been read for it at least once
@@ -67,6 +68,16 @@ class Session:
     @property
     def ended(self) -> bool:
         return self.end_kind is not None
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """Count a reader while the block runs: a session with readers is served here (it is
+        announced to the workers) and never evicted or swept."""
+        self.readers += 1
+        try:
+            yield self
+        finally:
+            self.readers -= 1
 
     async def wait(self, timeout: float) -> bool:
         """Wait until something changes; False on timeout."""

@@ -13,29 +13,33 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from llm_stream_api import auth, errors, openai_errors
+from llm_stream_api.dialects import Dialect, RouteTable
+from llm_stream_api.keys import is_open
+from llm_stream_api.openapi.responses import RETRY_AFTER_HEADER, native_error, openai_error
 from llm_stream_api.settings import APISettings
 
 # What the stream route accepts: empty (no resume), or a whole number, blanks around it.
 LAST_EVENT_ID_PATTERN = r"^\s*([0-9]+\s*)?$"
 
 
-def install(app: FastAPI, settings: APISettings) -> None:
+def install(app: FastAPI, settings: APISettings, routes: RouteTable) -> None:
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            complete(generate(), settings)
-        return app.openapi_schema  # type: ignore[return-value]
+            complete(generate(), settings, routes.paths(Dialect.OPENAI))
+        return app.openapi_schema
+
+
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def complete(document: dict[str, Any], settings: APISettings) -> None:
+def complete(document: dict[str, Any], settings: APISettings, openai_paths: set[str]) -> None:
     if settings.api_keys.get_secret_value() or settings.api_keys_file is not None:
-        _require_keys(document, settings)
+        _require_keys(document, settings, openai_paths)
     for path, item in document.get("paths", {}).items():
-        if path.startswith(openai_errors.PREFIX):
+        if path in openai_paths:
             for operation in item.values():
                 # FastAPI's own 422: the OpenAI dialect answers a validation error with a 400.
                 operation.get("responses", {}).pop("422", None)
@@ -63,24 +67,23 @@ STREAM_NOT_FOUND = (
 )
 
 
-def _require_keys(document: dict[str, Any], settings: APISettings) -> None:
+def _require_keys(document: dict[str, Any], settings: APISettings, openai_paths: set[str]) -> None:
     """With API keys on: every operation but the open ones needs a key, and may answer 401
     (429 with per-key limits); a stream of another key's session is a 404."""
     document.setdefault("components", {}).setdefault("securitySchemes", {}).update(KEY_SCHEMES)
     limited = settings.key_requests_per_minute or settings.key_max_sessions or settings.key_tokens_per_minute
     probes_open = settings.api_keys_open_probes
     for path, item in document.get("paths", {}).items():
-        openai = path.startswith(openai_errors.PREFIX)
-        error = openai_errors.documented if openai else errors._error
+        error = openai_error if path in openai_paths else native_error
         for method, operation in item.items():
-            open_route = auth.is_open(method.upper(), path, probes_open=probes_open)
+            open_route = is_open(method.upper(), path, probes_open=probes_open)
             if not isinstance(operation, dict) or open_route:
                 continue
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
             responses = operation.setdefault("responses", {})
             responses.setdefault("401", error(UNAUTHORIZED, headers=WWW_AUTHENTICATE))
             if limited:
-                responses.setdefault("429", error(RATE_LIMITED, headers=errors.RETRY_AFTER_HEADER))
+                responses.setdefault("429", error(RATE_LIMITED, headers=RETRY_AFTER_HEADER))
             if path == "/stream/{session_id}":
                 responses.setdefault("404", error(STREAM_NOT_FOUND))
 

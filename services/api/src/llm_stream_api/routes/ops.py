@@ -11,11 +11,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from mqcommon.errors import BrokerUnavailable, UpstreamError
 
 from llm_stream_api import metrics
-from llm_stream_api.deps import BrokerDep, HubDep, SettingsDep
-from llm_stream_api.errors import BROKER_UNAVAILABLE, RETRY_AFTER_S
-from llm_stream_api.models import HealthFull, LLMCheck, Stats
+from llm_stream_api.deps import AppState, StateDep
+from llm_stream_api.dialects import NativeRoute
+from llm_stream_api.openapi.responses import BROKER_UNAVAILABLE
+from llm_stream_api.protocol.errors import RETRY_AFTER_S
+from llm_stream_api.protocol.native import HealthFull, LLMCheck, Stats
+from llm_stream_api.settings import APISettings
 
-router = APIRouter()
+router = APIRouter(route_class=NativeRoute)
 
 
 def _test_content(text_pattern: str) -> dict[str, Any]:
@@ -29,13 +32,13 @@ TEST_PROMPT = "Say 'test successful' and nothing else."
 TEST_MAX_TOKENS = 16
 
 
-def _llm_state(request: Request, settings) -> dict[str, str | int]:
+def _llm_state(state: AppState) -> dict[str, str | int]:
     """Whether an LLM is configured where generations run, never the key itself.
 
     In direct mode the API calls the LLM, so its own settings decide; otherwise the workers
     do, and their heartbeats say whether any of them has a key or a base URL.
     """
-    workers = request.app.state.workers.summary()
+    settings, workers = state.settings, state.workers.summary()
     if settings.chat_direct_llm:
         configured, mode = bool(settings.openai_api_key or settings.openai_base_url), "direct"
     else:
@@ -55,15 +58,13 @@ async def health() -> dict[str, str]:
         503: {"model": HealthFull, "description": "Degraded: not connected to the broker."},
     },
 )
-async def health_full(
-    request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
-) -> JSONResponse:
-    connected = broker.connected
+async def health_full(state: StateDep) -> JSONResponse:
+    connected = state.sessions.broker.connected
     body = {
         "status": "ok" if connected else "degraded",
         "rabbitmq": "connected" if connected else "disconnected",
-        **_llm_state(request, settings),
-        "sessions": len(hub),
+        **_llm_state(state),
+        "sessions": len(state.sessions.hub),
     }
     return JSONResponse(body, status_code=200 if connected else 503)
 
@@ -72,12 +73,10 @@ async def health_full(
     "/stats", summary="Task queue statistics",
     responses={200: {"model": Stats, "description": "Statistics."}, 503: BROKER_UNAVAILABLE},
 )
-async def stats(
-    request: Request, settings: SettingsDep, broker: BrokerDep, hub: HubDep
-) -> JSONResponse:
-    workers = request.app.state.workers.summary()
+async def stats(state: StateDep) -> JSONResponse:
+    settings, hub, workers = state.settings, state.sessions.hub, state.workers.summary()
     try:
-        queue = await broker.queue_stats()
+        queue = await state.depth.task_queue()
     except BrokerUnavailable as exc:
         return JSONResponse(
             {"status": "error", "error": "broker_unavailable", "message": str(exc),
@@ -88,8 +87,8 @@ async def stats(
         {
             "status": "ok",
             "queue": settings.task_queue,
-            "pending_tasks": queue["messages"],
-            "consumers": queue["consumers"],
+            "pending_tasks": queue.messages,
+            "consumers": queue.consumers,
             "open_streams": len(hub.served_sessions()),
             "sessions": len(hub),
             "workers": workers.count,
@@ -107,10 +106,10 @@ async def stats(
         503: {"description": "The LLM cannot be reached.", "content": _test_content("^ERROR: ")},
     },
 )
-async def test(request: Request, settings: SettingsDep) -> Response:
+async def test(request: Request, state: StateDep) -> Response:
     """``text/plain`` ``OK: <reply>`` / ``ERROR: <why>`` (the old contract) by default; with
     ``Accept: application/json`` the model list as JSON."""
-    client = request.app.state.llm_client()
+    settings, client = state.settings, state.llm_client()
     base_url = settings.openai_base_url or "https://api.openai.com/v1"
     if "application/json" not in request.headers.get("accept", ""):
         return await _test_completion(client, settings)
@@ -131,7 +130,7 @@ async def test(request: Request, settings: SettingsDep) -> Response:
     )
 
 
-async def _test_completion(client, settings) -> PlainTextResponse:
+async def _test_completion(client: object, settings: APISettings) -> PlainTextResponse:
     from mqcommon.llm import stream_answer  # the SDK is imported when first needed
 
     tiny = settings.model_copy(update={"llm_max_tokens": TEST_MAX_TOKENS, "system_prompt": ""})
@@ -147,8 +146,8 @@ async def _test_completion(client, settings) -> PlainTextResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics_endpoint(request: Request) -> Response:
-    body, content_type = await asyncio.to_thread(metrics.exposition, request.app.state.collectors)
+async def metrics_endpoint(state: StateDep) -> Response:
+    body, content_type = await asyncio.to_thread(metrics.exposition, state.collectors)
     return Response(body, media_type=content_type)
 
 

@@ -1,6 +1,6 @@
 """``GET /v1/models``: the models a request may name.
 
-With MODELS_ALLOWED, those (a request naming another is refused, see ``limits``). Without it,
+With MODELS_ALLOWED, those (a request naming another is refused, see ``quota.input_limits``). Without it,
 the model this deployment answers with when a request names none: requests may name any
 model, which is passed to the LLM as given, and the LLM decides.
 """
@@ -11,12 +11,13 @@ import time
 
 from fastapi import APIRouter
 
-from llm_stream_api import openai_errors
 from llm_stream_api.deps import SettingsDep
-from llm_stream_api.protocol.openai_base import OpenAIError
+from llm_stream_api.dialects import OpenAIRoute
+from llm_stream_api.openapi.responses import openai_error
+from llm_stream_api.protocol.errors import NotFound
 from llm_stream_api.settings import APISettings
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
 
 STARTED = int(time.time())
 
@@ -56,12 +57,10 @@ async def list_models(settings: SettingsDep) -> dict[str, object]:
     "/models/{model_id:path}", summary="OpenAI models: one",
     responses={
         200: {"description": "The model.", "content": {"application/json": {"schema": MODEL_SCHEMA}}},
-        404: openai_errors.documented("`model_not_found`: not a model a request may name."),
+        404: openai_error("`model_not_found`: not a model a request may name."),
     },
 )
 async def get_model(model_id: str, settings: SettingsDep) -> dict[str, object]:
     if model_id not in _listed(settings):
-        raise OpenAIError(
-            404, f"The model {model_id!r} does not exist", param="model", code="model_not_found"
-        )
+        raise NotFound(f"The model {model_id!r} does not exist", param="model", code="model_not_found")
     return _model(model_id)

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llm_stream_api import metrics
-from llm_stream_api.errors import RateLimited
-from llm_stream_api.hub import SessionHub
+from llm_stream_api.protocol.errors import RateLimited
+from llm_stream_api.sessions.hub import SessionHub
 
 WINDOW_S = 60.0
 CHARS_PER_TOKEN = 4

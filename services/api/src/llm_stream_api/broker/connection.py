@@ -1,0 +1,136 @@
+"""The API's one broker connection: made in the background, retried, shared by every part.
+
+The connection is made and retried in the background, so the API starts (and answers
+``/health``) while the broker is down; ``/health/full`` reports the truth. Each part that
+needs the broker (the live feed, the history, the queue log, the heartbeats) registers a hook
+that runs, in order, once the topology is declared; the replica is ready when they all have.
+Nothing is read ahead at start-up: history is read on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.exceptions import AMQPException
+from aiormq.exceptions import AMQPError
+from mqcommon.connection import broker_version, connect
+from mqcommon.errors import BrokerUnavailable
+from mqcommon.topology import Topology, declare_exchange
+
+from llm_stream_api import metrics
+from llm_stream_api.settings import APISettings
+
+log = structlog.get_logger(__name__)
+
+CONNECT_RETRY_S = 2.0
+# The broker errors a background send logs and forgets (what it sends is repeated or redundant).
+SEND_ERRORS = (AMQPException, AMQPError, ConnectionError, RuntimeError, TimeoutError)
+
+OnConnect = Callable[["BrokerConnection"], Awaitable[None]]
+
+
+class BrokerConnection:
+    def __init__(self, settings: APISettings, replica_id: str) -> None:
+        self.settings = settings
+        self.replica_id = replica_id
+        self.topology = Topology.from_settings(settings)
+        self.connection: AbstractRobustConnection | None = None
+        self.channel: AbstractChannel | None = None  # publisher confirms, returns raise
+        self.intake: AbstractExchange | None = None
+        self.version: tuple[int, ...] = ()
+        self._on_connect: list[OnConnect] = []
+        self._on_reconnect: list[Callable[[], None]] = []
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sends: set[asyncio.Task[None]] = set()
+
+    @property
+    def connected(self) -> bool:
+        return (
+            self._ready.is_set()
+            and self.connection is not None
+            and not self.connection.is_closed
+            and self.channel is not None
+            and not self.channel.is_closed
+        )
+
+    def publishing_channel(self) -> AbstractChannel:
+        """The confirming channel; raises ``BrokerUnavailable`` while not connected."""
+        if not self.connected or self.channel is None:
+            raise BrokerUnavailable("not connected to the broker")
+        return self.channel
+
+    def when_connected(self, hook: OnConnect) -> None:
+        """Run ``hook`` once the topology is declared, before the replica is ready."""
+        self._on_connect.append(hook)
+
+    def when_reconnected(self, callback: Callable[[], None]) -> None:
+        self._on_reconnect.append(callback)
+
+    def run_in_background(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        """A loop of one part (announcing, sweeping), cancelled at ``stop``."""
+        self._tasks.append(asyncio.create_task(coroutine, name=name))
+
+    def send_soon(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Send without waiting for it (kept referenced until done)."""
+        task = asyncio.create_task(coroutine)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def start(self) -> None:
+        self.run_in_background("broker-connect", self._connect_forever())
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+
+    async def _connect_forever(self) -> None:
+        while True:
+            try:
+                connection = await connect(self.settings.rabbit_mq, "api")
+                self.topology = await self.topology.declare(connection)
+                self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                self.intake = await declare_exchange(self.channel, self.topology.intake_exchange)
+                self.version = broker_version(connection)
+                self.connection = connection
+                for hook in self._on_connect:
+                    await hook(self)
+                connection.reconnect_callbacks.add(self._reconnected)
+                self._ready.set()
+                metrics.BROKER_CONNECTED.set(1)
+                log.info(
+                    "connected to the broker", queue=self.topology.task_queue.name,
+                    replica=self.replica_id, broker_version=".".join(map(str, self.version)),
+                )
+                return
+            except (AMQPException, AMQPError, ConnectionError, OSError, RuntimeError) as exc:
+                log.error(
+                    "broker unreachable; retrying",
+                    error=str(exc) or type(exc).__name__,
+                    broker=self.settings.rabbit_mq.rsplit("@", 1)[-1],
+                    retry_s=CONNECT_RETRY_S,
+                )
+                await asyncio.sleep(CONNECT_RETRY_S)
+
+    def _reconnected(self, *_: object) -> None:
+        for callback in self._on_reconnect:
+            callback()

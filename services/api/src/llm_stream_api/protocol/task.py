@@ -1,0 +1,89 @@
+"""What a client asks the LLM for, whatever its dialect (native, Chat Completions, Responses).
+
+Each dialect's protocol module turns its body into a ``TaskRequest``: the conversation, the
+model and the generation parameters. The session service (``service.sessions``) claims the
+session id and queues it as a ``ChatTask``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from mqcommon.schemas import ChatMessage, ChatTask
+
+from llm_stream_api.protocol.native import ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class FieldNames:
+    """What a dialect calls the fields the input limits are about."""
+
+    messages: str = "messages"
+    max_tokens: str = "max_tokens"
+    model: str = "model"
+
+
+NATIVE = FieldNames()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """What a client asks the LLM for, in no particular dialect."""
+
+    message: str | None = None  # one user turn (the first format)
+    messages: tuple[ChatMessage, ...] | None = None  # or a whole conversation
+    model: str | None = None
+    session_id: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    user: str | None = None
+    include_usage: bool | None = None
+    owner: str | None = None  # the key id of the request (``keys``), set when it is queued
+
+    def task(self, session_id: str, reply_to: str | None) -> ChatTask:
+        given = {
+            f.name: getattr(self, f.name) for f in fields(self)
+            if f.name not in ("session_id", "message") and getattr(self, f.name) is not None
+        }
+        # A conversation also carries its last user turn as ``message``: a worker that predates
+        # conversations still answers it.
+        message = self.message or _last_user_turn(self.messages)
+        return ChatTask(session_id=session_id, message=message, reply_to=reply_to, **given)
+
+
+def _last_user_turn(messages: tuple[ChatMessage, ...] | None) -> str | None:
+    for turn in reversed(messages or ()):
+        if turn.role == "user":
+            return turn.content or None
+    return None
+
+
+def from_native(body: ChatRequest) -> TaskRequest:
+    """``POST /chat`` and ``/chat/async``: ``message`` alone, or ``messages``.
+
+    With both, ``message`` is the latest question: it is added as the last user turn unless
+    ``messages`` already ends with it (what the chat page sends).
+    """
+    messages = None
+    if body.messages is not None:
+        turns = [ChatMessage(role=t.role, content=t.content) for t in body.messages]
+        last = turns[-1]
+        if body.message is not None and not (last.role == "user" and last.content == body.message):
+            turns.append(ChatMessage(role="user", content=body.message))
+        messages = tuple(turns)
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop) if body.stop else None
+    return TaskRequest(
+        message=body.message, messages=messages, model=body.model, session_id=body.session_id,
+        temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens, stop=stop,
+        seed=body.seed, user=body.user,
+    )
+
+
+def appended_turns(body: ChatRequest, wanted: TaskRequest) -> int:
+    """1 when the native ``message`` was added after the ``messages`` the client sent."""
+    if body.messages is None or wanted.messages is None:
+        return 0
+    return len(wanted.messages) - len(body.messages)
