@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import structlog
 from fastapi import FastAPI
@@ -32,6 +31,7 @@ from llm_stream_api.broker.queue_depth import QueueDepth, QueueDepthCollector
 from llm_stream_api.broker.queue_positions import QueueTracker
 from llm_stream_api.deps import AppState, set_state
 from llm_stream_api.keys import KeyRing
+from llm_stream_api.llm_clients import LLMClients
 from llm_stream_api.middleware.authenticate import Authenticate
 from llm_stream_api.middleware.request_metrics import RequestMetrics
 from llm_stream_api.openapi import document
@@ -46,26 +46,6 @@ log = structlog.get_logger("llm_stream_api")
 
 CORS_EXPOSE_HEADERS = ["X-Session-ID", "X-Trace-ID", "Retry-After"]
 STREAM_FILTERING_SINCE = (3, 13)
-
-
-class LLMClients:
-    """The OpenAI SDK client of direct mode and ``/test``, made on first use: the SDK costs
-    a second of start-up."""
-
-    def __init__(self, settings: APISettings) -> None:
-        self._settings = settings
-        self._client: Any = None
-
-    def __call__(self) -> Any:
-        if self._client is None:
-            from mqcommon.llm import make_client
-
-            self._client = make_client(self._settings)
-        return self._client
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
 
 
 def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, BrokerConnection, WorkerWatch]:

@@ -7,9 +7,8 @@ else reads ``app.state``. The dependencies are ``async def`` on purpose: FastAPI
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from prometheus_client.registry import Collector
@@ -17,6 +16,7 @@ from prometheus_client.registry import Collector
 from llm_stream_api import keys
 from llm_stream_api.broker.heartbeats import WorkerRegistry
 from llm_stream_api.broker.queue_depth import QueueDepth
+from llm_stream_api.llm_clients import LLMClients
 from llm_stream_api.service.sessions import SessionService
 from llm_stream_api.settings import APISettings
 
@@ -27,7 +27,7 @@ class AppState:
     sessions: SessionService
     workers: WorkerRegistry
     depth: QueueDepth
-    llm_client: Callable[[], Any]  # the OpenAI SDK client, made on first use
+    llm_client: LLMClients  # the OpenAI SDK client, made on first use
     collectors: list[Collector] = field(default_factory=list)  # read at scrape time
 
 

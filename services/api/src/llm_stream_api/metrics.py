@@ -147,7 +147,7 @@ def exposition(extra: list[Collector]) -> tuple[bytes, str]:
     """Render /metrics: every process's samples, plus the scrape-time collectors."""
     registry = CollectorRegistry()
     if multiprocess_dir():
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry.register(REGISTRY)  # a registry is itself a collector
     for collector in extra:

@@ -24,6 +24,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPException
+from aiormq.abc import FieldTable
 from aiormq.exceptions import AMQPError
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.publishing import publish_confirmed
@@ -76,7 +77,7 @@ class History:
             if self._markers is None:
                 raise BrokerUnavailable("not connected to the broker")
             await self._markers.default_exchange.publish(
-                aio_pika.Message(record.encode(), headers=record.headers(),
+                aio_pika.Message(record.encode(), headers=dict(record.headers()),
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=self._stream.name, mandatory=False,
             )
@@ -137,7 +138,7 @@ class History:
             elif record.session_id == session_id:
                 found.append(record)
 
-        arguments: dict[str, object] = {"x-stream-offset": since}
+        arguments: FieldTable = {"x-stream-offset": since}
         if self.filtering:
             arguments["x-stream-filter"] = session_id
             arguments["x-stream-match-unfiltered"] = False

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -217,7 +218,7 @@ class QueueDepthCollector(Collector):
         up.add_metric(["none"], 0)
         return [up]
 
-    def _from_management(self) -> dict[str, dict]:
+    def _from_management(self) -> dict[str, dict[str, Any]]:
         url = httpx.URL(self._base)
         auth = (url.username, url.password) if url.username else None
         base = str(url.copy_with(username=None, password=None)).rstrip("/")

@@ -28,7 +28,7 @@ def install(app: FastAPI, settings: APISettings, routes: RouteTable) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             complete(generate(), settings, routes.paths(Dialect.OPENAI))
-        return app.openapi_schema
+        return app.openapi_schema or {}
 
 
 

@@ -14,10 +14,9 @@ from typing import Any
 
 import orjson
 from mqcommon.schemas import MODEL_PATTERN
-from pydantic import Field, field_validator
+from pydantic import Field, JsonValue, field_validator
 
 from llm_stream_api.protocol.openai_base import (
-    NULL,
     ROLE_NAMES,
     SSE_EVENT_SCHEMA,
     Integer,
@@ -50,9 +49,9 @@ class StreamOptions(OpenAIBaseModel):
 
 
 # Only allowed with ``stream: true`` (see ``task_request``).
-STREAM_OPTIONS_NEED_STREAM = [
+STREAM_OPTIONS_NEED_STREAM: list[JsonValue] = [
     {"not": {"required": ["stream_options"]}},
-    {"properties": {"stream_options": NULL}},
+    {"properties": {"stream_options": {"type": "null"}}},
     {"properties": {"stream": {"const": True}}, "required": ["stream"]},
 ]
 
@@ -206,7 +205,7 @@ COMPLETION_SCHEMA = {
     },
     "required": ["id", "object", "created", "model", "choices"],
 }
-RESPONSES = {
+RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Not streamed: the `chat.completion`. `stream: true`: `chat.completion.chunk` "
         "events, then `data: [DONE]`; an error after the start is an error object event.",

@@ -10,13 +10,15 @@ OpenAPI document which values of such a field are honoured.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 from mqcommon.schemas import ChatMessage
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from llm_stream_api.protocol.errors import APIError, OpenAIError, Unsupported
+
+__all__ = ["OpenAIError", "Unsupported"]  # raised by both dialects' modules, found here too
 
 log = structlog.get_logger(__name__)
 
@@ -126,7 +128,9 @@ def text_of(content: Any, where: str, *, kinds: tuple[str, ...] = ("text",)) -> 
     raise OpenAIError(400, f"{where}: expected a string or a list of text parts", param=where)
 
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES: dict[str, Literal["system", "user", "assistant"]] = {
+    "system": "system", "developer": "system", "user": "user", "assistant": "assistant"
+}
 ROLE_NAMES = list(ROLES)
 
 

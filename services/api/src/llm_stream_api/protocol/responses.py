@@ -15,6 +15,7 @@ A cancelled response ends with ``response.incomplete`` and status ``cancelled``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -141,7 +142,7 @@ RESPONSE_SCHEMA = {
     },
     "required": ["id", "object", "created_at", "status", "model", "output"],
 }
-RESPONSE = {
+RESPONSE: dict[str, Any] = {
     "description": "The response object; with `stream: true`, its events (`text/event-stream`).",
     "content": {
         "application/json": {"schema": RESPONSE_SCHEMA},
@@ -216,7 +217,7 @@ def opening(response_id: str, response: dict[str, Any], after: int) -> list[byte
     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     item = {"type": "message", "id": message_id(response_id), "status": "in_progress",
             "role": "assistant", "content": []}
-    events = [
+    events: list[Callable[[], bytes]] = [
         lambda: event("response.created", 0, response=response),
         lambda: event("response.in_progress", 1, response={**response, "status": "in_progress"}),
         lambda: event("response.output_item.added", 2, output_index=0, item=item),
@@ -241,7 +242,7 @@ def closing(response_id: str, response: dict[str, Any], text: str, after: int) -
     final = {"completed": "response.completed", "failed": "response.failed"}.get(
         response["status"], "response.incomplete"
     )
-    events = [
+    events: list[Callable[[], bytes]] = [
         lambda: event("response.output_text.done", base, item_id=item_id, output_index=0,
                       content_index=0, text=text, logprobs=[]),
         lambda: event("response.content_part.done", base + 1, item_id=item_id, output_index=0,

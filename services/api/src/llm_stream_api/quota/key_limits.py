@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llm_stream_api import metrics
 from llm_stream_api.protocol.errors import RateLimited
@@ -39,10 +40,10 @@ DURATION_WEIGHT = 0.3  # of the newest answer in the moving average of durations
 RETRY_AFTER_MAX_S = 300
 
 
-def answer_tokens(usage: dict | None, text: str) -> int:
+def answer_tokens(usage: dict[str, Any] | None, text: str) -> int:
     """The answer's tokens: the LLM's count when known, else about 4 characters each."""
-    if usage and isinstance(usage.get("completion_tokens"), int):
-        return usage["completion_tokens"]
+    if usage and isinstance(tokens := usage.get("completion_tokens"), int):
+        return tokens
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 

@@ -73,4 +73,4 @@ async def read_openai_body(request: Request, settings: APISettings, model: type[
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise openai.validation_error(list(exc.errors(include_url=False))) from exc
+        raise openai.validation_error([dict(err) for err in exc.errors(include_url=False)]) from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -79,7 +79,7 @@ async def chat(request: Request, state: StateDep, key: KeyDep) -> StreamingRespo
     )
 
 
-def _direct(body: ChatRequest, settings: APISettings, client: object) -> StreamingResponse:
+def _direct(body: ChatRequest, settings: APISettings, client: Any) -> StreamingResponse:
     """The proof of concept's behaviour: the API itself calls the LLM."""
     session_id = body.session_id or new_id()
     wanted = from_native(body)

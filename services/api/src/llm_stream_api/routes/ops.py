@@ -130,7 +130,7 @@ async def test(request: Request, state: StateDep) -> Response:
     )
 
 
-async def _test_completion(client: object, settings: APISettings) -> PlainTextResponse:
+async def _test_completion(client: Any, settings: APISettings) -> PlainTextResponse:
     from mqcommon.llm import stream_answer  # the SDK is imported when first needed
 
     tiny = settings.model_copy(update={"llm_max_tokens": TEST_MAX_TOKENS, "system_prompt": ""})

@@ -35,7 +35,9 @@ async def _cancel(session_id: str, sessions: SessionService, key: str | None) ->
     outcome = await sessions.cancel(session_id, key)
     if outcome.status == "not_found":
         raise NotFound(f"session {session_id!r} not found")
-    body = CancelResult(session_id=session_id, status=outcome.status, end=outcome.end)
+    body = CancelResult.model_validate(
+        {"session_id": session_id, "status": outcome.status, "end": outcome.end}
+    )
     return JSONResponse(body.model_dump(), status_code=202 if outcome.status == "cancelling" else 200)
 
 

@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from mqcommon.schemas import End, Frame, HistoryRecord
 
@@ -45,7 +46,7 @@ class Session:
         self.text = ""
         self.end_kind: str | None = None
         self.error: str | None = None
-        self.usage: dict | None = None  # the LLM's token usage, when the task asked for it
+        self.usage: dict[str, Any] | None = None  # the LLM's token usage, when the task asked for it
         self.accepted_at: float | None = None  # wall clock of the POST that queued it
         self.started = False
         self.trace_id: str | None = None
