@@ -13,6 +13,7 @@ from pydantic_settings import SettingsConfigDict
 class APISettings(BrokerSettings, LLMSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
+    # -- the HTTP server -------------------------------------------------------------------------
     port: int = Field(default=8007, ge=1, le=65535, description="HTTP port.")
     host: str = Field(default="0.0.0.0", description="Bind address.")
     uvicorn_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
@@ -20,8 +21,11 @@ class APISettings(BrokerSettings, LLMSettings):
         default=75, ge=1, le=3600, description="How long an idle HTTP keep-alive connection is kept open.",
     )
     max_body_bytes: int = Field(default=256_000, ge=1024, description="Largest accepted request body.")
+    chat_direct_llm: bool = Field(
+        default=False, description="POST /chat calls the LLM from the API instead of the workers."
+    )
 
-    # -- input limits: what one request may ask of the LLM, in every dialect (``limits``) ----
+    # -- input limits: what one request may ask of the LLM, in every dialect (``quota.input_limits``) ---
     # LLM_MAX_TOKENS (LLMSettings) is the ceiling of max_tokens: a request asking for more is
     # refused, one asking for none gets it from the workers.
     max_message_chars: int = Field(default=16_000, ge=1, description="Longest accepted message.")
@@ -34,45 +38,8 @@ class APISettings(BrokerSettings, LLMSettings):
     models_allowed: str = Field(
         default="", description="Comma-separated models a request may name; empty: any model."
     )
-    enqueue_timeout_s: float = Field(
-        default=5.0, gt=0, description="Longest a POST waits for the broker to confirm the task."
-    )
-    stream_wait_timeout_s: float = Field(
-        default=30.0, gt=0,
-        description="How long a stream waits for a session nobody has announced before an error event.",
-    )
-    stream_idle_timeout_s: float = Field(
-        default=300.0, gt=0,
-        description="How long a known session may stay silent (queued or stalled) before an error event.",
-    )
-    session_ttl_s: float = Field(
-        default=600.0, gt=0, description="How long answers are kept for late or reconnecting clients."
-    )
-    session_max_bytes: int = Field(
-        default=1_000_000, ge=1000, description="Largest answer kept for one session."
-    )
-    max_sessions: int = Field(
-        default=100_000, ge=100, description="Sessions kept in memory by one API process."
-    )
-    sse_ping_s: float = Field(default=10.0, gt=0, le=15, description="Heartbeat comment interval.")
-    presence_interval_s: float = Field(
-        default=5.0, gt=0, description="How often served sessions are announced to the workers."
-    )
-    chat_direct_llm: bool = Field(
-        default=False, description="POST /chat calls the LLM from the API instead of the workers."
-    )
-    stats_cache_s: float = Field(default=1.0, ge=0, description="Cache of queue statistics.")
-    cancel_wait_s: float = Field(
-        default=2.0, ge=0, le=30,
-        description="How long a cancel request waits for the session to end before answering 202.",
-    )
-    history_timeout_s: float = Field(
-        default=5.0, gt=0, description="Longest one history lookup (a session this replica lacks) may take.",
-    )
-    history_lookups_max: int = Field(
-        default=32, ge=1, le=1000, description="History lookups one API process runs at once.",
-    )
-    # -- admission control: bounds on what one process and the queue take on (``admission``) --
+
+    # -- admission control: bounds on what one process and the queue take on (``quota.admission``) ---
     # MAX_QUEUED_TASKS (BrokerSettings) bounds the queue for every replica and the broker.
     max_open_streams: int = Field(
         default=10_000, ge=1,
@@ -84,6 +51,47 @@ class APISettings(BrokerSettings, LLMSettings):
         description="Longest Retry-After of a 503 (full queue, too many streams), whose value "
         "comes from the backlog and the measured drain rate.",
     )
+
+    # -- sessions and their readers: what a replica holds, how long a reader waits (``service``) ---
+    session_ttl_s: float = Field(
+        default=600.0, gt=0, description="How long answers are kept for late or reconnecting clients."
+    )
+    session_max_bytes: int = Field(
+        default=1_000_000, ge=1000, description="Largest answer kept for one session."
+    )
+    max_sessions: int = Field(
+        default=100_000, ge=100, description="Sessions kept in memory by one API process."
+    )
+    stream_wait_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="How long a stream waits for a session nobody has announced before an error event.",
+    )
+    stream_idle_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="How long a known session may stay silent (queued or stalled) before an error event.",
+    )
+    sse_ping_s: float = Field(default=10.0, gt=0, le=15, description="Heartbeat comment interval.")
+    cancel_wait_s: float = Field(
+        default=2.0, ge=0, le=30,
+        description="How long a cancel request waits for the session to end before answering 202.",
+    )
+
+    # -- the broker: publishing, history look-ups, presence, queue statistics (``broker``) -------
+    enqueue_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest a POST waits for the broker to confirm the task."
+    )
+    history_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest one history lookup (a session this replica lacks) may take.",
+    )
+    history_lookups_max: int = Field(
+        default=32, ge=1, le=1000, description="History lookups one API process runs at once.",
+    )
+    presence_interval_s: float = Field(
+        default=5.0, gt=0, description="How often served sessions are announced to the workers."
+    )
+    stats_cache_s: float = Field(default=1.0, ge=0, description="Cache of queue statistics.")
+
+    # -- browsers (CORS) -------------------------------------------------------------------------
     cors_allow_origins: str = Field(
         default="*",
         description="Origins allowed to call the API from a browser: '*', a comma-separated list "
@@ -94,7 +102,7 @@ class APISettings(BrokerSettings, LLMSettings):
     )
     cors_max_age_s: int = Field(default=600, ge=0, description="How long browsers cache a preflight.")
 
-    # -- API keys and per-key limits (``auth``, ``rate_limits``): off unless keys are given ---
+    # -- API keys and per-key limits (``keys``, ``quota.key_limits``): off unless keys are given ---
     api_keys: SecretStr = Field(
         default=SecretStr(""),
         description="Comma-separated client keys, each `key` or `name:key` (the name is its key "
