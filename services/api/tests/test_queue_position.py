@@ -1,17 +1,18 @@
-"""Queue positions from the queue log, and the Retry-After of admission control."""
+"""Queue positions: the keeper's waiting line, what a replica learns of it, and the Retry-After
+of admission control."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from llm_stream_api.broker.queue_positions import RATE_WINDOW_S, QueueTracker
+from llm_stream_api.broker.queue_keeper import RATE_WINDOW_S, WaitingLine
+from llm_stream_api.broker.queue_positions import QueuePositions
 from llm_stream_api.protocol.errors import Overloaded
 from llm_stream_api.quota import admission
 from llm_stream_api.sessions.hub import Session
 from llm_stream_api.settings import APISettings
-from mqcommon.schemas import LEFT, QUEUED, WITHDRAWN, QueueEvent
-from mqcommon.topology import QueueSpec
+from mqcommon.schemas import LEFT, QUEUED, WITHDRAWN, Positions, QueueEvent, Watch, Watermark
 
 
 class Clock:
@@ -22,8 +23,8 @@ class Clock:
         return self.now
 
 
-def tracker(clock: Clock | None = None) -> QueueTracker:
-    return QueueTracker(QueueSpec("log"), clock=clock or Clock())
+def tracker(clock: Clock | None = None) -> WaitingLine:
+    return WaitingLine(clock=clock or Clock())
 
 
 def test_positions_follow_the_log_order_and_move_up_as_tasks_leave() -> None:
@@ -49,7 +50,6 @@ def test_the_drain_rate_counts_tasks_that_left_in_the_window() -> None:
     clock.now += 5
     assert queue.drain_rate() == pytest.approx(5 / 5)  # five intervals in the five seconds since the first
     assert queue.eta(3) == 3.0
-    assert queue.seconds_until(7) == 7
     clock.now += 10
     assert queue.drain_rate() == pytest.approx(5 / 15)  # none since: it slows down
     clock.now += RATE_WINDOW_S + 1
@@ -66,27 +66,71 @@ def test_ghosts_at_the_head_are_dropped_only_when_seen_twice() -> None:
     assert queue.reconcile(2) == 0
 
 
-async def test_watched_sessions_learn_their_position_and_wake_their_readers() -> None:
-    queue = tracker()
-    for sid in ("a", "b"):
-        queue.apply(QueueEvent(QUEUED, sid))
+def test_the_line_knows_where_it_begins_in_the_log_and_answers_many_at_once() -> None:
+    line = tracker()
+    assert line.head == 0  # nothing read: the next offset
+    for offset, sid in enumerate(("a", "b", "c")):
+        line.apply(QueueEvent(QUEUED, sid, owner="k1" if sid == "b" else None), offset)
+    line.apply(QueueEvent(LEFT, "a"), 3)
+    assert line.head == 1 and line.left_total == 1
+    assert line.where(["c", "b", "zz"]) == {"b": (1, "k1"), "c": (2, None), "zz": (None, None)}
+    for sid in ("b", "c"):
+        line.apply(QueueEvent(LEFT, sid))
+    assert line.head == 4 and line.waiting == 0
+
+
+class FakeBroker:
+    """What ``QueuePositions`` uses of the connection, without a broker: watches are counted."""
+
+    replica_id = "r1"
+    channel = None
+    connected = False
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def send_soon(self, coroutine: object) -> None:
+        self.sent.append(coroutine)
+        coroutine.close()  # type: ignore[attr-defined]
+
+
+async def test_a_replica_watches_only_while_a_reader_waits_and_learns_position_and_owner() -> None:
+    watches: list[Watch] = []
+    broker = FakeBroker()
+    positions = QueuePositions(broker, hub=_Hub(), watch_locally=watches.append)  # type: ignore[arg-type]
     session = Session("b", 0.0)
     session.readers = 1
-    queue.watch(session)
-    await asyncio.sleep(0.05)
-    assert session.queue_position == 2
+    positions.watch(session)
+    await asyncio.sleep(0.02)
+    assert watches == []  # no keeper known yet: sent with the first watermark
+    positions.on_watermark(Watermark("r1", head=0, waiting=2, left=0, rate=0.5))
+    assert watches[-1] == Watch("r1", ("b",)) and positions.waiting == 2
     woke = asyncio.create_task(session.wait(2))
     await asyncio.sleep(0)
-    queue.apply(QueueEvent(LEFT, "a"))
+    positions.on_positions(Positions("r1", 0.5, {"b": (2, "alice")}))
     assert await woke
-    assert session.queue_position == 1
-    queue.apply(QueueEvent(LEFT, "b"))  # taken; its first frame is on its way
-    await asyncio.sleep(0.05)
+    assert (session.queue_position, session.owner) == (2, "alice")
+    assert positions.eta(2) == 4.0
+    taken = Positions("r1", 0.5, {"b": (None, "alice")})
+    positions.on_positions(taken)  # a worker took it: its first frame is on its way
     assert session.queue_position == 1
     session.started = True
-    queue.apply(QueueEvent(QUEUED, "c"))
-    await asyncio.sleep(0.05)
+    positions.on_positions(taken)
     assert session.queue_position is None
+    session.readers = 0
+    positions.unwatch(session)
+    await asyncio.sleep(0.02)
+    assert watches[-1] == Watch("r1", ())
+    other = QueuePositions(broker, hub=_Hub(), watch_locally=watches.append)  # type: ignore[arg-type]
+    other.on_watermark(Watermark("r2", head=0, waiting=0, left=0, rate=0.0))  # another replica keeps
+    other.watch(session)
+    await asyncio.sleep(0.02)
+    assert len(broker.sent) == 1  # sent round the broker, to the keeper r2
+
+
+class _Hub:
+    def get(self, session_id: str) -> None:
+        return None
 
 
 def test_retry_after_comes_from_the_backlog_and_the_rate() -> None:
@@ -150,3 +194,28 @@ def test_before_a_drain_rate_is_measured_a_refusal_promises_no_early_slot() -> N
     with pytest.raises(Overloaded) as measured:
         admission.check_queue(settings, queue)
     assert measured.value.headers == {"Retry-After": "5"}
+
+
+async def test_the_keeper_answers_each_replica_only_what_changed_for_its_own_sessions() -> None:
+    from llm_stream_api.broker.queue_keeper import QueueKeeper
+
+    class Broker(FakeBroker):
+        def when_reconnected(self, callback: object) -> None:
+            pass
+
+    async def length() -> int:
+        return 0
+
+    keeper = QueueKeeper(Broker(), length)  # type: ignore[arg-type]
+    keeper.active = True
+    answers: list[Positions] = []
+    keeper.deliver_locally = answers.append
+    for offset, sid in enumerate(("a", "b", "c")):
+        keeper.line.apply(QueueEvent(QUEUED, sid), offset)
+    keeper.on_watch(Watch("r1", ("c",)))
+    assert answers == [Positions("r1", 0.0, {"c": (3, None)})]
+    keeper.line.apply(QueueEvent(LEFT, "b"), 3)  # behind nobody watched here but c: c moves up
+    keeper._send_positions("r1")
+    keeper._send_positions("r1")  # nothing changed since
+    assert answers[1:] == [Positions("r1", 0.0, {"c": (2, None)})]
+    assert keeper.watermark().waiting == 2 and keeper.watermark().head == 0

@@ -27,7 +27,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -343,6 +343,111 @@ class QueueEvent:
         at = at_ms / 1000 if isinstance(at_ms, int) and not isinstance(at_ms, bool) else 0.0
         owner = headers.get(OWNER_HEADER)
         return cls(kind, sid, at, owner if isinstance(owner, str) else None)
+
+
+# -- queue positions: the keeper's watermark, a replica's watch, the keeper's answer ---------
+#
+# One API replica, the keeper, reads the queue log; the others learn from it what they need:
+# a watermark a few times a second on a fanout (the waiting count and the drain rate, for
+# admission and ETAs), and the positions of the sessions they watch, on their live queue.
+# docs/adr/0004-queue-positions-without-a-broadcast.md.
+
+POSITIONS_VERSION = 1
+MESSAGE_KIND_HEADER = "kind"  # on a live-exchange message that is not answer frames
+WATCH, POSITIONS = "watch", "positions"
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """The state of the waiting line, as the keeper publishes it."""
+
+    keeper: str  # the replica id of the keeper (where watches go)
+    head: int  # log offset of the oldest waiting task (the next offset when none waits)
+    waiting: int  # tasks waiting in the queue
+    left: int  # tasks that left the queue since this keeper began
+    rate: float  # tasks leaving per second, 0 before two have left
+    at: float = 0.0
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "v": POSITIONS_VERSION, "keeper": self.keeper, "head": self.head, "waiting": self.waiting,
+            "left": self.left, "rate": self.rate, "at_ms": round(self.at * 1000),
+        })
+
+    @classmethod
+    def decode(cls, body: bytes) -> Watermark:
+        data = _versioned(body, "watermark")
+        keeper, head, waiting = data.get("keeper"), data.get("head"), data.get("waiting")
+        left, rate = data.get("left"), data.get("rate")
+        if not (isinstance(keeper, str) and _count(head, -1) and _count(waiting) and _count(left)
+                and isinstance(rate, int | float) and rate >= 0):
+            raise MalformedMessage("malformed", "watermark without keeper, head, waiting, left and rate")
+        at_ms = data.get("at_ms")
+        return cls(keeper, head, waiting, left, float(rate), at_ms / 1000 if _count(at_ms) else 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """A replica asks the keeper for the positions of sessions its clients wait for."""
+
+    replica: str
+    sessions: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"v": POSITIONS_VERSION, "replica": self.replica, "sessions": list(self.sessions)}
+        )
+
+    @classmethod
+    def decode(cls, body: bytes) -> Watch:
+        data = _versioned(body, "watch")
+        replica, sessions = data.get("replica"), data.get("sessions")
+        if not (isinstance(replica, str) and isinstance(sessions, list)
+                and all(isinstance(sid, str) for sid in sessions)):
+            raise MalformedMessage("malformed", "watch without replica and sessions")
+        return cls(replica, tuple(sessions))
+
+
+@dataclass(frozen=True, slots=True)
+class Positions:
+    """The keeper's answer: each watched session's position (None: not waiting) and owner."""
+
+    keeper: str
+    rate: float
+    positions: dict[str, tuple[int | None, str | None]]
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "v": POSITIONS_VERSION, "keeper": self.keeper, "rate": self.rate,
+            "positions": {sid: list(where) for sid, where in self.positions.items()},
+        })
+
+    @classmethod
+    def decode(cls, body: bytes) -> Positions:
+        data = _versioned(body, "positions")
+        keeper, rate, raw = data.get("keeper"), data.get("rate"), data.get("positions")
+        if not (isinstance(keeper, str) and isinstance(rate, int | float) and isinstance(raw, dict)):
+            raise MalformedMessage("malformed", "positions without keeper, rate and positions")
+        positions: dict[str, tuple[int | None, str | None]] = {}
+        for sid, where in raw.items():
+            if not (isinstance(where, list) and len(where) == 2):
+                continue
+            position, owner = where
+            positions[sid] = (
+                position if _count(position, 1) else None, owner if isinstance(owner, str) else None
+            )
+        return cls(keeper, float(rate), positions)
+
+
+def _versioned(body: bytes, what: str) -> dict[str, Any]:
+    data = _json_object(body)
+    if data.get("v") != POSITIONS_VERSION:
+        raise MalformedMessage("version", f"{what} version {data.get('v')!r}, expected {POSITIONS_VERSION}")
+    return data
+
+
+def _count(value: Any, least: int = 0) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 # -- presence ------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ class Topology:
     dead_letter_notices: QueueSpec
     presence_exchange: ExchangeSpec
     workers_exchange: ExchangeSpec
+    positions_exchange: ExchangeSpec
+    watermarks_stream: QueueSpec
+    keeper_lock: str
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> Topology:
@@ -120,6 +123,22 @@ class Topology:
             workers_exchange=ExchangeSpec(
                 name=settings.workers_exchange, type=aio_pika.ExchangeType.FANOUT, durable=False
             ),
+            # The keeper of the queue log tells every API replica the state of the waiting line
+            # (docs/adr/0004-queue-positions-without-a-broadcast.md): transient, repeated.
+            positions_exchange=ExchangeSpec(
+                name=f"{settings.task_queue}.positions", type=aio_pika.ExchangeType.FANOUT
+            ),
+            # The recent watermarks, so that a new keeper reads the last one and knows where the
+            # waiting line begins in the log: small, and its last chunk is all that is read.
+            watermarks_stream=QueueSpec(
+                name=f"{settings.task_queue}.watermarks",
+                arguments={
+                    "x-queue-type": "stream", "x-max-age": "1h", "x-max-length-bytes": 5_000_000,
+                    "x-stream-max-segment-size-bytes": 500_000,
+                },
+            ),
+            # The keeper is the replica whose connection holds this exclusive queue.
+            keeper_lock=f"{settings.task_queue}.keeper",
         )
 
     async def declare(self, connection: AbstractConnection) -> Topology:
@@ -164,6 +183,9 @@ class Topology:
         await declare_exchange(channel, self.live_exchange)
         await declare_exchange(channel, self.presence_exchange)
         await declare_exchange(channel, self.workers_exchange)
+        positions = await declare_exchange(channel, self.positions_exchange)
+        watermarks = await declare_queue(channel, self.watermarks_stream)
+        await watermarks.bind(positions)
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:

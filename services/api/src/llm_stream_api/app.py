@@ -28,7 +28,8 @@ from llm_stream_api.broker.intake import Intake
 from llm_stream_api.broker.live import LiveFeed
 from llm_stream_api.broker.presence import PresenceAnnouncer
 from llm_stream_api.broker.queue_depth import QueueDepth, QueueDepthCollector
-from llm_stream_api.broker.queue_positions import QueueTracker
+from llm_stream_api.broker.queue_keeper import QueueKeeper
+from llm_stream_api.broker.queue_positions import QueuePositions
 from llm_stream_api.deps import AppState, set_state
 from llm_stream_api.keys import KeyRing
 from llm_stream_api.llm_clients import LLMClients
@@ -48,6 +49,10 @@ CORS_EXPOSE_HEADERS = ["X-Session-ID", "X-Trace-ID", "Retry-After"]
 STREAM_FILTERING_SINCE = (3, 13)
 
 
+async def _ready(depth: QueueDepth) -> int:
+    return (await depth.task_queue()).messages
+
+
 def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, BrokerConnection, WorkerWatch]:
     """Every part of a replica, connected to each other (nothing started yet)."""
     hub = SessionHub(
@@ -57,12 +62,18 @@ def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, Broke
     replica_id = f"{process_name('api')}:{uuid.uuid4().hex[:8]}"
     broker = BrokerConnection(settings, replica_id)
     topology = broker.topology
-    live = LiveFeed(hub, topology.live_exchange, replica_id)
     history = History(
         topology.events_stream, window_s=settings.session_ttl_s,
         timeout_s=settings.history_timeout_s, concurrency=settings.history_lookups_max,
     )
-    positions = QueueTracker(topology.queue_log_stream)
+    depth = QueueDepth(broker)
+    keeper = QueueKeeper(broker, lambda: _ready(depth))
+    positions = QueuePositions(broker, hub, keeper.on_watch)
+    keeper.deliver_locally, keeper.watermark_locally = positions.on_positions, positions.on_watermark
+    live = LiveFeed(
+        hub, topology.live_exchange, replica_id,
+        on_watch=keeper.on_watch, on_positions=positions.on_positions,
+    )
 
     async def start_readers(broker: BrokerConnection) -> None:
         connection, channel = broker.connection, broker.channel
@@ -75,12 +86,12 @@ def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, Broke
         await positions.start(await connection.channel())
 
     broker.when_connected(start_readers)
-    depth = QueueDepth(broker)
     service = SessionService(
         settings, hub, broker, replica_id=replica_id, intake=Intake(broker), history=history,
-        positions=positions, presence=PresenceAnnouncer(broker, hub, replica_id), depth=depth,
+        positions=positions, presence=PresenceAnnouncer(broker, hub, replica_id),
         key_limits=key_limits, streams=StreamCount(),
     )
+    broker.run_in_background("queue-keeper", keeper.run_forever())
     workers = WorkerRegistry(settings.task_queue)
     state = AppState(
         settings=settings, sessions=service, workers=workers, depth=depth, llm_client=LLMClients(settings),

@@ -139,6 +139,26 @@ for _reason in REJECT_REASONS:
     REJECTED.labels(_reason)
 
 
+BROKER_DELIVERIES = Counter(
+    "llmstream_broker_deliveries_total",
+    "Messages the broker delivered to this process, by source (live, watermark, queue_log, "
+    "history, heartbeats): what a replica pays to be one, whoever it serves.", ["source"],
+)
+BROKER_DELIVERED_BYTES = Counter(
+    "llmstream_broker_delivered_bytes_total", "Bytes of the bodies of those messages, by source.",
+    ["source"],
+)
+QUEUE_KEEPER = Gauge(
+    "llmstream_queue_keeper", "1 while this process keeps the queue log (one replica does).",
+    multiprocess_mode="livemax",
+)
+
+
+def count_delivery(source: str, nbytes: int) -> None:
+    BROKER_DELIVERIES.labels(source).inc()
+    BROKER_DELIVERED_BYTES.labels(source).inc(nbytes)
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 

@@ -26,6 +26,7 @@ from aiormq.exceptions import AMQPError
 from mqcommon.heartbeat import EXPIRY_INTERVALS, PROBE, WorkerHeartbeat, decode
 from mqcommon.topology import declare_exchange
 
+from llm_stream_api import metrics
 from llm_stream_api.broker.connection import BrokerConnection
 
 log = structlog.get_logger(__name__)
@@ -116,6 +117,7 @@ class WorkerWatch:
         await exchange.publish(aio_pika.Message(PROBE), routing_key="", mandatory=False)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        metrics.count_delivery("heartbeats", len(message.body))
         beat = decode(message.body)
         if isinstance(beat, WorkerHeartbeat):
             self.registry.observe(beat)

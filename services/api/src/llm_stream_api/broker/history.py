@@ -119,6 +119,7 @@ class History:
         unacked = 0
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            metrics.count_delivery("history", len(message.body))
             # A stream consumer gets more only once it acknowledges; one ack covers many.
             nonlocal unacked
             unacked += 1

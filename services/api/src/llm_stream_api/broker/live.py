@@ -1,16 +1,28 @@
 """The live feed of one API replica: frames for the sessions it holds, and nothing else.
 
 The replica has one exclusive queue, bound to the live exchange with its replica id as the
-routing key. Workers send there the frames of the sessions this replica accepted or asked for.
+routing key. Workers send there the frames of the sessions this replica accepted or asked for;
+the keeper of the queue log sends the positions of the sessions it watches (and, to the
+keeper, the other replicas send their watches).
 A message that cannot be read (not JSON, an unknown version, a foreign producer) is counted,
 logged once per kind, and dropped; it never stops the feed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from mqcommon.schemas import MalformedMessage, decode_frames
+from mqcommon.schemas import (
+    MESSAGE_KIND_HEADER,
+    POSITIONS,
+    WATCH,
+    MalformedMessage,
+    Positions,
+    Watch,
+    decode_frames,
+)
 from mqcommon.topology import ExchangeSpec, declare_exchange
 
 from llm_stream_api import metrics
@@ -20,10 +32,19 @@ log = structlog.get_logger(__name__)
 
 
 class LiveFeed:
-    def __init__(self, hub: SessionHub, exchange: ExchangeSpec, replica_id: str) -> None:
+    """``on_watch`` and ``on_positions`` take the queue keeper's messages that share the queue
+    (``broker.queue_keeper``, ``broker.queue_positions``): a header says which is which."""
+
+    def __init__(
+        self, hub: SessionHub, exchange: ExchangeSpec, replica_id: str, *,
+        on_watch: Callable[[Watch], None] = lambda _: None,
+        on_positions: Callable[[Positions], None] = lambda _: None,
+    ) -> None:
         self._hub = hub
         self._exchange = exchange
         self.replica_id = replica_id
+        self.on_watch = on_watch
+        self.on_positions = on_positions
         self._logged: set[str] = set()
 
     @property
@@ -42,7 +63,21 @@ class LiveFeed:
         await queue.consume(self._on_message, no_ack=True)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self.receive(message.body)
+        metrics.count_delivery("live", len(message.body))
+        kind = (message.headers or {}).get(MESSAGE_KIND_HEADER)
+        if kind is None:
+            self.receive(message.body)
+            return
+        try:
+            if kind == WATCH:
+                self.on_watch(Watch.decode(message.body))
+            elif kind == POSITIONS:
+                self.on_positions(Positions.decode(message.body))
+            else:
+                raise MalformedMessage("malformed", f"a live message of unknown kind {kind!r}")
+        except MalformedMessage as exc:
+            metrics.MALFORMED.labels("live", exc.reason).inc()
+            self._log_once(exc.reason, str(exc))
 
     def receive(self, body: bytes) -> None:
         try:

@@ -1,189 +1,158 @@
-"""Where each waiting task stands in the task queue, the same on every API replica.
+"""Where this replica's waiting sessions stand, learnt from the keeper of the queue log.
 
-Tasks are published to the intake exchange, which routes each one into the task queue and
-into the queue log (a stream) in the same order. A worker appends a ``left`` record when it
-takes a task, and a replica whose publish the queue refused appends ``withdrawn``. Every
-replica follows the log, so it knows the tasks still waiting, in queue order, whichever
-replica queued them: a task's position is one plus the number waiting ahead of it. Workers
-take tasks in queue order (their prefetch is their concurrency), so positions fall by one as
-each task ahead starts, and reach 1 before it starts.
+Every replica follows the keeper's watermark (``broker.queue_keeper``): a few small messages a
+second, whatever the traffic, which give the waiting count and the drain rate (admission
+control, ETAs). For the sessions its clients wait for, and only while they wait, a replica
+watches: it sends the keeper the set of those sessions, at once when it changes and again
+every ``WATCH_RENEW_S``, and the keeper answers with each one's position and owner when they
+change. So a replica pays for the sessions it serves, not for the cluster's tasks
+(docs/adr/0004-queue-positions-without-a-broadcast.md).
 
-The drain rate (tasks leaving per second, over the last ``RATE_WINDOW_S``) gives each
-position an ETA and the 503s of a full queue their ``Retry-After``.
-
-A ``left`` record can be lost with a worker's connection, or a task can leave the queue
-without one (a purge, a worker of an older release). Such ghosts would hold positions up
-forever: the log's waiting count is compared with the queue's real length, and entries at the
-head that the queue no longer holds, twice in a row, are dropped.
+A session that leaves the line (a worker took it) before its first frame arrives is reported
+at position 1: it left from the head.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import math
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
+import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from mqcommon.schemas import QUEUED, QueueEvent
-from mqcommon.topology import QueueSpec, declare_queue
+from mqcommon.schemas import MESSAGE_KIND_HEADER, WATCH, MalformedMessage, Positions, Watch, Watermark
+from mqcommon.topology import declare_exchange
 
-from llm_stream_api.quota.rates import RateMeter
-from llm_stream_api.sessions.hub import Session
+from llm_stream_api import metrics
+from llm_stream_api.broker.connection import SEND_ERRORS, BrokerConnection
+from llm_stream_api.sessions.hub import Session, SessionHub
 
 log = structlog.get_logger(__name__)
 
-PREFETCH = 2000
-WINDOW_S = 3600.0  # the log's retention: nobody waits longer than that
-RATE_WINDOW_S = 30.0
-UPDATE_DELAY_S = 0.02  # positions are recomputed once per burst of records, not per record
-RECONCILE_S = 5.0
+WATCH_FLUSH_S = 0.005
+WATCH_RENEW_S = 2.0
 
 
-class QueueTracker:
-    def __init__(self, stream: QueueSpec, *, clock: Callable[[], float] = time.time) -> None:
-        self._stream = stream
-        self._clock = clock
-        # The waiting tasks in queue order, each with the key id that created it (None: keys off).
-        self._waiting: OrderedDict[str, str | None] = OrderedDict()
-        self._left = RateMeter(RATE_WINDOW_S)
+class QueuePositions:
+    def __init__(
+        self, broker: BrokerConnection, hub: SessionHub, watch_locally: Callable[[Watch], None]
+    ) -> None:
+        """``watch_locally``: the keeper's ``on_watch``, for when this replica is the keeper."""
+        self._broker = broker
+        self._hub = hub
+        self._watch_locally = watch_locally
+        self.mark: Watermark | None = None
+        self._rate = 0.0
         self._watched: dict[str, Session] = {}
-        self._last_offset = -1
-        self._update: asyncio.TimerHandle | None = None
-        self._suspects: list[str] = []
-
-    # -- reading the log -------------------------------------------------------------------
+        self._flush: asyncio.TimerHandle | None = None
+        self._sent_to: str | None = None  # the keeper the watches last went to
+        self._sent_at = 0.0
 
     async def start(self, channel: AbstractChannel) -> None:
-        await channel.set_qos(prefetch_count=PREFETCH)
-        queue = await declare_queue(channel, self._stream)
-        since = dt.datetime.fromtimestamp(self._clock() - WINDOW_S, dt.UTC)
-        # After a reconnect the robust channel consumes again from ``since``: offsets already
-        # applied are skipped.
-        await queue.consume(self._on_message, arguments={"x-stream-offset": since})
+        """Follow the watermarks (an exclusive queue on the positions exchange)."""
+        exchange = await declare_exchange(channel, self._broker.topology.positions_exchange)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange)
+        await queue.consume(self._on_watermark_message, no_ack=True)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        await message.ack()  # a stream consumer gets more only as it acknowledges
-        headers = message.headers or {}
-        offset = headers.get("x-stream-offset")
-        if isinstance(offset, int):
-            if offset <= self._last_offset:
-                return
-            self._last_offset = offset
-        event = QueueEvent.from_headers(headers)
-        if event is not None:
-            self.apply(event)
+    async def _on_watermark_message(self, message: AbstractIncomingMessage) -> None:
+        metrics.count_delivery("watermark", len(message.body))
+        try:
+            mark = Watermark.decode(message.body)
+        except MalformedMessage as exc:
+            metrics.MALFORMED.labels("watermark", exc.reason).inc()
+            return
+        self.on_watermark(mark)
 
-    def apply(self, event: QueueEvent) -> None:
-        if event.kind == QUEUED:
-            self._waiting[event.session_id] = event.owner
-        elif event.session_id in self._waiting:
-            del self._waiting[event.session_id]
-            if event.kind == "left":
-                self._left.record(event.at or self._clock())
-        self._changed()
+    def on_watermark(self, mark: Watermark) -> None:
+        self.mark = mark
+        self._rate = mark.rate
+        due = time.monotonic() - self._sent_at >= WATCH_RENEW_S
+        if self._watched and (mark.keeper != self._sent_to or due):
+            self._send_watches()  # a new keeper, or time to renew
 
-    # -- what clients see -------------------------------------------------------------------
+    # -- what admission control and readers ask ----------------------------------------------
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        """Tasks waiting in the queue, by the last watermark (0 before the first)."""
+        return self.mark.waiting if self.mark else 0
 
     def drain_rate(self) -> float:
-        """Tasks leaving the queue per second (``rates.RateMeter``, over ``RATE_WINDOW_S``)."""
-        return self._left.rate(self._clock())
+        """Tasks leaving the queue per second, as the keeper measures it."""
+        return self._rate
 
     def eta(self, position: int) -> float | None:
         rate = self.drain_rate()
         return round(position / rate, 1) if rate > 0 else None
 
     def position_of(self, session_id: str) -> int | None:
-        """1 for the next task to start; None when the task is not waiting (or not known yet)."""
-        if session_id not in self._waiting:
-            return None
-        for index, waiting in enumerate(self._waiting):
-            if waiting == session_id:
-                return index + 1
-        return None
+        """The position of a watched session; None when it is not waiting or not watched."""
+        session = self._watched.get(session_id)
+        return session.queue_position if session is not None else None
 
-    def owner_of(self, session_id: str) -> str | None:
-        """The key id that created a waiting task, as its ``queued`` record says; None when
-        the task is not waiting, or was queued with keys off."""
-        return self._waiting.get(session_id)
-
-    def seconds_until(self, excess: int) -> int:
-        """Whole seconds until ``excess`` more tasks have left, at the measured drain rate."""
-        rate = self.drain_rate()
-        if rate <= 0:
-            return 0
-        return math.ceil(excess / rate)
+    # -- watching ----------------------------------------------------------------------------
 
     def watch(self, session: Session) -> None:
-        """Keep ``session.queue_position`` current while it waits (a reader follows it); the
-        first position comes with the next batch of updates, within ``UPDATE_DELAY_S``."""
-        self._watched[session.id] = session
-        self._changed()
+        """Keep ``session.queue_position`` (and its owner) current while a reader waits for it."""
+        if session.id not in self._watched:
+            self._watched[session.id] = session
+            self._soon()
 
     def unwatch(self, session: Session) -> None:
-        if session.readers <= 0:
-            self._watched.pop(session.id, None)
+        if session.readers <= 0 and self._watched.pop(session.id, None) is not None:
+            self._soon()
 
-    def _changed(self) -> None:
-        if self._update is None and self._watched:
-            self._update = asyncio.get_running_loop().call_later(UPDATE_DELAY_S, self._update_positions)
+    def _soon(self) -> None:
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(WATCH_FLUSH_S, self._send_watches)
 
-    def _update_positions(self) -> None:
-        self._update = None
-        if not self._watched:
+    def _send_watches(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        keeper = self.mark.keeper if self.mark else None
+        if keeper is None:
+            return  # sent with the first watermark, once the keeper is known
+        watch = Watch(self._broker.replica_id, tuple(self._watched))
+        self._sent_to, self._sent_at = keeper, time.monotonic()
+        if keeper == self._broker.replica_id:
+            self._watch_locally(watch)
+        else:
+            self._broker.send_soon(self._publish(keeper, watch))
+
+    async def _publish(self, keeper: str, watch: Watch) -> None:
+        channel = self._broker.channel
+        if channel is None or not self._broker.connected:
             return
-        positions = {}
-        for index, session_id in enumerate(self._waiting):
-            if session_id in self._watched:
-                positions[session_id] = index + 1
-                if len(positions) == len(self._watched):
-                    break
-        for session_id, session in list(self._watched.items()):
+        try:
+            exchange = await channel.get_exchange(self._broker.topology.live_exchange.name, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(watch.encode(), headers={MESSAGE_KIND_HEADER: WATCH}),
+                routing_key=keeper, mandatory=False,
+            )
+        except SEND_ERRORS as exc:
+            log.warning("watch not sent to the queue keeper", keeper=keeper, error=str(exc))
+
+    def on_positions(self, answer: Positions) -> None:
+        """The keeper's answer: set each watched session's position, and its owner."""
+        self._rate = answer.rate
+        for session_id, (position, owner) in answer.positions.items():
+            session = self._watched.get(session_id) or self._hub.get(session_id)
+            if session is None:
+                continue
+            if owner is not None and session.owner is None:
+                session.owner = owner
+                session.notify()
+            if session_id not in self._watched:
+                continue
             if session.started or session.ended:
-                del self._watched[session_id]
-                self._set_position(session, None)
-            elif session_id in positions:
-                self._set_position(session, positions[session_id])
-            elif session.queue_position is not None:
+                position = None
+            elif position is None and session.queue_position is not None:
                 # It left the queue (a worker took it, so it was at the head) and its first
                 # frame has not arrived yet: several free workers take several tasks at once.
-                self._set_position(session, 1)
-
-    def _set_position(self, session: Session, position: int | None) -> None:
-        if position != session.queue_position:
+                position = 1
             session.queue_position = position
-            session.notify()
+            session.notify()  # also "still not waiting": a look at its position ends now
 
-    # -- ghosts ------------------------------------------------------------------------------
-
-    def reconcile(self, queue_length: int) -> int:
-        """The queue holds ``queue_length`` tasks (waiting or being generated): drop entries at
-        the head of the log that it cannot hold, if they were already suspect last time.
-        Returns how many were dropped."""
-        excess = len(self._waiting) - queue_length
-        head = [session_id for session_id, _ in zip(self._waiting, range(max(excess, 0)), strict=False)]
-        ghosts = [session_id for session_id in head if session_id in self._suspects]
-        self._suspects = head
-        for session_id in ghosts:
-            self._waiting.pop(session_id, None)
-        if ghosts:
-            log.warning("queue log entries the queue no longer holds; dropped", count=len(ghosts))
-            self._changed()
-        return len(ghosts)
-
-    async def reconcile_forever(self, queue_length: Callable[[], Awaitable[int]]) -> None:
-        while True:
-            await asyncio.sleep(RECONCILE_S)
-            if not self._waiting:
-                continue
-            try:
-                self.reconcile(await queue_length())
-            except Exception as exc:  # the broker is away: try again later
-                log.debug("queue length unavailable", error=str(exc))

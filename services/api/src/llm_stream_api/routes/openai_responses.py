@@ -115,7 +115,7 @@ async def get_response(
         after = -1 if starting_after is None else starting_after
         return _stream(sessions, response_id, settings, meta, after, cancel_on_disconnect=False)
     found = _object(response_id, session, meta)
-    if found["status"] == "queued" and (where := sessions.position_of(response_id)) is not None:
+    if found["status"] == "queued" and (where := await sessions.position_of(response_id)) is not None:
         # Not in OpenAI's object (the SDK keeps it as an extra field): where it waits.
         found["queue"] = {"position": where[0], "eta_s": where[1]}
     return found

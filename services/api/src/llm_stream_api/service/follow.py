@@ -33,7 +33,7 @@ Discover = Callable[[Session], None]
 
 
 class Positions(Protocol):
-    """Queue positions of waiting sessions (``broker.queue_positions.QueueTracker``)."""
+    """Queue positions of waiting sessions (``broker.queue_positions.QueuePositions``)."""
 
     def watch(self, session: Session) -> None: ...
 

@@ -38,8 +38,7 @@ from llm_stream_api.broker.connection import BrokerConnection
 from llm_stream_api.broker.history import History
 from llm_stream_api.broker.intake import Intake
 from llm_stream_api.broker.presence import PresenceAnnouncer
-from llm_stream_api.broker.queue_depth import QueueDepth
-from llm_stream_api.broker.queue_positions import QueueTracker
+from llm_stream_api.broker.queue_positions import QueuePositions
 from llm_stream_api.protocol.errors import SessionConflict
 from llm_stream_api.protocol.task import TaskRequest
 from llm_stream_api.quota import admission
@@ -62,7 +61,8 @@ YOUNG_S = 10.0
 YOUNG_GRACE_S = 2.0
 LOOKUP_WAIT_S = 3.0
 REASK_S = 2.0  # how often a stream waiting for an unknown session's owner asks again
-OWNER_POLL_S = 0.1  # how often a wait for a session's owner looks at the queue log again
+OWNER_POLL_S = 0.1  # how often a wait for a session's owner looks again
+POSITION_WAIT_S = 0.5  # how long a look at a waiting session's position waits for the keeper
 KEPT_ANNOTATIONS = 10_000
 
 
@@ -103,8 +103,8 @@ class Answer:
 class SessionService:
     def __init__(
         self, settings: APISettings, hub: SessionHub, broker: BrokerConnection, *, replica_id: str,
-        intake: Intake, history: History, positions: QueueTracker, presence: PresenceAnnouncer,
-        depth: QueueDepth, key_limits: KeyLimits, streams: StreamCount,
+        intake: Intake, history: History, positions: QueuePositions, presence: PresenceAnnouncer,
+        key_limits: KeyLimits, streams: StreamCount,
     ) -> None:
         self.settings = settings
         self.hub = hub
@@ -117,7 +117,6 @@ class SessionService:
         self._intake = intake
         self._history = history
         self._presence = presence
-        self._depth = depth
         self._discovering: dict[str, asyncio.Task[None]] = {}
         self._kept_served: set[asyncio.Task[Answer]] = set()
         self._annotations: OrderedDict[str, Any] = OrderedDict()
@@ -126,9 +125,6 @@ class SessionService:
     def start(self) -> None:
         self.broker.run_in_background("hub-sweep", self._sweep_forever())
         self.broker.run_in_background("presence", self._presence.announce_forever())
-        self.broker.run_in_background(
-            "queue-reconcile", self.positions.reconcile_forever(self._ready_tasks)
-        )
 
     async def stop(self) -> None:
         for task in (*self._discovering.values(), *self._kept_served):
@@ -237,9 +233,21 @@ class SessionService:
         self._kept_served.add(task)
         task.add_done_callback(self._kept_served.discard)
 
-    def position_of(self, session_id: str) -> tuple[int, float | None] | None:
-        """Where a waiting session stands (1: next to start) and its ETA; None if not waiting."""
-        position = self.positions.position_of(session_id)
+    async def position_of(self, session_id: str) -> tuple[int, float | None] | None:
+        """Where a waiting session stands (1: next to start) and its ETA; None if not waiting.
+
+        Asked of the keeper of the queue log, for at most ``POSITION_WAIT_S``."""
+        session = self.hub.session(session_id)
+        if session.started or session.ended:
+            return None
+        try:
+            with session.read():
+                self.positions.watch(session)
+                if session.queue_position is None:
+                    await session.wait(POSITION_WAIT_S)
+                position = session.queue_position
+        finally:
+            self.positions.unwatch(session)  # once the reader is gone: it counts readers
         return None if position is None else (position, self.positions.eta(position))
 
     def annotate(self, session_id: str, value: Any) -> None:
@@ -320,8 +328,8 @@ class SessionService:
 
     def known_owner(self, session_id: str) -> str | None:
         """The owner if this replica knows it already: from its own POST, a worker's frame, a
-        history record, or the queue log's ``queued`` record of a waiting task."""
-        return self.hub.session(session_id).owner or self.positions.owner_of(session_id)
+        history record, or the keeper of the queue log (for a waiting task)."""
+        return self.hub.session(session_id).owner
 
     async def owns(self, session_id: str, key_id: str, *, stream: bool = False) -> bool:
         """Whether ``key_id`` created the session, learning it within the wait policy.
@@ -333,6 +341,16 @@ class SessionService:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.waits.stream_s if stream else self.waits.settle_s)
+        asked = self.hub.session(session_id)
+        try:
+            with asked.read():  # watched while we ask: the keeper says whose a waiting task is
+                self.positions.watch(asked)
+                return await self._owned_by(session_id, key_id, deadline, stream=stream)
+        finally:
+            self.positions.unwatch(asked)
+
+    async def _owned_by(self, session_id: str, key_id: str, deadline: float, *, stream: bool) -> bool:
+        loop = asyncio.get_running_loop()
         while True:
             owner = self.known_owner(session_id)
             if owner is not None:
@@ -394,9 +412,6 @@ class SessionService:
             await self.cancel(session_id)
 
     # -- background ------------------------------------------------------------------------
-
-    async def _ready_tasks(self) -> int:
-        return (await self._depth.task_queue()).messages
 
     async def _sweep_forever(self) -> None:
         while True:
