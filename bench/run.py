@@ -38,6 +38,7 @@ import psutil
 import uvloop
 
 import cancel
+import cost
 import loadgen
 import report
 import scaleout
@@ -129,6 +130,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=3.0,
         help="sessions sent this many seconds after the restarted replica is ready count as 'after'",
     )
+    cost = p.add_argument_group("cost model (CPU per answer = a + b x tokens; see bench/cost.py)")
+    cost.add_argument(
+        "--cost-answers", type=int,
+        help="async answers of each length (10, 50, 500 tokens), 0 to skip (default 100, quick 50)",
+    )
+    cost.add_argument("--cost-concurrency", type=int, default=50, help="users of the cost loops")
     cancels = p.add_argument_group("cancel latency (a stack of its own; see bench/README.md)")
     cancels.add_argument(
         "--cancel-running", type=int,
@@ -144,6 +151,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     cancels.add_argument("--cancel-seed", type=int, default=1, help="seed of those random moments")
     args = p.parse_args(argv)
+    if args.cost_answers is None:
+        args.cost_answers = 50 if args.quick else 100
     if args.cancel_running is None:
         args.cancel_running = 20 if args.quick else 50
     if args.cancel_queued is None:
@@ -172,12 +181,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not args.scale_out:
             p.error("--only scale-out needs --scale-out")
         args.modes, args.burst, args.concurrency = [], 0, [args.scale_out_concurrency]
-        args.cancel_running = 0
+        args.cancel_running = args.cost_answers = 0
     if args.only == "cancel":
         if not args.cancel_running:
             p.error("--only cancel needs --cancel-running")
         args.modes, args.burst, args.concurrency = [], 0, []
         args.scale_out, args.rss_answers, args.history_s = [], 0, 0.0
+        args.cost_answers = 0
     if args.out is None:
         args.out = "quick" if args.quick else "latest"
         if args.only == "scale-out":
@@ -189,7 +199,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.scale_out, args.rss_answers, args.history_s = [], 0, 0.0
         args.cancel_running = 0
     if args.direct_only:
-        args.modes, args.burst = [], 0
+        args.modes, args.burst, args.cost_answers = [], 0, 0
     return args
 
 
@@ -293,6 +303,15 @@ class Bench:
                 f"workers x worker concurrency = {capacity} < {max(args.concurrency)} users: "
                 "the top concurrency queues in the broker."
             )
+
+    def _profile_targets(self) -> dict[str, int]:
+        """The API process and the first worker, when this run started them."""
+        found = {}
+        for name in ("api", "worker"):
+            meter = self.meters.get(name)
+            if meter is not None and meter.roots and not self.args.target:
+                found[name] = meter.roots[0].pid
+        return found
 
     def _find_target_processes(self) -> None:
         """CPU meters for --target: the pids given, else local processes found by name."""
@@ -465,6 +484,7 @@ class Bench:
         aborted = None
         scale: dict[str, Any] = {"scenarios": [], "rss": None, "restart": None}
         cancels = None
+        costs = None
         connections = max(self.args.concurrency, default=0) + self.args.burst + 100
         try:
             async with loadgen.new_session(connections) as session:
@@ -485,6 +505,11 @@ class Bench:
                 if self.args.burst:
                     burst = await self.burst(session)
                     self.check_alive("the burst")
+                if self.args.cost_answers and self.api_url and self.args.modes:
+                    costs = await cost.CostPart(
+                        self, self.api_url, self._cpu, profile=self._profile_targets(), results=RESULTS
+                    ).run(session)
+                    self.check_alive("the cost model")
                 if self.args.cancel_running:
                     cancels = await cancel.CancelPart(self).run()
                     print(_cancel_progress(cancels), flush=True)
@@ -524,6 +549,7 @@ class Bench:
             targets += report.burst_targets(burst)
         targets += report.scale_out_targets(scale)
         targets += report.cancel_targets(cancels)
+        targets += report.cost_targets(costs)
         return {
             "run_id": self.run_id,
             "started_at": started_at,
@@ -541,6 +567,7 @@ class Bench:
             "scenarios": scenarios,
             "burst": burst,
             "cancel": cancels,
+            "cost": costs,
             "scale_out": scale if (scale["scenarios"] or scale["rss"] or scale["restart"]) else None,
             "targets": [t.as_dict() for t in targets],
             "notes": self.notes,

@@ -200,6 +200,8 @@ async def test_the_keeper_answers_each_replica_only_what_changed_for_its_own_ses
     from llm_stream_api.broker.queue_keeper import QueueKeeper
 
     class Broker(FakeBroker):
+        settings = APISettings(max_queued_tasks=100)
+
         def when_reconnected(self, callback: object) -> None:
             pass
 

@@ -66,6 +66,7 @@ RATE_WINDOW_S = 30.0
 UPDATE_DELAY_S = 0.02  # positions are recomputed once per burst of records, not per record
 WATERMARK_MIN_S = 0.25
 WATERMARK_IDLE_S = 1.0
+NEAR_BOUND_SHARE = 20  # within a twentieth of MAX_QUEUED_TASKS, every change is sent at once
 RECONCILE_S = 5.0
 KEEPER_RETRY_S = 2.0
 WATCH_TTL_S = 10.0  # a replica renews its watches every WATCH_RENEW_S (queue_positions)
@@ -171,6 +172,8 @@ class QueueKeeper:
         self._lock_channel: AbstractChannel | None = None
         self._update: asyncio.TimerHandle | None = None
         self._watermark_sent: tuple[float, tuple[int, int, int, float]] | None = None
+        bound = broker.settings.max_queued_tasks
+        self._near_bound = bound - max(1, bound // NEAR_BOUND_SHARE)
         broker.when_reconnected(self._deposed)
 
     # -- becoming the keeper -----------------------------------------------------------------
@@ -178,18 +181,20 @@ class QueueKeeper:
     async def run_forever(self) -> None:
         """Try to become the keeper, and keep the line while it is."""
         while True:
-            if not self.active and self._broker.connected:
+            if self.active:
+                await self._publish_watermark(self._watermark_due(force=self._idle()))
+                await self._maybe_reconcile()
+                await asyncio.sleep(WATERMARK_IDLE_S / 2)
+            elif not self._broker.connected:
+                await asyncio.sleep(0.1)  # try as soon as the connection is up
+            else:
                 try:
                     await self._try_to_keep()
                 except SEND_ERRORS as exc:
                     log.warning("queue keeper could not start; retrying", error=str(exc))
                     await self._stop_keeping()
-            if self.active:
-                await self._publish_watermark(force=self._idle())
-                await self._maybe_reconcile()
-                await asyncio.sleep(min(WATERMARK_IDLE_S, RECONCILE_S) / 2)
-            else:
-                await asyncio.sleep(KEEPER_RETRY_S)
+                if not self.active:
+                    await asyncio.sleep(KEEPER_RETRY_S)
 
     async def _try_to_keep(self) -> None:
         connection = self._broker.connection
@@ -288,7 +293,8 @@ class QueueKeeper:
 
     def _send_updates(self) -> None:
         self._update = None
-        self._broker.send_soon(self._publish_watermark(force=False))
+        # The count first, so that a reader told its position finds admission as current.
+        self._broker.send_soon(self._publish_watermark(self._watermark_due(force=False)))
         for replica in list(self._watchers):
             self._send_positions(replica)
 
@@ -304,23 +310,30 @@ class QueueKeeper:
     def _idle(self) -> bool:
         return self._watermark_sent is None or time.monotonic() - self._watermark_sent[0] >= WATERMARK_IDLE_S
 
-    async def _publish_watermark(self, *, force: bool) -> None:
+    def _watermark_due(self, *, force: bool) -> Watermark | None:
+        """The watermark to send now, if one is due: on a change, at most every
+        ``WATERMARK_MIN_S``, except near MAX_QUEUED_TASKS, where admission control needs the
+        count as it is; and at least every ``WATERMARK_IDLE_S``. Applied here at once."""
         if not self.active:
-            return
+            return None
         mark = self.watermark()
         state = (mark.head, mark.waiting, mark.left, mark.rate)
         now = time.monotonic()
         if not force and self._watermark_sent is not None:
             sent_at, sent_state = self._watermark_sent
             if sent_state == state:
-                return
-            if now - sent_at < WATERMARK_MIN_S:
+                return None
+            near_bound = mark.waiting >= self._near_bound
+            if now - sent_at < WATERMARK_MIN_S and not near_bound:
                 self._changed_later(WATERMARK_MIN_S - (now - sent_at))
-                return
+                return None
         self._watermark_sent = (now, state)
         self.watermark_locally(mark)
+        return mark
+
+    async def _publish_watermark(self, mark: Watermark | None) -> None:
         channel = self._broker.channel
-        if channel is None:
+        if mark is None or channel is None:
             return
         try:
             exchange = await channel.get_exchange(self._broker.topology.positions_exchange.name, ensure=False)
