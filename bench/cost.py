@@ -20,7 +20,7 @@ from context import BenchRun
 from profiling import Profiler
 
 COST_TOKENS = (10, 50, 500)
-PROFILED_TOKENS = 50  # the loop during which py-spy records the API and a worker
+PROFILED_TOKENS = 500  # the loop during which py-spy records the API and a worker
 PROCESSES = ("api", "worker", "broker")
 
 

@@ -1,7 +1,8 @@
 """Where the CPU of an answer goes: py-spy on the API and a worker while answers run.
 
 ``Profiler`` records each process twice at ``RATE`` samples/s for the span of a cost loop
-(``cost.py``, the 50-token answers): once as a flame graph (SVG, ``bench/results/flame-*.svg``),
+(``cost.py``, the 500-token answers), only while a thread holds the GIL (``--gil``: time spent
+running Python, not waiting for the event loop): once as a flame graph (SVG, ``bench/results/flame-*.svg``),
 once as collapsed stacks, from which the frames with the most self time are tabled (the frame
 on top of a sample is the one running). py-spy reads the process's memory from outside
 (ptrace), so the process runs unmodified; it needs the right to trace it (root, or
@@ -40,7 +41,7 @@ class Profiler:
         for name, pid in self.targets.items():
             for kind, path in (("flamegraph", self.flame(name)), ("raw", self._raw(name))):
                 command = [
-                    program, "record", "--pid", str(pid), "--rate", str(RATE), "--duration",
+                    program, "record", "--pid", str(pid), "--gil", "--rate", str(RATE), "--duration",
                     str(max(1, round(seconds))), "--format", kind, "--output", str(path), "--nonblocking",
                 ]
                 self._running.append(

@@ -398,8 +398,9 @@ def _cost_markdown(costs: dict[str, Any]) -> list[str]:
     if profile := costs.get("profile"):
         graphs = ", ".join(f"`bench/results/{path}`" for path in profile["flame_graphs"].values())
         lines += [
-            "", f"Where the time goes during the 50-token answers (py-spy at {profile['rate']} Hz; flame "
-            f"graphs {graphs or 'not written'}): the frames with the most self time.",
+            "", f"Where the time goes during the 500-token answers (py-spy at {profile['rate']} Hz, "
+            f"samples while the GIL is held; flame graphs {graphs or 'not written'}): the frames "
+            "with the most self time.",
         ]
         for name, frames in profile["top_self"].items():
             lines += ["", f"| {name}: frame | share of samples |", "|---|--:|"]

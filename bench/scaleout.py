@@ -350,9 +350,13 @@ class ScaleOut:
                 )
             )
         group.replicas = [self._start_api(group, server_name(i)) for i in range(replicas)]
-        if idle:
-            group.idle = [self._start_api(group, "idle")]
         await self.stack.wait_ready(group.services, timeout=60)
+        if idle:
+            # Started once a served replica keeps the queue log (docs/adr/0004): the idle one
+            # measures what a replica that serves nobody pays, not what the keeper does.
+            await self._wait_for_keeper(group)
+            group.idle = [self._start_api(group, "idle")]
+            await self.stack.wait_ready(group.idle, timeout=60)
         if balancer:
             haproxy = find_haproxy()
             if haproxy is None:
@@ -374,6 +378,19 @@ class ScaleOut:
         else:
             group.url = f"http://127.0.0.1:{_port(group.replicas[0])}"
         return group
+
+    async def _wait_for_keeper(self, group: Group, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                for replica in group.replicas:
+                    url = f"http://127.0.0.1:{_port(replica)}/metrics"
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(url) as response:
+                            if "\nllmstream_queue_keeper 1.0" in await response.text():
+                                return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"no replica of {group.label} keeps the queue log after {timeout_s:g}s")
 
     async def _wait_servers_up(self, group: Group) -> None:
         """Until a request has reached every replica through the balancer (checks passed)."""

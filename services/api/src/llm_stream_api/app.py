@@ -68,7 +68,7 @@ def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, Broke
     )
     depth = QueueDepth(broker)
     keeper = QueueKeeper(broker, lambda: _ready(depth))
-    positions = QueuePositions(broker, hub, keeper.on_watch)
+    positions = QueuePositions(broker, hub, keeper.on_watch, heard=keeper.heard)
     keeper.deliver_locally, keeper.watermark_locally = positions.on_positions, positions.on_watermark
     live = LiveFeed(
         hub, topology.live_exchange, replica_id,

@@ -17,10 +17,10 @@ them the positions (and owners) of its own watched sessions, on its live queue, 
 change.
 
 The keeper is the replica whose connection holds an exclusive queue (``keeper_lock``): when
-its connection goes, the broker deletes that queue, and the next replica to try (every
-``KEEPER_RETRY_S``) takes over. A new keeper reads the last watermark from the watermarks
-stream and follows the log from the offset where the line began: what it reads is the line,
-not the log's hour.
+its connection goes, the broker deletes that queue, and the next replica to try takes over: a
+replica tries every ``KEEPER_RETRY_S`` once no watermark has come for ``KEEPER_SILENT_S``. A
+new keeper reads the last watermark from the watermarks stream and follows the log from the
+offset where the line began: what it reads is the line, not the log's hour.
 
 A ``left`` record can be lost with a worker's connection, or a task can leave the queue
 without one (a purge, a worker of an older release). Such ghosts would hold positions up
@@ -69,6 +69,7 @@ WATERMARK_IDLE_S = 1.0
 NEAR_BOUND_SHARE = 20  # within a twentieth of MAX_QUEUED_TASKS, every change is sent at once
 RECONCILE_S = 5.0
 KEEPER_RETRY_S = 2.0
+KEEPER_SILENT_S = 3.0  # a replica tries to take over once no watermark came for this long
 WATCH_TTL_S = 10.0  # a replica renews its watches every WATCH_RENEW_S (queue_positions)
 LAST_WATERMARK_WAIT_S = 2.0
 
@@ -163,6 +164,7 @@ class QueueKeeper:
         self._clock = clock
         self.line = WaitingLine(clock=clock)
         self.active = False
+        self.heard_at = -KEEPER_SILENT_S  # when a keeper's watermark last arrived (monotonic)
         # Positions for the replica itself go straight to it (``queue_positions``), not round the broker.
         self.deliver_locally: Callable[[Positions], None] = lambda _: None
         self.watermark_locally: Callable[[Watermark], None] = lambda _: None
@@ -187,6 +189,8 @@ class QueueKeeper:
                 await asyncio.sleep(WATERMARK_IDLE_S / 2)
             elif not self._broker.connected:
                 await asyncio.sleep(0.1)  # try as soon as the connection is up
+            elif time.monotonic() - self.heard_at < KEEPER_SILENT_S:
+                await asyncio.sleep(KEEPER_RETRY_S)  # a keeper speaks: nothing to take over
             else:
                 try:
                     await self._try_to_keep()
@@ -344,6 +348,10 @@ class QueueKeeper:
     def _changed_later(self, delay_s: float) -> None:
         if self._update is None:
             self._update = asyncio.get_running_loop().call_later(delay_s, self._send_updates)
+
+    def heard(self) -> None:
+        """A keeper's watermark arrived (maybe this replica's own)."""
+        self.heard_at = time.monotonic()
 
     def on_watch(self, watch: Watch) -> None:
         """A replica's whole set of watched sessions: answer what is new or changed."""

@@ -36,12 +36,15 @@ WATCH_RENEW_S = 2.0
 
 class QueuePositions:
     def __init__(
-        self, broker: BrokerConnection, hub: SessionHub, watch_locally: Callable[[Watch], None]
+        self, broker: BrokerConnection, hub: SessionHub, watch_locally: Callable[[Watch], None],
+        heard: Callable[[], None] = lambda: None,
     ) -> None:
-        """``watch_locally``: the keeper's ``on_watch``, for when this replica is the keeper."""
+        """``watch_locally``: the keeper's ``on_watch``, for when this replica is the keeper;
+        ``heard``: called on every watermark (the keeper is alive)."""
         self._broker = broker
         self._hub = hub
         self._watch_locally = watch_locally
+        self._heard = heard
         self.mark: Watermark | None = None
         self._rate = 0.0
         self._watched: dict[str, Session] = {}
@@ -67,6 +70,7 @@ class QueuePositions:
 
     def on_watermark(self, mark: Watermark) -> None:
         self.mark = mark
+        self._heard()
         self._rate = mark.rate
         due = time.monotonic() - self._sent_at >= WATCH_RENEW_S
         if self._watched and (mark.keeper != self._sent_to or due):
