@@ -232,7 +232,8 @@ async def delete_topology(amqp_url: str, names: dict[str, str]) -> list[str]:
     async with connection:
         queue_keys = ("TASK_QUEUE", "EVENTS_STREAM", "CANCELS_STREAM", "DEAD_LETTER_QUEUE")
         queues = [names[key] for key in queue_keys]
-        extra = [f"{names['TASK_QUEUE']}.log", f"{names['DEAD_LETTER_QUEUE']}.notices"]
+        tasks = names["TASK_QUEUE"]
+        extra = [f"{tasks}.log", f"{tasks}.watermarks", f"{names['DEAD_LETTER_QUEUE']}.notices"]
         for queue in [*queues, *extra]:
             channel = await connection.channel()
             try:
@@ -243,7 +244,7 @@ async def delete_topology(amqp_url: str, names: dict[str, str]) -> list[str]:
                 await channel.close()
         exchange_keys = ("LIVE_EXCHANGE", "PRESENCE_EXCHANGE", "WORKERS_EXCHANGE", "DEAD_LETTER_EXCHANGE")
         exchanges = [names[key] for key in exchange_keys]
-        for exchange in [*exchanges, f"{names['TASK_QUEUE']}.intake"]:
+        for exchange in [*exchanges, f"{tasks}.intake", f"{tasks}.positions"]:
             channel = await connection.channel()
             try:
                 await channel.exchange_delete(exchange)

@@ -77,7 +77,8 @@ async def delete_topology(url: str, names: Names) -> None:
     connection = await aio_pika.connect(url)
     try:
         queues = (
-            names.task_queue, f"{names.task_queue}.log", names.events_stream, names.cancels_stream,
+            names.task_queue, f"{names.task_queue}.log", f"{names.task_queue}.watermarks",
+            names.events_stream, names.cancels_stream,
             names.dead_letter_queue, f"{names.dead_letter_queue}.notices",
         )
         for queue in queues:
@@ -91,7 +92,7 @@ async def delete_topology(url: str, names: Names) -> None:
                     await channel.close()
         for exchange in (
             names.live_exchange, names.presence_exchange, names.workers_exchange, names.dead_letter_exchange,
-            f"{names.task_queue}.intake",
+            f"{names.task_queue}.intake", f"{names.task_queue}.positions",
         ):
             channel = await connection.channel()
             try:

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import AMQPException
@@ -81,6 +82,25 @@ class BrokerConnection:
         task = asyncio.create_task(coroutine)
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
+
+    async def send(
+        self, exchange: str, body: bytes, *, routing_key: str = "", headers: dict[str, str] | None = None,
+        what: str,
+    ) -> None:
+        """Publish without a confirm and without ``mandatory``: what is sent so (presence,
+        watermarks, watches, positions) is repeated or superseded soon, so a loss is logged
+        (as ``what``) and forgotten."""
+        channel = self.channel
+        if not self.connected or channel is None:
+            return
+        try:
+            target = await channel.get_exchange(exchange, ensure=False)
+            await target.publish(
+                aio_pika.Message(body, headers=dict(headers) if headers else None),
+                routing_key=routing_key, mandatory=False,
+            )
+        except SEND_ERRORS as exc:
+            log.warning(f"{what} not sent", routing_key=routing_key, error=str(exc))
 
     async def start(self) -> None:
         self.run_in_background("broker-connect", self._connect_forever())

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
 import structlog
 from mqcommon.schemas import Presence
 
-from llm_stream_api.broker.connection import SEND_ERRORS, BrokerConnection
+from llm_stream_api.broker.connection import BrokerConnection
 from llm_stream_api.sessions.hub import SessionHub
 
 log = structlog.get_logger(__name__)
@@ -61,13 +60,8 @@ class PresenceAnnouncer:
             self.want(session_id)
 
     async def _announce(self, presence: Presence) -> None:
-        channel = self._broker.channel
-        if not self._broker.connected or channel is None:
-            return
-        try:
-            exchange = await channel.get_exchange(self._broker.topology.presence_exchange.name, ensure=False)
-            # Not mandatory: with no worker bound there is nobody to tell. What is lost is
-            # repeated by the next periodic announcement.
-            await exchange.publish(aio_pika.Message(presence.encode()), routing_key="", mandatory=False)
-        except SEND_ERRORS as exc:
-            log.warning("presence announcement failed", error=str(exc))
+        # With no worker bound there is nobody to tell; what is lost is repeated by the next
+        # periodic announcement.
+        await self._broker.send(
+            self._broker.topology.presence_exchange.name, presence.encode(), what="presence announcement"
+        )

@@ -37,7 +37,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.abc import FieldTable
@@ -336,14 +335,9 @@ class QueueKeeper:
         return mark
 
     async def _publish_watermark(self, mark: Watermark | None) -> None:
-        channel = self._broker.channel
-        if mark is None or channel is None:
-            return
-        try:
-            exchange = await channel.get_exchange(self._broker.topology.positions_exchange.name, ensure=False)
-            await exchange.publish(aio_pika.Message(mark.encode()), routing_key="", mandatory=False)
-        except SEND_ERRORS as exc:
-            log.warning("watermark not sent", error=str(exc))
+        if mark is not None:
+            exchange = self._broker.topology.positions_exchange.name
+            await self._broker.send(exchange, mark.encode(), what="watermark")
 
     def _changed_later(self, delay_s: float) -> None:
         if self._update is None:
@@ -381,17 +375,10 @@ class QueueKeeper:
         self._broker.send_soon(self._publish_positions(replica, answer))
 
     async def _publish_positions(self, replica: str, answer: Positions) -> None:
-        channel = self._broker.channel
-        if channel is None:
-            return
-        try:
-            exchange = await channel.get_exchange(self._broker.topology.live_exchange.name, ensure=False)
-            await exchange.publish(
-                aio_pika.Message(answer.encode(), headers={MESSAGE_KIND_HEADER: POSITIONS}),
-                routing_key=replica, mandatory=False,
-            )
-        except SEND_ERRORS as exc:
-            log.warning("positions not sent", replica=replica, error=str(exc))
+        await self._broker.send(
+            self._broker.topology.live_exchange.name, answer.encode(), routing_key=replica,
+            headers={MESSAGE_KIND_HEADER: POSITIONS}, what="positions",
+        )
 
     # -- ghosts ------------------------------------------------------------------------------
 

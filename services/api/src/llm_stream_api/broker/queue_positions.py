@@ -18,14 +18,13 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from mqcommon.schemas import MESSAGE_KIND_HEADER, WATCH, MalformedMessage, Positions, Watch, Watermark
 from mqcommon.topology import declare_exchange
 
 from llm_stream_api import metrics
-from llm_stream_api.broker.connection import SEND_ERRORS, BrokerConnection
+from llm_stream_api.broker.connection import BrokerConnection
 from llm_stream_api.sessions.hub import Session, SessionHub
 
 log = structlog.get_logger(__name__)
@@ -127,17 +126,10 @@ class QueuePositions:
             self._broker.send_soon(self._publish(keeper, watch))
 
     async def _publish(self, keeper: str, watch: Watch) -> None:
-        channel = self._broker.channel
-        if channel is None or not self._broker.connected:
-            return
-        try:
-            exchange = await channel.get_exchange(self._broker.topology.live_exchange.name, ensure=False)
-            await exchange.publish(
-                aio_pika.Message(watch.encode(), headers={MESSAGE_KIND_HEADER: WATCH}),
-                routing_key=keeper, mandatory=False,
-            )
-        except SEND_ERRORS as exc:
-            log.warning("watch not sent to the queue keeper", keeper=keeper, error=str(exc))
+        await self._broker.send(
+            self._broker.topology.live_exchange.name, watch.encode(), routing_key=keeper,
+            headers={MESSAGE_KIND_HEADER: WATCH}, what="watch",
+        )
 
     def on_positions(self, answer: Positions) -> None:
         """The keeper's answer: set each watched session's position, and its owner."""
