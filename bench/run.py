@@ -490,6 +490,12 @@ class Bench:
             async with loadgen.new_session(connections) as session:
                 await self.warm_up(session)
                 self.check_alive("the warm-up")
+                if self.args.cost_answers and self.api_url and self.args.modes:
+                    # First, on a stack that nothing has loaded yet: what one answer costs.
+                    costs = await cost.CostPart(
+                        self, self.api_url, self._cpu, profile=self._profile_targets(), results=RESULTS
+                    ).run(session)
+                    self.check_alive("the cost model")
                 for concurrency in self.args.concurrency:
                     direct = None
                     for mode in ["direct", *self.args.modes]:
@@ -505,11 +511,6 @@ class Bench:
                 if self.args.burst:
                     burst = await self.burst(session)
                     self.check_alive("the burst")
-                if self.args.cost_answers and self.api_url and self.args.modes:
-                    costs = await cost.CostPart(
-                        self, self.api_url, self._cpu, profile=self._profile_targets(), results=RESULTS
-                    ).run(session)
-                    self.check_alive("the cost model")
                 if self.args.cancel_running:
                     cancels = await cancel.CancelPart(self).run()
                     print(_cancel_progress(cancels), flush=True)

@@ -125,7 +125,9 @@ async def test_a_replica_watches_only_while_a_reader_waits_and_learns_position_a
     other.on_watermark(Watermark("r2", head=0, waiting=0, left=0, rate=0.0))  # another replica keeps
     other.watch(session)
     await asyncio.sleep(0.02)
-    assert len(broker.sent) == 1  # sent round the broker, to the keeper r2
+    assert broker.sent == []  # nothing waits: no position to learn, nothing sent
+    other.on_watermark(Watermark("r2", head=0, waiting=1, left=0, rate=0.0))
+    assert len(broker.sent) == 1  # a task waits: sent round the broker, to the keeper r2
 
 
 class _Hub:

@@ -4,7 +4,8 @@ Every replica follows the keeper's watermark (``broker.queue_keeper``): a few sm
 second, whatever the traffic, which give the waiting count and the drain rate (admission
 control, ETAs). For the sessions its clients wait for, and only while they wait, a replica
 watches: it sends the keeper the set of those sessions, at once when it changes and again
-every ``WATCH_RENEW_S``, and the keeper answers with each one's position and owner when they
+every ``WATCH_RENEW_S``, while the watermark counts a waiting task (when none waits there is
+no position to learn), and the keeper answers with each one's position and owner when they
 change. So a replica pays for the sessions it serves, not for the cluster's tasks
 (docs/adr/0004-queue-positions-without-a-broadcast.md).
 
@@ -48,6 +49,7 @@ class QueuePositions:
         self._rate = 0.0
         self._watched: dict[str, Session] = {}
         self._flush: asyncio.TimerHandle | None = None
+        self._dirty = False  # the watched set changed since it was last sent
         self._sent_to: str | None = None  # the keeper the watches last went to
         self._sent_at = 0.0
 
@@ -71,9 +73,11 @@ class QueuePositions:
         self.mark = mark
         self._heard()
         self._rate = mark.rate
+        if not self._watched and not self._dirty:
+            return
         due = time.monotonic() - self._sent_at >= WATCH_RENEW_S
-        if self._watched and (mark.keeper != self._sent_to or due):
-            self._send_watches()  # a new keeper, or time to renew
+        if mark.waiting and (self._dirty or mark.keeper != self._sent_to or due):
+            self._send_watches()  # tasks wait: a changed set, a new keeper, or time to renew
 
     # -- what admission control and readers ask ----------------------------------------------
 
@@ -108,7 +112,10 @@ class QueuePositions:
             self._soon()
 
     def _soon(self) -> None:
-        if self._flush is None:
+        self._dirty = True
+        # While no task waits there is no position to learn: the set goes with the first
+        # watermark that counts a waiting task.
+        if self._flush is None and self.mark is not None and self.mark.waiting:
             self._flush = asyncio.get_running_loop().call_later(WATCH_FLUSH_S, self._send_watches)
 
     def _send_watches(self) -> None:
@@ -119,7 +126,7 @@ class QueuePositions:
         if keeper is None:
             return  # sent with the first watermark, once the keeper is known
         watch = Watch(self._broker.replica_id, tuple(self._watched))
-        self._sent_to, self._sent_at = keeper, time.monotonic()
+        self._sent_to, self._sent_at, self._dirty = keeper, time.monotonic(), False
         if keeper == self._broker.replica_id:
             self._watch_locally(watch)
         else:
