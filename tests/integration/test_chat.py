@@ -73,7 +73,7 @@ async def test_empty_answer_is_just_done(client: httpx.AsyncClient, api: str) ->
     transcript = await read_stream(client, api + queued["stream_url"])
 
     assert_complete(transcript, "")
-    assert transcript.ids == [1]
+    assert transcript.answer_ids == [1]
 
 
 async def test_sync_answer_streams_as_plain_text(client: httpx.AsyncClient, api: str) -> None:

@@ -66,7 +66,7 @@ async def test_refused_request_ends_with_an_error_and_is_not_retried(
 
     transcript = await converse(client, api, ask.text)
 
-    assert transcript.ids == [1]
+    assert transcript.answer_ids == [1]
     assert str(status) in assert_error_end(transcript)
     after = await wait_for_metric(
         client, metrics_url, lambda s: s.tasks("failed") > before.tasks("failed"),
@@ -103,7 +103,7 @@ async def test_errors_on_every_delivery_end_in_the_dead_letter_queue(
 
     transcript = await converse(client, api, ask.text)
 
-    assert transcript.ids == [1]
+    assert transcript.answer_ids == [1]
     assert_error_end(transcript)
     await wait_for_messages(
         stack.broker_url, stack.names.dead_letter_queue, dead_before + 1, timeout=10

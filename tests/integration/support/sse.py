@@ -57,6 +57,12 @@ class Transcript:
         return [event.id for event in self.events]
 
     @property
+    def answer_ids(self) -> list[int | None]:
+        """The ids of the answer's events: queue positions are news, sent while a busy machine
+        keeps the task waiting, and never part of the answer."""
+        return [event.id for event in self.events if event.kind != "queued"]
+
+    @property
     def chunks(self) -> list[str]:
         return [event.data["chunk"] for event in self.events if event.kind == "chunk"]
 
