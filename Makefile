@@ -28,7 +28,11 @@ TEST_JOBS ?= 3
 PARALLEL := -n $(TEST_JOBS) --dist loadfile
 
 test: install tools test-tools typecheck ## Types, every test (private RabbitMQ 3.x nodes), then the broker-dependent tests on RabbitMQ 4
-	$(UV) run pytest $(PARALLEL)
+	bash scripts/containers.sh install
+	@# The RabbitMQ 4 image of the second pass is built while the first pass runs (much of
+	@# which waits); a failed build here is tried again, and reported, by the second pass.
+	$(UV) run python -c 'import sys; sys.path.insert(0, "tests"); from support.rabbitmq_container import ensure_image; print(ensure_image())' > .rabbitmq4-image.log 2>&1 & build=$$!; \
+	$(UV) run pytest $(PARALLEL); status=$$?; wait $$build || true; exit $$status
 	$(MAKE) --no-print-directory test-rabbitmq4
 
 test-tools: ## Install the Debian packages the tests need when missing (RabbitMQ, Prometheus, Chromium)

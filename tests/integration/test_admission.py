@@ -25,7 +25,7 @@ from .support.deployment import Deployment, prompt
 from .support.sse import Event, Transcript, assert_complete, assert_queued, read_stream
 from .support.waits import llm_was_asked, queue_position, until
 
-pytestmark = [pytest.mark.integration, pytest.mark.broker]
+pytestmark = pytest.mark.integration
 
 QUEUED_TASKS = 100
 WORKERS = 2
@@ -39,6 +39,7 @@ async def started_order(client: httpx.AsyncClient, mock: str, texts: list[str]) 
     return [asked for asked in report["requested"] if asked in wanted]
 
 
+@pytest.mark.broker
 async def test_positions_fall_to_one_across_replicas_and_tasks_start_in_that_order(
     client: httpx.AsyncClient, make_deployment: Callable[[], Deployment], mock_url: str
 ) -> None:
@@ -153,6 +154,7 @@ async def test_a_queued_background_response_reports_its_position(
     await other.close()
 
 
+@pytest.mark.broker
 async def test_a_full_queue_refuses_with_a_computed_retry_after_and_loses_nothing(
     client: httpx.AsyncClient, make_deployment: Callable[[], Deployment]
 ) -> None:
@@ -257,6 +259,7 @@ async def test_past_max_open_streams_a_new_stream_is_refused_in_both_dialects(
     await sdk.close()
 
 
+@pytest.mark.broker
 async def test_a_task_queue_declared_without_the_bound_is_used_as_it_is(
     client: httpx.AsyncClient, make_deployment: Callable[[], Deployment]
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 from .support.deployment import Deployment, prompt
 from .support.sse import Comment, Event, Transcript, assert_positions, read_stream
 
-pytestmark = [pytest.mark.integration, pytest.mark.broker]
+pytestmark = pytest.mark.integration
 
 UPSTREAM_CLOSE_LIMIT_S = 1.0
 
@@ -70,6 +70,7 @@ def assert_cancelled_end(transcript: Transcript) -> None:
     assert transcript.ended_by_server
 
 
+@pytest.mark.broker
 async def test_cancel_on_another_replica_closes_the_llm_request_and_every_reader_sees_it(
     client: httpx.AsyncClient, stack: Deployment, mock_url: str
 ) -> None:
@@ -115,6 +116,7 @@ async def test_cancelling_a_finished_session_changes_nothing_and_says_so(
     assert replay.text == ask.expected and replay.last.data == {"type": "done"}
 
 
+@pytest.mark.broker
 async def test_a_queued_task_is_dropped_without_calling_the_llm(
     client: httpx.AsyncClient, make_deployment: Callable[[], Deployment], mock_url: str
 ) -> None:

@@ -22,7 +22,7 @@ from .support.metrics import Samples, scrape, wait_for_metric
 from .support.processes import Service
 from .support.sse import assert_complete, read_stream
 
-pytestmark = [pytest.mark.integration, pytest.mark.broker]
+pytestmark = pytest.mark.integration
 
 DELIVERIES = "llmstream_broker_deliveries_total"
 DELIVERED_BYTES = "llmstream_broker_delivered_bytes_total"
@@ -103,7 +103,10 @@ async def measured(
     return counts, bytes_after - bytes_before, seconds
 
 
-@pytest.mark.parametrize("tasks", TASK_COUNTS)
+# The second broker version runs the larger count: what it delivers to the idle replica (the
+# keeper's lock, the watermark fanout) is the broker's part; the count's independence is shown
+# on the first.
+@pytest.mark.parametrize("tasks", [TASK_COUNTS[0], pytest.param(TASK_COUNTS[1], marks=pytest.mark.broker)])
 async def test_a_replica_that_serves_nobody_pays_only_for_its_timers(
     replicas: tuple[Service, Service, Service], tasks: int
 ) -> None:

@@ -16,7 +16,7 @@ from .support.broker import run_sync
 from .support.deployment import Deployment, prompt, session_id
 from .support.sse import Transcript, assert_complete, read_stream
 
-pytestmark = [pytest.mark.integration, pytest.mark.broker]
+pytestmark = pytest.mark.integration
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,7 @@ def joined(first: Transcript, second: Transcript) -> Transcript:
     return both
 
 
+@pytest.mark.broker
 async def test_resume_on_another_process_continues_exactly(
     client: httpx.AsyncClient, api_a: str, api_b: str
 ) -> None:
@@ -153,6 +154,7 @@ async def test_a_session_id_queued_on_one_process_conflicts_on_the_other(
     assert again.json()["error"] == "conflict"
 
 
+@pytest.mark.broker
 async def test_a_process_started_later_serves_earlier_sessions(
     client: httpx.AsyncClient, api_b: str, stack_and_early: tuple[Deployment, Early]
 ) -> None:
