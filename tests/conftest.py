@@ -41,3 +41,25 @@ def rabbitmq() -> Iterator[Broker]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in _started:
         terminalreporter.write_line(f"broker: {line}")
+
+
+# The files that take longest, longest first. A parallel run (`--dist loadfile`) hands files
+# to its workers in collection order, so a long file collected last would run alone at the end
+# while the other workers wait; started first, it runs beside the many short ones.
+LONG_FIRST = (
+    "tests/containers/test_images_run.py",
+    "tests/chaos/test_chaos.py",
+    "tests/integration/test_scale_out.py",
+    "tests/integration/test_openapi.py",
+    "tests/integration/test_cancel.py",
+    "tests/integration/test_admission.py",
+    "tests/integration/test_autoscaling.py",
+    "tests/integration/test_replica_cost.py",
+    "tests/integration/test_chat_page.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: index for index, path in enumerate(LONG_FIRST)}
+    # sorted() is stable: every other file keeps its place, and a file's tests their order.
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
