@@ -31,7 +31,7 @@ def test_a_task_needs_something_to_answer() -> None:
     with pytest.raises(ValidationError):
         ChatTask(session_id="s")
     with pytest.raises(ValidationError):
-        ChatTask.decode(b'{"session_id": "s", "messages": [{"role": "tool", "content": "x"}]}')
+        ChatTask.decode(b'{"session_id": "s", "messages": [{"role": "robot", "content": "x"}]}')
 
 
 def test_usage_travels_in_the_end_of_frames_and_transcripts() -> None:
@@ -65,3 +65,23 @@ def test_parameters_are_passed_and_max_tokens_is_capped() -> None:
     }
     assert request_arguments(LLMSettings(), {"max_tokens": 7}, usage=False) == {"max_tokens": 7}
     assert request_arguments(LLMSettings(llm_max_tokens=50), None, usage=False) == {"max_tokens": 50}
+
+
+def test_a_chunk_becomes_its_typed_parts() -> None:
+    from mqcommon.llm import Outcome, _delta_parts, _ToolCalls
+
+    calls, outcome = _ToolCalls(), Outcome()
+    plain = {"choices": [{"delta": {"content": "hi"}}]}
+    assert _delta_parts(plain, calls, outcome) == [("content", "hi")]
+    first = {"choices": [{"delta": {"tool_calls": [
+        {"index": 1, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]}
+    assert _delta_parts(first, calls, outcome) == [("tool.1.id", "c1"), ("tool.1.name", "f")]
+    again = {"choices": [{"delta": {"tool_calls": [
+                                {"index": 1, "id": "c1", "function": {"arguments": "{}"}}]},
+                          "finish_reason": "tool_calls"}]}
+    assert _delta_parts(again, calls, outcome) == [("tool.1.args", "{}")]  # a repeated id is sent once
+    assert outcome.finish == "tool_calls"
+    rich = {"choices": [{"delta": {"reasoning_content": "r", "content": "c"},
+                         "logprobs": {"content": [{"token": "c", "logprob": -0.1}]}}]}
+    assert _delta_parts(rich, calls, outcome) == [
+        ("reasoning", "r"), ("content", "c"), ("logprobs", '{"token":"c","logprob":-0.1}\n')]

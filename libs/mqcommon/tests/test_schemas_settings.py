@@ -24,7 +24,7 @@ def test_task_round_trips_and_refuses_bad_payloads() -> None:
     task = ChatTask(session_id="abc-1", message="hi")
     assert ChatTask.decode(task.encode()) == task
     for bad in (b"{}", b'{"session_id": "a", "message": ""}', b'{"session_id": "a b", "message": "x"}',
-                b'{"v": 2, "session_id": "a", "message": "x"}', b"not json"):
+                b'{"v": 3, "session_id": "a", "message": "x"}', b"not json"):
         with pytest.raises(ValidationError):
             ChatTask.decode(bad)
 
@@ -49,7 +49,7 @@ def test_frames_round_trip_and_bad_ones_are_skipped_one_by_one() -> None:
     (b"not json", "malformed"),
     (b"[1, 2]", "malformed"),
     (b'{"v": 1, "producer": "old", "events": []}', "version"),
-    (b'{"v": 2, "frames": "nope"}', "malformed"),
+    (b'{"v": 3, "frames": "nope"}', "malformed"),
 ])
 def test_unusable_live_messages_say_why(body: bytes, reason: str) -> None:
     with pytest.raises(MalformedMessage) as caught:

@@ -15,6 +15,7 @@ import openai
 import orjson
 
 from mqcommon.errors import RetryableUpstreamError, map_upstream
+from mqcommon.parts import CONTENT, LOGPROBS, REASONING, REFUSAL, Part, tool_key
 from mqcommon.schemas import ChatTask
 from mqcommon.settings import LLMSettings
 
@@ -44,8 +45,8 @@ def make_client(settings: LLMSettings, *, max_connections: int = 1000) -> openai
 
 
 def build_messages(
-    settings: LLMSettings, message: str | None, messages: list[dict[str, str]] | None = None
-) -> list[dict[str, str]]:
+    settings: LLMSettings, message: str | None, messages: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The conversation to send: ``messages`` as given, or ``message`` as one user turn.
 
     The deployment's system prompt goes first when the conversation has no system message.
@@ -56,17 +57,13 @@ def build_messages(
     return turns
 
 
-# Generation parameters passed through to the LLM when they are set.
-PARAMETERS = ("temperature", "top_p", "stop", "seed", "user")
-
-
 def request_arguments(settings: LLMSettings, params: dict[str, Any] | None, *, usage: bool) -> dict[str, Any]:
-    """The optional arguments of one chat completion request."""
-    params = params or {}
-    out: dict[str, Any] = {name: params[name] for name in PARAMETERS if params.get(name) is not None}
+    """The optional arguments of one chat completion request: ``params`` (a task's
+    ``parameters()``) as given, ``max_tokens`` capped by ``LLM_MAX_TOKENS``."""
+    out = {name: value for name, value in (params or {}).items() if value is not None}
     if isinstance(out.get("stop"), tuple):
         out["stop"] = list(out["stop"])
-    cap, wanted = settings.llm_max_tokens, params.get("max_tokens")
+    cap, wanted = settings.llm_max_tokens, out.pop("max_tokens", None)
     limit = min(cap, wanted) if cap and wanted else (cap or wanted)
     if limit:
         out["max_tokens"] = limit
@@ -75,28 +72,39 @@ def request_arguments(settings: LLMSettings, params: dict[str, Any] | None, *, u
     return out
 
 
-async def stream_answer(
+class Outcome:
+    """What a stream told besides its parts: the token usage and the finish reason."""
+
+    __slots__ = ("finish", "usage")
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+        self.finish: str | None = None
+
+
+async def stream_parts(
     client: openai.AsyncOpenAI,
     settings: LLMSettings,
     message: str | None,
     model: str | None = None,
     *,
-    messages: list[dict[str, str]] | None = None,
+    messages: list[dict[str, Any]] | None = None,
     params: dict[str, Any] | None = None,
-    usage: dict[str, Any] | None = None,
-) -> AsyncIterator[str]:
-    """Yield the answer's text pieces as the LLM produces them.
+    outcome: Outcome | None = None,
+    usage: bool = False,
+) -> AsyncIterator[list[Part]]:
+    """Yield the parts of each chunk of the answer as the LLM produces them.
 
     ``messages`` (a conversation) replaces ``message`` (one user turn); ``params`` are the
-    generation parameters (temperature, top_p, max_tokens, stop, seed, user; ``LLM_MAX_TOKENS``
-    caps max_tokens). When ``usage`` is a dict, the LLM is asked for its token usage and the
-    dict is filled with it once the stream ends.
+    generation parameters, passed as given (``LLM_MAX_TOKENS`` caps max_tokens). With
+    ``usage`` the LLM is asked for its token usage; ``outcome`` gets it and the finish reason.
 
     The SDK makes the request (auth, base URL, retries before the first byte, error types);
     the server-sent lines of the body are decoded here with orjson, which costs a fraction
     of building the SDK's typed chunk objects for every token.
     """
-    kwargs = request_arguments(settings, params, usage=usage is not None)
+    kwargs = request_arguments(settings, params, usage=usage)
+    calls = _ToolCalls()
     try:
         async with client.chat.completions.with_streaming_response.create(
             model=model or settings.llm_model,
@@ -111,42 +119,102 @@ async def stream_answer(
                 if data == "[DONE]":
                     return
                 chunk = orjson.loads(data)
-                if usage is not None and isinstance(chunk.get("usage"), dict):
-                    usage.update(chunk["usage"])
-                text = _delta_text(chunk)
-                if text:
-                    yield text
+                if outcome is not None and isinstance(chunk.get("usage"), dict):
+                    outcome.usage = chunk["usage"]
+                parts = _delta_parts(chunk, calls, outcome)
+                if parts:
+                    yield parts
     except orjson.JSONDecodeError as exc:
         raise RetryableUpstreamError(f"malformed stream chunk: {exc}") from exc
     except TRANSPORT_ERRORS as exc:
         raise map_upstream(exc) from exc
 
 
-async def stream_task(
-    client: openai.AsyncOpenAI, settings: LLMSettings, task: ChatTask, usage: dict[str, Any] | None = None
+async def stream_answer(
+    client: openai.AsyncOpenAI,
+    settings: LLMSettings,
+    message: str | None,
+    model: str | None = None,
+    *,
+    messages: list[dict[str, Any]] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> AsyncIterator[str]:
-    """``stream_answer`` for a queued task: its conversation and parameters."""
-    params = {
-        "temperature": task.temperature, "top_p": task.top_p, "max_tokens": task.max_tokens,
-        "stop": task.stop, "seed": task.seed, "user": task.user,
-    }
-    async for text in stream_answer(
+    """The answer's text alone, as the LLM produces it (``/test`` and direct mode)."""
+    async for parts in stream_parts(client, settings, message, model, messages=messages, params=params):
+        for key, text in parts:
+            if key == CONTENT:
+                yield text
+
+
+def stream_task(
+    client: openai.AsyncOpenAI, settings: LLMSettings, task: ChatTask, outcome: Outcome | None = None
+) -> AsyncIterator[list[Part]]:
+    """``stream_parts`` for a queued task: its conversation and parameters."""
+    return stream_parts(
         client, settings, task.message, task.model,
-        messages=task.conversation() if task.messages else None, params=params,
-        usage=usage if task.include_usage else None,
-    ):
-        yield text
+        messages=task.conversation() if task.messages else None, params=task.parameters(),
+        outcome=outcome, usage=bool(task.include_usage),
+    )
 
 
-def _delta_text(chunk: dict[str, Any]) -> str | None:
+class _ToolCalls:
+    """Ids and names already seen per tool call: some servers repeat them in every delta,
+    and a client concatenates what it is sent."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def once(self, key: str, value: Any) -> str | None:
+        if not isinstance(value, str) or not value or self.seen.get(key) == value:
+            return None
+        self.seen[key] = value
+        return value
+
+
+def _delta_parts(chunk: dict[str, Any], calls: _ToolCalls, outcome: Outcome | None) -> list[Part]:
     if "error" in chunk:
         detail = chunk["error"]
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
         raise RetryableUpstreamError(f"error in stream: {message}")
     choices = chunk.get("choices")
     if not choices:
-        return None
-    return (choices[0].get("delta") or {}).get("content")
+        return []
+    choice = choices[0]
+    if outcome is not None and choice.get("finish_reason"):
+        outcome.finish = choice["finish_reason"]
+    delta = choice.get("delta") or {}
+    content = delta.get("content")
+    if len(delta) == 1 and content is not None and not choice.get("logprobs"):  # nearly every chunk
+        return [(CONTENT, content)] if isinstance(content, str) and content else []
+    parts: list[Part] = []
+    # vLLM and others send reasoning as reasoning_content (newer vLLM: reasoning).
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        parts.append((REASONING, reasoning))
+    if isinstance(content, str) and content:
+        parts.append((CONTENT, content))
+    refusal = delta.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        parts.append((REFUSAL, refusal))
+    for call in delta.get("tool_calls") or ():
+        if not isinstance(call, dict):
+            continue
+        index = call.get("index", 0)
+        index = index if isinstance(index, int) and index >= 0 else 0
+        function = call.get("function") or {}
+        for field, value in (("id", call.get("id")), ("name", function.get("name"))):
+            if (once := calls.once(tool_key(index, field), value)) is not None:
+                parts.append((tool_key(index, field), once))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            parts.append((tool_key(index, "args"), arguments))
+    logprobs = choice.get("logprobs")
+    entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if isinstance(entries, list) and entries:
+        parts.append((LOGPROBS, "".join(orjson.dumps(entry).decode() + "\n" for entry in entries)))
+    return parts
 
 
 async def check_connection(client: openai.AsyncOpenAI) -> list[str]:

@@ -32,6 +32,8 @@ from typing import Annotated, Any, Literal, TypeGuard
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from mqcommon.parts import CONTENT, Run, runs_from_wire, runs_to_wire
+
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
 
@@ -40,8 +42,10 @@ SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
 # end lines for some SSE parsers, so a model echoed back in a stream would cut it).
 MODEL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]+$"
 
-FRAMES_VERSION = 2
-HISTORY_VERSION = 2
+# 3: answers carry typed parts (``kinds``, mqcommon.parts). History readers still take 2.
+FRAMES_VERSION = 3
+HISTORY_VERSION = 3
+HISTORY_VERSIONS = frozenset((2, 3))
 PRESENCE_VERSION = 2
 
 # How a session ends. "cancelled" is a client's decision; "error" covers everything else.
@@ -83,12 +87,51 @@ class MalformedMessage(ValueError):
 
 
 class ChatMessage(BaseModel):
-    """One turn of a conversation."""
+    """One turn of a conversation.
+
+    ``content`` is text, or OpenAI's content parts (``text``, ``image_url``) as given. An
+    assistant turn may carry ``tool_calls`` instead of text, and a ``tool`` turn answers one
+    of them (``tool_call_id``).
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The turn's text: its text parts joined by newlines when it has parts."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(
+            part["text"] for part in self.content or () if part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+
+    def to_llm(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+            out["content"] = self.content or None  # an assistant turn of tool calls alone
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+
+# Generation parameters of a task that are passed to the LLM as given when set. A task that
+# sets any of the typed ones is version 2: a worker of version 1 refuses it (and dead-letters
+# it with an error the client sees) instead of answering without them.
+PASSED_THROUGH = ("temperature", "top_p", "stop", "seed", "user")
+PASSED_THROUGH_TYPED = (
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
+    "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort",
+)
 
 
 class ChatTask(BaseModel):
@@ -101,7 +144,7 @@ class ChatTask(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    v: Literal[1] = 1
+    v: Literal[1, 2] = 1
     task_id: str = Field(default_factory=new_id)
     session_id: SessionId
     message: str | None = Field(default=None, min_length=1)
@@ -117,6 +160,16 @@ class ChatTask(BaseModel):
     user: str | None = None
     include_usage: bool | None = None  # ask the LLM for its token usage, sent back in the end
     owner: str | None = None  # the id of the API key that created the session (never the key)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
 
     @model_validator(mode="after")
     def _has_a_prompt(self) -> ChatTask:
@@ -124,11 +177,24 @@ class ChatTask(BaseModel):
             raise ValueError("a task needs a message or messages")
         return self
 
-    def conversation(self) -> list[dict[str, str]]:
+    def conversation(self) -> list[dict[str, Any]]:
         """The messages to send, without any system prompt of the deployment."""
         if self.messages is not None:
-            return [{"role": m.role, "content": m.content} for m in self.messages]
+            return [m.to_llm() for m in self.messages]
         return [{"role": "user", "content": self.message or ""}]
+
+    def typed(self) -> bool:
+        """Does it ask for more than text (tools, formats, log probabilities, ...)?"""
+        return any(getattr(self, name) is not None for name in PASSED_THROUGH_TYPED) or any(
+            m.role == "tool" or m.tool_calls is not None or not isinstance(m.content, str)
+            for m in self.messages or ()
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        """The generation parameters it sets, as the LLM takes them."""
+        out = {name: getattr(self, name) for name in (*PASSED_THROUGH, *PASSED_THROUGH_TYPED)}
+        out["max_tokens"] = self.max_tokens
+        return {name: value for name, value in out.items() if value is not None}
 
     def encode(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -147,6 +213,7 @@ class End:
     length: int  # characters of the whole answer
     error: str | None = None
     usage: dict[str, Any] | None = None  # the LLM's token usage, when the task asked for it
+    finish: str | None = None  # the LLM's finish reason (stop, length, tool_calls, ...)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "length": self.length}
@@ -154,6 +221,8 @@ class End:
             out["error"] = self.error
         if self.usage is not None:
             out["usage"] = self.usage
+        if self.finish is not None:
+            out["finish"] = self.finish
         return out
 
 
@@ -169,9 +238,12 @@ class Frame:
     attempt: int = 1
     trace_id: str | None = None
     owner: str | None = None  # key id of the session's creator: on its first frame and replays
+    kinds: list[Run] | None = None  # the parts of ``text`` (mqcommon.parts); None: all content
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sid": self.session_id, "off": self.offset, "text": self.text}
+        if self.kinds is not None and (wire := runs_to_wire(self.kinds)) is not None:
+            out["kinds"] = wire
         if self.started:
             out["started"] = True
         if self.end is not None:
@@ -224,13 +296,26 @@ def _frame(item: Any) -> Frame | None:
         end = _end(raw_end)
         if end is None:
             return None
+    kinds = _kinds(item.get("kinds"), text)
+    if kinds is False:
+        return None
     attempt = item.get("attempt", 1)
     trace, owner = item.get("trace"), item.get("owner")
     return Frame(
         sid, offset, text, bool(item.get("started")), end,
         attempt if isinstance(attempt, int) else 1, trace if isinstance(trace, str) else None,
-        owner if isinstance(owner, str) else None,
+        owner if isinstance(owner, str) else None, kinds,
     )
+
+
+def _kinds(raw: Any, text: str) -> list[Run] | Literal[False] | None:
+    """The runs of ``text``: None when it is all content, False when malformed."""
+    if raw is None:
+        return None
+    runs = runs_from_wire(raw, len(text))
+    if runs is None:
+        return False
+    return None if all(key == CONTENT for key, _ in runs) else runs
 
 
 def _end(raw: Any) -> End | None:
@@ -239,9 +324,10 @@ def _end(raw: Any) -> End | None:
     kind, length, error = raw.get("kind"), raw.get("length"), raw.get("error")
     if kind not in END_KINDS or not isinstance(length, int) or length < 0:
         return None
-    usage = raw.get("usage")
+    usage, finish = raw.get("usage"), raw.get("finish")
     return End(
-        kind, length, error if isinstance(error, str) else None, usage if isinstance(usage, dict) else None
+        kind, length, error if isinstance(error, str) else None, usage if isinstance(usage, dict) else None,
+        finish if isinstance(finish, str) else None,
     )
 
 
@@ -258,11 +344,14 @@ class HistoryRecord:
     probe: str | None = None
     trace_id: str | None = None
     owner: str | None = None  # key id of the session's creator (accepted, transcript)
+    kinds: list[Run] | None = None  # a transcript's parts (mqcommon.parts); None: all content
 
     def encode(self) -> bytes:
         out: dict[str, Any] = {"v": HISTORY_VERSION, "kind": self.kind, "sid": self.session_id, "at": self.at}
         if self.kind == "transcript":
             out["text"] = self.text
+            if self.kinds is not None and (wire := runs_to_wire(self.kinds)) is not None:
+                out["kinds"] = wire
             if self.end is not None:
                 out["end"] = self.end.to_wire()
         if self.probe is not None:
@@ -280,7 +369,7 @@ class HistoryRecord:
     @classmethod
     def decode(cls, body: bytes) -> HistoryRecord:
         data = _json_object(body)
-        if data.get("v") != HISTORY_VERSION:
+        if data.get("v") not in HISTORY_VERSIONS:
             raise MalformedMessage("version", f"history record version {data.get('v')!r}")
         kind, sid = data.get("kind"), data.get("sid")
         if kind not in ("accepted", "transcript", "probe", "cancel") or not isinstance(sid, str):
@@ -289,13 +378,16 @@ class HistoryRecord:
         text = data.get("text", "")
         if kind == "transcript" and (end is None or not isinstance(text, str)):
             raise MalformedMessage("malformed", "transcript without text and end")
+        kinds = _kinds(data.get("kinds"), text) if isinstance(text, str) else None
+        if kinds is False:
+            raise MalformedMessage("malformed", "transcript whose kinds do not cover its text")
         at = data.get("at", 0.0)
         probe, trace, owner = data.get("probe"), data.get("trace"), data.get("owner")
         return cls(
             kind, sid, float(at) if isinstance(at, int | float) else 0.0,
             text if isinstance(text, str) else "", end,
             probe if isinstance(probe, str) else None, trace if isinstance(trace, str) else None,
-            owner if isinstance(owner, str) else None,
+            owner if isinstance(owner, str) else None, kinds,
         )
 
 
