@@ -62,9 +62,9 @@ class Sink:
 
 
 def answer_with(*pieces: str, fail: Exception | None = None, hang: bool = False):
-    async def fake(client, settings, message, model=None) -> AsyncIterator[str]:
+    async def fake(client, settings, task, outcome=None) -> AsyncIterator[list[tuple[str, str]]]:
         for piece in pieces:
-            yield piece
+            yield [("content", piece)]
         if hang:
             await asyncio.sleep(3600)
         if fail is not None:
@@ -161,3 +161,22 @@ async def test_cancellation_settles_by_reason(monkeypatch, reason, settled, ends
     await outbox.drain()
     assert delivery.settled == settled
     assert (sink.end is not None) is ends
+
+
+async def test_typed_parts_reach_the_frames_and_the_transcript_with_the_finish_reason(monkeypatch) -> None:
+    async def fake(client, settings, task, outcome=None):
+        yield [("reasoning", "think")]
+        yield [("tool.0.id", "call_1"), ("tool.0.name", "f"), ("tool.0.args", '{"a"')]
+        yield [("tool.0.args", ": 1}")]
+        outcome.finish = "tool_calls"
+
+    _, sink = await run(monkeypatch, fake)
+    transcript = sink.transcripts[-1]
+    assert transcript.text == 'thinkcall_1f{"a": 1}'
+    assert transcript.kinds == [("reasoning", 5), ("tool.0.id", 6), ("tool.0.name", 1), ("tool.0.args", 8)]
+    assert transcript.end.finish == "tool_calls"
+    assert sink.text == transcript.text
+    kinds = [run for frame in sink.frames for run in frame.kinds or [("content", len(frame.text))]]
+    keys = [key for index, (key, _) in enumerate(kinds) if index == 0 or kinds[index - 1][0] != key]
+    assert keys == ["reasoning", "tool.0.id", "tool.0.name", "tool.0.args"]
+    assert sink.end.finish == "tool_calls"

@@ -20,7 +20,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import openai
 import structlog
@@ -28,7 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
 from mqcommon.errors import BrokerUnavailable, UpstreamError
-from mqcommon.llm import stream_task
+from mqcommon.llm import Outcome, stream_task
 from mqcommon.schemas import ChatTask, HistoryRecord
 from mqcommon.tracing import TRACEPARENT_HEADER, trace_id_of
 from pydantic import ValidationError
@@ -91,10 +90,11 @@ async def process(
     )
 
     async def finish(
-        kind: str, settle: str, error: str | None = None, usage: dict[str, Any] | None = None
+        kind: str, settle: str, error: str | None = None, outcome: Outcome | None = None
     ) -> None:
         """End the session for every reader, and settle once its transcript is durable."""
-        outbox.close(out, kind, error, usage)
+        usage = outcome.usage if outcome is not None and task.include_usage else None
+        outbox.close(out, kind, error, usage, outcome.finish if outcome is not None else None)
         try:
             await record(_transcript(out))
         except BrokerUnavailable as exc:
@@ -118,8 +118,8 @@ async def process(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.llm_timeout_s):
-            usage = await _generate(task, out, settings, llm, outbox, started)
-        await finish("done", "ack", usage=usage)
+            outcome = await _generate(task, out, settings, llm, outbox, started)
+        await finish("done", "ack", outcome=outcome)
         metrics.GENERATION_DURATION.observe(time.perf_counter() - started)
         metrics.TASKS.labels("completed").inc()
         log.info("generation completed", chars=out.length)
@@ -163,7 +163,7 @@ async def process(
 
 def _transcript(out: Outgoing) -> HistoryRecord:
     return HistoryRecord("transcript", out.session_id, at=time.time(), text=out.text, end=out.end,
-                         trace_id=out.trace_id, owner=out.owner)
+                         trace_id=out.trace_id, owner=out.owner, kinds=out.runs())
 
 
 async def _generate(
@@ -173,19 +173,19 @@ async def _generate(
     llm: openai.AsyncOpenAI,
     outbox: Outbox,
     started: float,
-) -> dict[str, Any] | None:
-    """Stream the answer into the outbox; the LLM's token usage if the task asked for it."""
+) -> Outcome:
+    """Stream the answer into the outbox; the LLM's usage and finish reason."""
     pieces = 0
-    usage: dict[str, Any] = {}
+    outcome = Outcome()
     try:
-        async for text in stream_task(llm, settings, task, usage):
+        async for parts in stream_task(llm, settings, task, outcome):
             if not pieces:
                 metrics.UPSTREAM_TTFT.observe(time.perf_counter() - started)
             pieces += 1
-            outbox.write(out, text)
+            outbox.write_parts(out, parts)
     finally:
         metrics.TOKENS.inc(pieces)
-    return usage or None
+    return outcome
 
 
 async def _settle(message: AbstractIncomingMessage, how: str) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from mqcommon.parts import CONTENT, Kinds, Part, Run, runs_to_wire
 from mqcommon.schemas import End, encode_frames
 
 from llm_stream_worker import metrics
@@ -32,8 +33,8 @@ class Outgoing:
     """One session's answer on this worker."""
 
     __slots__ = (
-        "attempt", "end", "ended_at", "length", "owner", "parts", "routes", "sent", "session_id",
-        "started", "trace_id",
+        "attempt", "end", "ended_at", "kinds", "length", "owner", "parts", "routes", "sent",
+        "session_id", "started", "trace_id",
     )
 
     def __init__(
@@ -44,6 +45,7 @@ class Outgoing:
         self.trace_id = trace_id
         self.owner = owner  # the creator's key id: a replica that did not accept it learns it here
         self.parts: list[str] = []
+        self.kinds: Kinds | None = None  # which part each character is (None: all content)
         self.length = 0  # characters produced
         self.sent = 0  # characters already in a flushed frame
         self.started = True  # the "started" mark is still to be sent
@@ -57,9 +59,15 @@ class Outgoing:
             self.parts = ["".join(self.parts)]
         return self.parts[0] if self.parts else ""
 
+    def runs(self, offset: int = 0) -> list[Run] | None:
+        """The parts of the answer from ``offset`` on; None while it is plain text."""
+        return None if self.kinds is None else self.kinds.window(offset)
+
     def frame(self, offset: int, *, replay: bool = False) -> dict[str, Any]:
         text = self.text[offset:]
         out: dict[str, Any] = {"sid": self.session_id, "off": offset, "text": text}
+        if self.kinds is not None and (kinds := runs_to_wire(self.kinds.window(offset))) is not None:
+            out["kinds"] = kinds
         if replay or self.started:
             out["started"] = True
         if self.end is not None:
@@ -124,14 +132,34 @@ class Outbox:
     def write(self, out: Outgoing, text: str) -> None:
         out.parts.append(text)
         out.length += len(text)
+        if out.kinds is not None:
+            out.kinds.add(CONTENT, len(text))
         self._dirty_bytes += len(text)
         self._mark(out, urgent=out.sent == 0 and out.length == len(text))
 
+    def write_parts(self, out: Outgoing, parts: list[Part]) -> None:
+        """The parts of one chunk of the LLM's answer: they go out in one frame."""
+        if len(parts) == 1 and parts[0][0] == CONTENT:
+            self.write(out, parts[0][1])
+            return
+        first = out.sent == 0 and out.length == 0
+        for key, text in parts:
+            if key != CONTENT and out.kinds is None:
+                out.kinds = Kinds()
+                out.kinds.add(CONTENT, out.length)
+            out.parts.append(text)
+            out.length += len(text)
+            if out.kinds is not None:
+                out.kinds.add(key, len(text))
+            self._dirty_bytes += len(text)
+        self._mark(out, urgent=first)
+
     def close(
-        self, out: Outgoing, kind: str, error: str | None = None, usage: dict[str, Any] | None = None
+        self, out: Outgoing, kind: str, error: str | None = None, usage: dict[str, Any] | None = None,
+        finish: str | None = None,
     ) -> None:
         """The generation ended (done, error or cancelled): flush its end at once."""
-        out.end = End(kind, out.length, error, usage)
+        out.end = End(kind, out.length, error, usage, finish)
         out.ended_at = self._clock()
         self._mark(out, urgent=True)
 
