@@ -15,6 +15,9 @@ included, so :func:`llm_stream_mockllm.answer.expected_answer` stays valid.
 |                             | prompt fail (counted per mock process), later ones succeed    |
 | ``[[mock:retry_after_ms=N]]``| with ``fail``: add ``retry-after-ms: N`` to the error         |
 | ``[[mock:fail_after=K]]``   | send K tokens, then close the connection mid-response         |
+| ``[[mock:tool=NAME]]``      | call the tool NAME (``A,B``: both; ``*``: every tool); see     |
+|                             | ``typed``                                                     |
+| ``[[mock:reasoning=N]]``    | send N reasoning tokens before the answer                     |
 
 An unknown name or a malformed value is refused with a 400, so that a typo in a test shows up
 as a clear error instead of a silently ignored directive.
@@ -43,6 +46,8 @@ class Directives:
     fail_times: int | None = None
     retry_after_ms: int | None = None
     fail_after: int | None = None
+    tool: str | None = None
+    reasoning: int | None = None
 
 
 NONE = Directives()
@@ -52,7 +57,7 @@ def parse_directives(prompt: str) -> Directives:
     """Read every directive of ``prompt``; the last occurrence of a name wins."""
     if _MARKER not in prompt:
         return NONE
-    values: dict[str, float | int] = {}
+    values: dict[str, float | int | str] = {}
     for name, raw in _DIRECTIVE.findall(prompt):
         values[name] = _value(name, raw)
     if "fail" in values and not 400 <= values["fail"] <= 599:
@@ -62,13 +67,18 @@ def parse_directives(prompt: str) -> Directives:
     return Directives(**values)  # type: ignore[arg-type]
 
 
-_INTEGER = frozenset({"tokens", "fail", "fail_times", "retry_after_ms", "fail_after"})
+_INTEGER = frozenset({"tokens", "fail", "fail_times", "retry_after_ms", "fail_after", "reasoning"})
 _DECIMAL = frozenset({"ttft_ms", "tps"})
+_TEXT = frozenset({"tool"})
 
 
-def _value(name: str, raw: str) -> float | int:
+def _value(name: str, raw: str) -> float | int | str:
+    if name in _TEXT:
+        if not raw.strip():
+            raise DirectiveError(f"[[mock:{name}=]]: name a tool (or *)")
+        return raw.strip()
     if name not in _INTEGER and name not in _DECIMAL:
-        known = ", ".join(sorted(_INTEGER | _DECIMAL))
+        known = ", ".join(sorted(_INTEGER | _DECIMAL | _TEXT))
         raise DirectiveError(f"unknown directive [[mock:{name}=...]] (known: {known})")
     try:
         value: float | int = int(raw) if name in _INTEGER else float(raw)

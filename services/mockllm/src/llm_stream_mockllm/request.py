@@ -1,7 +1,8 @@
 """Validation of a ``POST /v1/chat/completions`` body.
 
-Only what the mock uses is checked; other OpenAI parameters (temperature, tools, ...) are
-accepted and ignored. Only ``n=1`` answers are produced.
+Only what the mock uses is checked; other OpenAI parameters (temperature, penalties, ...) are
+accepted and ignored. Only ``n=1`` answers are produced. ``typed`` answers with tool calls,
+structured outputs, reasoning and log probabilities.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from typing import Any
 import orjson
 
 from llm_stream_mockllm.directives import DirectiveError, Directives, parse_directives
+from llm_stream_mockllm.typed import tool_prompt
 
 # Parameters that change nothing here, recorded so tests can see what reached the LLM.
-SAMPLING = ("temperature", "top_p", "stop", "seed", "user", "max_tokens", "max_completion_tokens")
+SAMPLING = (
+    "temperature", "top_p", "stop", "seed", "user", "max_tokens", "max_completion_tokens", "tools",
+    "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
+    "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort",
+)
 
 
 class BadRequest(ValueError):
@@ -40,6 +46,8 @@ class ChatRequest:
     """The generation parameters the request set (temperature, top_p, stop, seed, user, ...)."""
     roles: tuple[str, ...]
     """The role of every message, in order."""
+    data: dict[str, Any]
+    """The whole body (``typed`` reads tools, formats and log probabilities from it)."""
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -84,6 +92,8 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         directives = parse_directives(prompt)
     except DirectiveError as exc:
         raise BadRequest(str(exc), "messages") from None
+    # An answer to tool results is computed on them (the user's directives still apply).
+    prompt = tool_prompt(messages) or prompt
 
     return ChatRequest(
         sampling={name: data[name] for name in SAMPLING if name in data},
@@ -95,6 +105,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         max_tokens=max_tokens,
         prompt_tokens=prompt_tokens,
         directives=directives,
+        data=data,
     )
 
 

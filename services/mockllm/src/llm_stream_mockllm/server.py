@@ -37,6 +37,7 @@ from llm_stream_mockllm import wire
 from llm_stream_mockllm.answer import answer_tokens
 from llm_stream_mockllm.request import BadRequest, ChatRequest, parse_chat_request
 from llm_stream_mockllm.settings import Settings
+from llm_stream_mockllm.typed import Plan, plan
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -144,7 +145,13 @@ class MockLLM:
         tokens = answer_tokens(request.prompt, count)
         finish = "length" if count < requested else "stop"
         number = next(self._ids)
-        if request.stream:
+        typed = plan(prompt=request.prompt, tokens=tokens, data=request.data, wanted_tools=d.tool,
+                     reasoning=d.reasoning or 0)
+        if typed is not None:
+            if typed.finish == "stop":
+                typed.finish = finish
+            await self._typed(receive, send, request, typed, schedule, number)
+        elif request.stream:
             await self._stream(receive, send, request, tokens, finish, schedule, number)
         else:
             await self._complete(send, request, tokens, finish, schedule, number)
@@ -212,6 +219,51 @@ class MockLLM:
             await send({"type": "http.response.body", "body": tail + wire.DONE})
         finally:
             done = done or not gone.done()
+            gone.cancel()
+
+    async def _typed(
+        self, receive: Receive, send: Send, request: ChatRequest, typed: Plan, schedule: _Schedule,
+        number: int,
+    ) -> None:
+        """An answer with tool calls, a structured output, reasoning or log probabilities."""
+        loop = asyncio.get_running_loop()
+        completion_id, created = f"chatcmpl-mock{number:08d}", int(time.time())
+        count = len(typed.deltas)
+        if not request.stream:
+            delay = schedule.deadline(max(count - 1, 0)) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await _json(send, 200, wire.typed_completion(
+                completion_id, created, request.model, typed.message(), typed.logprobs, typed.finish,
+                request.prompt_tokens, count,
+            ))
+            return
+        encoder = wire.ChunkEncoder(
+            completion_id, created, request.model, include_usage=request.include_usage
+        )
+        self._streams += 1
+        headers = [*_SSE, (b"x-request-id", b"req_mock%08d" % number)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
+        gone = loop.create_task(_disconnected(receive))
+        try:
+            sent = 0
+            while sent < count:
+                delay = schedule.deadline(sent) - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if gone.done():
+                    self._closed_early.append({"at": time.time(), "prompt": request.prompt})
+                    return
+                due = min(count, max(sent + 1, schedule.due(loop.time())))
+                body = b"".join(encoder.delta(delta, logprobs) for delta, logprobs in typed.deltas[sent:due])
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                sent = due
+            tail = encoder.finish(typed.finish)
+            if request.include_usage:
+                tail += encoder.usage(request.prompt_tokens, count)
+            await send({"type": "http.response.body", "body": tail + wire.DONE})
+        finally:
             gone.cancel()
 
     async def _complete(

@@ -77,6 +77,11 @@ class ChunkEncoder:
     def content(self, text: str) -> bytes:
         return self._content_head + orjson.dumps(text) + self._content_tail
 
+    def delta(self, delta: dict[str, object], logprobs: dict[str, object] | None = None) -> bytes:
+        """A chunk of any delta (tool calls, reasoning, ...) with its log probabilities."""
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
+        return self._head + orjson.dumps([choice]) + self._tail
+
     def finish(self, reason: str) -> bytes:
         return (
             self._head
@@ -119,6 +124,22 @@ def completion(
             "system_fingerprint": FINGERPRINT,
         }
     )
+
+
+def typed_completion(
+    completion_id: str, created: int, model: str, message: dict[str, object],
+    logprobs: list[dict[str, object]], finish_reason: str, prompt_tokens: int, completion_tokens: int,
+) -> bytes:
+    """A non-streamed ``chat.completion`` whose message has tool calls, reasoning, ..."""
+    return orjson.dumps({
+        "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{
+            "index": 0, "message": message,
+            "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+            "finish_reason": finish_reason,
+        }],
+        "usage": usage(prompt_tokens, completion_tokens), "system_fingerprint": FINGERPRINT,
+    })
 
 
 def model_list(model_ids: Sequence[str], created: int) -> bytes:
