@@ -132,10 +132,10 @@ async def test_twenty_concurrent_streams(sdk: openai.AsyncOpenAI) -> None:
     ("extra", "param"),
     [
         ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+        ({"tools": [{"type": "function", "function": {"name": "not a name"}}]}, "tools[0].function.name"),
         ({"temperature": 5}, "temperature"),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "t"}]}, "messages[0].role"),
+        ({"messages": [{"role": "function", "content": "x", "name": "t"}]}, "messages[0].role"),
     ],
 )
 async def test_what_we_cannot_honour_is_a_clear_400(sdk: openai.AsyncOpenAI, extra: dict, param: str) -> None:

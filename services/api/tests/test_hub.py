@@ -180,3 +180,23 @@ async def test_waiters_wake_on_start_and_on_text() -> None:
     await asyncio.sleep(0)
     hub.apply(Frame("s1", 0, "", started=True))
     assert await asyncio.wait_for(waiter, 1) is True and session.started
+
+
+def test_typed_parts_merge_by_position_and_a_regeneration_with_other_parts_diverges() -> None:
+    from mqcommon.schemas import End, Frame
+
+    hub = SessionHub(ttl_s=60, max_sessions=10, max_bytes=10_000)
+    hub.accept("s", 1.0, None)
+    hub.apply(Frame("s", 0, "thinkc1", kinds=[("reasoning", 5), ("tool.0.id", 2)]))
+    hub.apply(Frame("s", 5, "c1f{}", kinds=[("tool.0.id", 2), ("tool.0.name", 1), ("tool.0.args", 2)]))
+    session = hub.get("s")
+    assert session.text == "thinkc1f{}" and session.content == ""
+    assert session.parts(6) == [("tool.0.id", "1"), ("tool.0.name", "f"), ("tool.0.args", "{}")]
+    whole = [("reasoning", 5), ("tool.0.id", 2), ("tool.0.name", 1), ("tool.0.args", 2)]
+    hub.apply(Frame("s", 0, "thinkc1f{}", kinds=whole, end=End("done", 10, finish="tool_calls")))
+    assert session.end_kind == "done" and session.finish == "tool_calls"
+
+    hub.accept("t", 1.0, None)
+    hub.apply(Frame("t", 0, "abc"))
+    hub.apply(Frame("t", 0, "abcd", kinds=[("reasoning", 4)]))  # the same characters, other parts
+    assert hub.get("t").end_kind == "error"

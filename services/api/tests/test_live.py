@@ -33,10 +33,14 @@ def test_garbage_foreign_and_old_messages_are_counted_and_never_raise() -> None:
     hub, live = feed()
     hub.accept("held", 1.0, None)
     cases = {
-        "malformed": [b"\\x00\\xffnot json", b"[]", orjson.dumps({"v": 2, "frames": 7})],
+        "malformed": [b"\\x00\\xffnot json", b"[]", orjson.dumps({"v": 3, "frames": 7})],
         "version": [orjson.dumps({"v": 1, "producer": "old", "events": [{"session_id": "held"}]}),
+                    orjson.dumps({"v": 2, "producer": "w",
+                                  "frames": [{"sid": "held", "off": 0, "text": "x"}]}),
                     orjson.dumps({"hello": "world"})],
-        "frame": [orjson.dumps({"v": 2, "producer": "w", "frames": [{"sid": 1}, "x"]})],
+        "frame": [orjson.dumps({"v": 3, "producer": "w", "frames": [{"sid": 1}, "x"]}),
+                  orjson.dumps({"v": 3, "producer": "w", "frames": [
+                      {"sid": "held", "off": 0, "text": "ab", "kinds": [["reasoning", 5]]}]})],
     }
     for reason, bodies in cases.items():
         before = sample("llmstream_malformed_messages_total", source="live", reason=reason)

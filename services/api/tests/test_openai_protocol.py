@@ -67,3 +67,24 @@ def test_finish_reason_is_length_when_every_allowed_token_was_used() -> None:
     uncapped = ChunkWriter("s", "m", include_usage=False)
     assert b'"finish_reason":"stop"' in uncapped.finish({"completion_tokens": 3})
     assert b'"finish_reason":"stop"' in writer.finish({"completion_tokens": 2})
+
+
+def test_typed_parts_become_openai_deltas_and_a_message() -> None:
+    import orjson
+    from llm_stream_api.protocol.chat_completions import ChunkWriter, completion
+
+    parts = [("reasoning", "hmm"), ("tool.0.id", "c1"), ("tool.0.name", "f"), ("tool.0.args", '{"a"'),
+             ("tool.0.args", ":1}"), ("tool.1.id", "c2"), ("tool.1.name", "g"), ("tool.1.args", "{}")]
+    writer = ChunkWriter("s", "m", include_usage=False)
+    events = [orjson.loads(line[6:]) for line in writer.parts(parts).decode().split("\n\n") if line]
+    deltas = [event["choices"][0]["delta"] for event in events]
+    assert deltas[0] == {"reasoning_content": "hmm"}
+    assert deltas[1] == {"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                         "function": {"name": "f", "arguments": '{"a":1}'}}]}
+    assert deltas[2]["tool_calls"][0]["index"] == 1
+    assert b'"finish_reason":"tool_calls"' in writer.finish(None)
+    body = completion("s", "m", 0, "", None, parts=parts)
+    message = body["choices"][0]["message"]
+    assert message["content"] is None and message["reasoning_content"] == "hmm"
+    assert [c["function"]["arguments"] for c in message["tool_calls"]] == ['{"a":1}', "{}"]
+    assert body["choices"][0]["finish_reason"] == "tool_calls"

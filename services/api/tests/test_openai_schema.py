@@ -42,6 +42,16 @@ def body_schema(document: dict, path: str) -> dict:
     {"n": 1}, {"tools": []}, {"tool_choice": "auto"}, {"response_format": {"type": "text"}},
     {"stream": True, "stream_options": {"include_usage": True}}, {"max_completion_tokens": 100},
     {"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"}]}]},
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+     "tool_choice": {"type": "function", "function": {"name": "f"}}, "parallel_tool_calls": False},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": True}}},
+    {"response_format": {"type": "json_object"}}, {"logprobs": True, "top_logprobs": 3},
+    {"presence_penalty": 1, "frequency_penalty": -1, "logit_bias": {"50256": -100}, "seed": 7},
+    {"messages": [{"role": "user", "content": "q"},
+                  {"role": "assistant", "content": None, "tool_calls": [
+                      {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                  {"role": "tool", "tool_call_id": "c", "content": "x"}]},
+    {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}]},
 ])
 def test_what_the_document_allows_is_honoured(document: dict, extra: dict) -> None:
     body = {**PLAIN, **extra}
@@ -50,18 +60,18 @@ def test_what_the_document_allows_is_honoured(document: dict, extra: dict) -> No
 
 
 @pytest.mark.parametrize("extra", [
-    {"n": 2}, {"tools": [{}]}, {"logprobs": True}, {"presence_penalty": 1}, {"audio": {}},
-    {"response_format": {"type": "json_object"}}, {"stream_options": {"include_usage": True}},
-    {"messages": [{"role": "tool", "content": "x"}]},
+    {"n": 2}, {"tools": [{}]}, {"tool_choice": "sometimes"}, {"presence_penalty": 3}, {"audio": {}},
+    {"response_format": {"type": "xml"}}, {"stream_options": {"include_usage": True}},
+    {"messages": [{"role": "function", "content": "x"}]},
     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-    {"max_tokens": 101},
+    {"max_tokens": 101}, {"top_logprobs": 21},
 ])
 def test_what_is_refused_the_document_refuses(document: dict, extra: dict) -> None:
     body = {**PLAIN, **extra}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(body, body_schema(document, "/v1/chat/completions"))
     if "max_tokens" not in extra:  # the ceiling is a setting, checked with the limits
-        with pytest.raises(OpenAIError):
+        with pytest.raises((OpenAIError, ValidationError)):  # each a 400 naming the field
             ChatCompletionRequest.model_validate(body).task_request()
 
 

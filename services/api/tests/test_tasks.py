@@ -52,9 +52,8 @@ def test_chat_completions_become_a_task_with_usage() -> None:
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"n": 3}, "n"), ({"logprobs": True}, "logprobs"), ({"tools": [{}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"presence_penalty": 1}, "presence_penalty"),
+    ({"n": 3}, "n"), ({"audio": {}}, "audio"), ({"functions": [{}]}, "functions"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c"}]}]}, "messages[0].tool_calls[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "messages[0].content[0]"),
     ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),

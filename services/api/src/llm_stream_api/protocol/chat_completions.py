@@ -1,22 +1,28 @@
 """The Chat Completions dialect (``POST /v1/chat/completions``): bodies, chunks, completions.
 
-What we honour goes into the task: the conversation (system, developer, user and assistant
-turns with text content), ``temperature``, ``top_p``, ``max_tokens`` or
-``max_completion_tokens``, ``stop``, ``seed``, ``user``, ``stream`` and
-``stream_options.include_usage``. What we cannot honour is refused by name
-(``refuse_what_we_cannot_honour``), and the fields' schemas say which values are honoured.
+What we honour goes into the task: the conversation (system, developer, user, assistant and
+tool turns; text and image content; an assistant's tool calls), ``temperature``, ``top_p``,
+``max_tokens`` or ``max_completion_tokens``, ``stop``, ``seed``, ``user``, ``tools``,
+``tool_choice``, ``parallel_tool_calls``, ``response_format``, ``logprobs``, ``top_logprobs``,
+``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ``reasoning_effort``, ``stream`` and
+``stream_options.include_usage``; the LLM's 400 for one it does not support is the client's.
+What we cannot honour is refused by name (``refuse_what_we_cannot_honour``), and the fields'
+schemas say which values are honoured. The answer's parts (mqcommon.parts) become
+``content``, ``reasoning_content``, ``refusal``, ``tool_calls`` and ``logprobs``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from mqcommon.schemas import MODEL_PATTERN
-from pydantic import Field, JsonValue, field_validator
+from mqcommon.parts import CONTENT, LOGPROBS, REASONING, REFUSAL, Part, tool_of
+from mqcommon.schemas import MODEL_PATTERN, ChatMessage
+from pydantic import BeforeValidator, Field, JsonValue, StringConstraints, field_validator
 
 from llm_stream_api.protocol.openai_base import (
+    NULL,
     ROLE_NAMES,
     SSE_EVENT_SCHEMA,
     Integer,
@@ -24,23 +30,155 @@ from llm_stream_api.protocol.openai_base import (
     OpenAIError,
     Seed,
     TokenCap,
-    content_schema,
+    Unsupported,
     documented_as,
     error_object,
+    integral,
     null_or,
     refuse_unless,
-    turn,
 )
 from llm_stream_api.protocol.task import FieldNames, TaskRequest
 
+TEXT_PART = {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+             "required": ["type", "text"]}
+IMAGE_PART = {"type": "object", "properties": {
+    "type": {"const": "image_url"},
+    "image_url": {"type": "object", "properties": {
+        "url": {"type": "string"}, "detail": {"enum": ["auto", "low", "high"]},
+    }, "required": ["url"]},
+}, "required": ["type", "image_url"]}
+CONTENT_SCHEMA = {
+    "anyOf": [{"type": "string"}, NULL, {"type": "array", "items": {"anyOf": [TEXT_PART, IMAGE_PART]}}]
+}
+TOOL_CALL_SCHEMA = {"type": "object", "properties": {
+    "id": {"type": "string"}, "type": {"const": "function"},
+    "function": {
+        "type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+        "required": ["name", "arguments"],
+    },
+}, "required": ["id", "type", "function"]}
+CHAT_ROLES = [*ROLE_NAMES, "tool"]
+
 
 class Message(OpenAIBaseModel):
-    role: str = Field(json_schema_extra=documented_as({"type": "string", "enum": ROLE_NAMES}))
-    content: Any = Field(default=None, json_schema_extra=documented_as(content_schema(("text",))))
+    role: str = Field(json_schema_extra=documented_as({"type": "string", "enum": CHAT_ROLES}))
+    content: Any = Field(default=None, json_schema_extra=documented_as(CONTENT_SCHEMA))
     name: str | None = None
-    tool_calls: Any = Field(default=None, json_schema_extra=null_or())
+    tool_calls: Any = Field(
+        default=None, json_schema_extra=null_or({"type": "array", "items": TOOL_CALL_SCHEMA})
+    )
     tool_call_id: str | None = None
     function_call: Any = Field(default=None, json_schema_extra=null_or())
+
+    def to_turn(self, where: str) -> ChatMessage:
+        """The turn as the task carries it; a malformed content or tool call is a 400."""
+        if self.role not in CHAT_ROLES:
+            raise Unsupported(
+                f"{where}.role", f"role {self.role!r} is not supported ({', '.join(CHAT_ROLES)})"
+            )
+        content: str | list[dict[str, Any]] | None = _content(self.content, f"{where}.content")
+        calls = None
+        if self.tool_calls is not None:
+            calls = _tool_calls(self.tool_calls, f"{where}.tool_calls")
+            if content == "":
+                content = None  # an assistant turn of tool calls alone
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(
+            role=role, content=content, tool_calls=calls, tool_call_id=self.tool_call_id, name=self.name,  # type: ignore[arg-type]
+        )
+
+
+def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
+    """Text stays text (text parts are joined); parts with an image are passed on as given."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise OpenAIError(400, f"{where}: expected a string or a list of content parts", param=where)
+    parts: list[dict[str, Any]] = []
+    for index, part in enumerate(content):
+        at = f"{where}[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(
+            part["image_url"].get("url"), str
+        ):
+            image = {"url": part["image_url"]["url"]}
+            if part["image_url"].get("detail") in ("auto", "low", "high"):
+                image["detail"] = part["image_url"]["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind in ("text", "image_url"):
+            raise OpenAIError(400, f"{at}: a {kind} part needs its {kind}", param=at)
+        else:
+            raise Unsupported(at, f"content parts are text or image_url, not {kind or type(part).__name__!r}")
+    if all(part["type"] == "text" for part in parts):
+        return "\n".join(part["text"] for part in parts)
+    return parts
+
+
+def _tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(calls, list):
+        raise OpenAIError(400, f"{where}: expected a list of tool calls", param=where)
+    out = []
+    for index, call in enumerate(calls):
+        at = f"{where}[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(call, dict) and isinstance(call.get("id"), str) and call.get("type") == "function"
+                and isinstance(function, dict) and isinstance(function.get("name"), str)
+                and isinstance(function.get("arguments"), str)):
+            raise OpenAIError(
+                400, f"{at}: a tool call is {{id, type: function, function: {{name, arguments}}}}", param=at
+            )
+        out.append({"id": call["id"], "type": "function",
+                    "function": {"name": function["name"], "arguments": function["arguments"]}})
+    return out
+
+
+ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+TopLogprobs = Annotated[int, Field(ge=0, le=20), BeforeValidator(integral)]
+
+
+class FunctionDefinition(OpenAIBaseModel):
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(OpenAIBaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(OpenAIBaseModel):
+    name: ToolName
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class TextFormat(OpenAIBaseModel):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(OpenAIBaseModel):
+    type: Literal["json_object"]
+
+
+class JSONSchema(OpenAIBaseModel):
+    name: ToolName
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class JSONSchemaFormat(OpenAIBaseModel):
+    type: Literal["json_schema"]
+    json_schema: JSONSchema
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -77,33 +215,30 @@ class ChatCompletionRequest(OpenAIBaseModel):
     stream_options: StreamOptions | None = None
     # Known parameters we cannot honour: refused unless left at their defaults; their schemas
     # say which values are honoured.
+    tools: list[FunctionTool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: TextFormat | JSONObjectFormat | JSONSchemaFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, max_length=300
+    )
+    reasoning_effort: str | None = Field(default=None, max_length=32)
     n: Integer | None = Field(default=None, ge=1, json_schema_extra=null_or({"const": 1}))
-    logprobs: bool | None = Field(default=None, json_schema_extra=null_or({"const": False}))
-    top_logprobs: Integer | None = Field(default=None, json_schema_extra=null_or({"const": 0}))
-    tools: list[Any] | None = Field(default=None, json_schema_extra=null_or({"type": "array", "maxItems": 0}))
-    tool_choice: Any = Field(default=None, json_schema_extra=null_or({"enum": ["none", "auto"]}))
     functions: list[Any] | None = Field(
         default=None, json_schema_extra=null_or({"type": "array", "maxItems": 0})
     )
     function_call: Any = Field(default=None, json_schema_extra=null_or({"enum": ["none", "auto"]}))
-    response_format: Any = Field(default=None, json_schema_extra=null_or({
-        "type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"],
-        "additionalProperties": False,
-    }))
-    logit_bias: dict[str, Any] | None = Field(
-        default=None, json_schema_extra=null_or({"type": "object", "maxProperties": 0})
-    )
-    presence_penalty: float | None = Field(default=None, json_schema_extra=null_or({"const": 0}))
-    frequency_penalty: float | None = Field(default=None, json_schema_extra=null_or({"const": 0}))
     audio: Any = Field(default=None, json_schema_extra=null_or())
     modalities: list[str] | None = Field(default=None, json_schema_extra=null_or({"const": ["text"]}))
     prediction: Any = Field(default=None, json_schema_extra=null_or())
     web_search_options: Any = Field(default=None, json_schema_extra=null_or())
-    reasoning_effort: str | None = Field(default=None, json_schema_extra=null_or())
     # Accepted, with no effect here.
     store: bool | None = None
     metadata: dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     service_tier: str | None = None
 
     @field_validator("stop")
@@ -115,31 +250,16 @@ class ChatCompletionRequest(OpenAIBaseModel):
 
     def refuse_what_we_cannot_honour(self) -> None:
         refuse_unless(self.n in (None, 1), "n", "only one choice (n=1) is generated")
-        refuse_unless(not self.logprobs, "logprobs", "log probabilities are not available")
-        refuse_unless(self.top_logprobs in (None, 0), "top_logprobs", "log probabilities are not available")
-        refuse_unless(not self.tools, "tools", "tool calls are not supported")
-        refuse_unless(
-            self.tool_choice in (None, "none", "auto"), "tool_choice", "tool calls are not supported"
-        )
         refuse_unless(not self.functions, "functions", "function calls are not supported")
         refuse_unless(
             self.function_call in (None, "none", "auto"), "function_call", "function calls are not supported"
         )
-        refuse_unless(
-            self.response_format is None or self.response_format == {"type": "text"},
-            "response_format", "only plain text answers are supported",
-        )
-        refuse_unless(not self.logit_bias, "logit_bias", "logit bias is not supported")
-        refuse_unless(self.presence_penalty in (None, 0), "presence_penalty", "penalties are not supported")
-        refuse_unless(self.frequency_penalty in (None, 0), "frequency_penalty", "penalties are not supported")
         refuse_unless(self.audio is None, "audio", "audio output is not supported")
         refuse_unless(self.modalities in (None, ["text"]), "modalities", "only text output is supported")
         refuse_unless(self.prediction is None, "prediction", "predicted outputs are not supported")
         refuse_unless(self.web_search_options is None, "web_search_options", "web search is not supported")
-        refuse_unless(self.reasoning_effort is None, "reasoning_effort", "reasoning effort is not supported")
         for index, message in enumerate(self.messages):
             where = f"messages[{index}]"
-            refuse_unless(message.tool_calls is None, f"{where}.tool_calls", "tool calls are not supported")
             refuse_unless(
                 message.function_call is None, f"{where}.function_call", "function calls are not supported"
             )
@@ -159,7 +279,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
             raise OpenAIError(
                 400, "stream_options: only allowed when stream is true", param="stream_options",
             )
-        turns = tuple(turn(m.role, m.content, f"messages[{i}]") for i, m in enumerate(self.messages))
+        turns = tuple(m.to_turn(f"messages[{i}]") for i, m in enumerate(self.messages))
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop) if self.stop else None
         return TaskRequest(
             messages=turns, model=self.model, temperature=self.temperature, top_p=self.top_p,
@@ -167,6 +287,17 @@ class ChatCompletionRequest(OpenAIBaseModel):
             user=self.user,
             # Usage is asked for always: a non-streamed completion reports it too.
             include_usage=True,
+            tools=[tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            # Without tools there is nothing to choose from (an empty list is no tools either).
+            tool_choice=(self.tool_choice if isinstance(self.tool_choice, str) or self.tool_choice is None
+                         else self.tool_choice.model_dump(exclude_none=True)) if self.tools else None,
+            parallel_tool_calls=self.parallel_tool_calls if self.tools else None,
+            response_format=self.response_format.model_dump(exclude_none=True, by_alias=True)
+            if self.response_format is not None and self.response_format.type != "text" else None,
+            logprobs=self.logprobs or None,
+            top_logprobs=self.top_logprobs if self.logprobs else None,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            logit_bias=self.logit_bias or None, reasoning_effort=self.reasoning_effort,
         )
 
 
@@ -194,10 +325,17 @@ COMPLETION_SCHEMA = {
                 "index": {"const": 0},
                 "message": {
                     "type": "object",
-                    "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}},
+                    "properties": {
+                        "role": {"const": "assistant"}, "content": {"type": ["string", "null"]},
+                        "refusal": {"type": ["string", "null"]},
+                        "tool_calls": {"type": "array", "items": TOOL_CALL_SCHEMA},
+                        "reasoning_content": {"type": "string"},
+                    },
                     "required": ["role", "content"],
                 },
-                "finish_reason": {"enum": ["stop", "length"]},
+                "finish_reason": {
+                    "enum": ["stop", "length", "tool_calls", "content_filter", "function_call"]
+                },
             },
             "required": ["index", "message", "finish_reason"],
         }},
@@ -232,25 +370,71 @@ def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def finish_reason(usage: dict[str, Any] | None, max_tokens: int | None) -> str:
-    """``length`` when the answer used every token the request allowed, else ``stop``.
+def finish_reason(usage: dict[str, Any] | None, max_tokens: int | None, finish: str | None = None,
+                  tool_calls: bool = False) -> str:
+    """The LLM's own finish reason when a worker relayed it; else ``tool_calls`` for an answer
+    of tool calls, ``length`` when the answer used every token the request allowed, ``stop``.
 
-    The workers do not relay the LLM's own finish reason; the usage tells the same for the
-    request's ``max_tokens`` (a cap set only by LLM_MAX_TOKENS is not seen here).
+    (A cap set only by LLM_MAX_TOKENS is not seen here.)
     """
+    if finish:
+        return finish
+    if tool_calls:
+        return "tool_calls"
     used = (usage or {}).get("completion_tokens")
     return "length" if max_tokens and isinstance(used, int) and used >= max_tokens else "stop"
 
 
+def logprob_entries(text: str) -> list[Any]:
+    """The ``logprobs.content`` entries of a logprobs part (one JSON object per line)."""
+    return [orjson.loads(line) for line in text.split("\n") if line]
+
+
+def message_of(parts: list[Part] | None, text: str) -> tuple[dict[str, Any], list[Any] | None]:
+    """The assistant message of an answer (its ``parts``; None: all ``text``), and its
+    log probabilities when it has them."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if parts is None:
+        return message, None
+    content, reasoning, refusal, logprobs = [], [], [], []
+    calls: dict[int, dict[str, Any]] = {}
+    for key, value in parts:
+        if key == CONTENT:
+            content.append(value)
+        elif key == REASONING:
+            reasoning.append(value)
+        elif key == REFUSAL:
+            refusal.append(value)
+        elif key == LOGPROBS:
+            logprobs.extend(logprob_entries(value))
+        elif (tool := tool_of(key)) is not None:
+            call = calls.setdefault(
+                tool[0], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            if tool[1] == "id":
+                call["id"] += value
+            else:
+                call["function"]["name" if tool[1] == "name" else "arguments"] += value
+    message["content"] = "".join(content) if content or not calls else None
+    message["refusal"] = "".join(refusal) or None
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    return message, logprobs or None
+
+
 def completion(
     session_id: str, model: str, created: int, text: str, usage: dict[str, Any] | None,
-    max_tokens: int | None = None,
+    max_tokens: int | None = None, parts: list[Part] | None = None, finish: str | None = None,
 ) -> dict[str, Any]:
+    message, logprobs = message_of(parts, text)
     return {
         "id": completion_id(session_id), "object": "chat.completion", "created": created, "model": model,
         "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None, "finish_reason": finish_reason(usage, max_tokens),
+            "index": 0, "message": message,
+            "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+            "finish_reason": finish_reason(usage, max_tokens, finish, "tool_calls" in message),
         }],
         "usage": usage_of(usage),  # null when the LLM did not report it
         "system_fingerprint": None,
@@ -269,6 +453,7 @@ class ChunkWriter:
         }
         self.include_usage = include_usage
         self.max_tokens = max_tokens
+        self.tool_calls = False  # some were sent: the finish reason is tool_calls
 
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {**self.head, "choices": choices, **extra}
@@ -284,8 +469,44 @@ class ChunkWriter:
         choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
         return self._event([choice])
 
-    def finish(self, usage: dict[str, Any] | None) -> bytes:
-        reason = finish_reason(usage, self.max_tokens)
+    def parts(self, parts: list[Part]) -> bytes:
+        """One chunk per delta, as OpenAI streams them: a tool call's id, name and first
+        arguments in one delta, log probabilities on the content they belong to."""
+        choices: list[dict[str, Any]] = []
+        for key, text in parts:
+            last = choices[-1] if choices else None
+            if key == LOGPROBS:
+                entries = logprob_entries(text)
+                if last is not None and last["logprobs"] is None and "content" in last["delta"]:
+                    last["logprobs"] = {"content": entries, "refusal": None}
+                else:
+                    choices.append(_choice({}, {"content": entries, "refusal": None}))
+            elif (tool := tool_of(key)) is not None:
+                self.tool_calls = True
+                index, field = tool
+                calls = last["delta"].get("tool_calls") if last is not None else None
+                call = calls[0] if calls and calls[0]["index"] == index else None
+                if call is None or (field == "id" and "id" in call) or (
+                        field == "name" and "name" in call["function"]) or (
+                        field != "args" and call["function"].get("arguments")):
+                    call = {"index": index, "function": {}}
+                    choices.append(_choice({"tool_calls": [call]}))
+                if field == "id":
+                    call.update({"id": text, "type": "function"})
+                    call["function"].setdefault("arguments", "")
+                elif field == "name":
+                    call["function"]["name"] = text
+                    call["function"].setdefault("arguments", "")
+                else:
+                    call["function"]["arguments"] = call["function"].get("arguments", "") + text
+            else:
+                name = {CONTENT: "content", REASONING: "reasoning_content", REFUSAL: "refusal"}.get(key)
+                if name is not None:
+                    choices.append(_choice({name: text}))
+        return b"".join(self._event([choice]) for choice in choices)
+
+    def finish(self, usage: dict[str, Any] | None, finish: str | None = None) -> bytes:
+        reason = finish_reason(usage, self.max_tokens, finish, self.tool_calls)
         out = self._event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
         if self.include_usage:
             out += self._event([], usage=usage_of(usage))
@@ -296,3 +517,5 @@ class ChunkWriter:
         return b"data: " + orjson.dumps(error_object(error)) + b"\n\n"
 
 
+def _choice(delta: dict[str, Any], logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}

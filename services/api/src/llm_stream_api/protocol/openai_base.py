@@ -23,17 +23,17 @@ __all__ = ["OpenAIError", "Unsupported"]  # raised by both dialects' modules, fo
 log = structlog.get_logger(__name__)
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
     # JSON has numbers, not integers: 5.0 is the integer 5 (JSON Schema says so too).
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Integer = Annotated[int, BeforeValidator(_integral)]
+Integer = Annotated[int, BeforeValidator(integral)]
 """An integer field of a strict model: a JSON number with no fraction. Bounds go inside the
 ``Annotated`` (``TokenCap``), or the document would not state them."""
 TOKEN_CAP_MAX = 1_000_000  # as on the native routes; larger is no real request
-TokenCap = Annotated[int, Field(ge=1, le=TOKEN_CAP_MAX), BeforeValidator(_integral)]
-Seed = Annotated[int, Field(ge=-(2**53), le=2**53), BeforeValidator(_integral)]
+TokenCap = Annotated[int, Field(ge=1, le=TOKEN_CAP_MAX), BeforeValidator(integral)]
+Seed = Annotated[int, Field(ge=-(2**53), le=2**53), BeforeValidator(integral)]
 
 
 class OpenAIBaseModel(BaseModel):

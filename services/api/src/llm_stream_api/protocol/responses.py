@@ -212,8 +212,15 @@ def event(kind: str, sequence_number: int, **fields: Any) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(body))
 
 
+def as_created(response: dict[str, Any]) -> dict[str, Any]:
+    """The response as it was when it was created: what its first event carries, on a replay
+    too (a client rebuilds the response from the events that follow)."""
+    status = "queued" if response.get("background") else "in_progress"
+    return {**response, "status": status, "output": [], "usage": None, "error": None}
+
+
 def opening(response_id: str, response: dict[str, Any], after: int) -> list[bytes]:
-    """Events 0 to 3 that come after ``after``."""
+    """Events 0 to 3 that come after ``after``; ``response`` as it was created."""
     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     item = {"type": "message", "id": message_id(response_id), "status": "in_progress",
             "role": "assistant", "content": []}
@@ -232,9 +239,12 @@ def delta(response_id: str, end_position: int, text: str) -> bytes:
                  output_index=0, content_index=0, delta=text, logprobs=[])
 
 
-def closing(response_id: str, response: dict[str, Any], text: str, after: int) -> list[bytes]:
-    """The last four events (from L + 4) that come after ``after``."""
-    base = FIRST_DELTA + len(text) + 1
+def closing(
+    response_id: str, response: dict[str, Any], text: str, after: int, length: int | None = None
+) -> list[bytes]:
+    """The last four events (from L + 4, L the answer's ``length`` in positions, which its
+    other parts count in too) that come after ``after``."""
+    base = FIRST_DELTA + (len(text) if length is None else length) + 1
     item_id = message_id(response_id)
     part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
     item = response["output"][0] if response["output"] else {

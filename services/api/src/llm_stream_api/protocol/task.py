@@ -8,6 +8,7 @@ session id and queues it as a ``ChatTask``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from mqcommon.schemas import ChatMessage, ChatTask
 
@@ -42,6 +43,17 @@ class TaskRequest:
     user: str | None = None
     include_usage: bool | None = None
     owner: str | None = None  # the key id of the request (``keys``), set when it is queued
+    # What the OpenAI dialects pass on to the LLM as given (ChatTask.parameters).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
 
     def task(self, session_id: str, reply_to: str | None) -> ChatTask:
         given = {
@@ -51,13 +63,16 @@ class TaskRequest:
         # A conversation also carries its last user turn as ``message``: a worker that predates
         # conversations still answers it.
         message = self.message or _last_user_turn(self.messages)
-        return ChatTask(session_id=session_id, message=message, reply_to=reply_to, **given)
+        task = ChatTask(session_id=session_id, message=message, reply_to=reply_to, **given)
+        # A task a worker of the first version would answer without its tools or format says
+        # so: such a worker refuses it, and the client hears why.
+        return task.model_copy(update={"v": 2}) if task.typed() else task
 
 
 def _last_user_turn(messages: tuple[ChatMessage, ...] | None) -> str | None:
     for turn in reversed(messages or ()):
         if turn.role == "user":
-            return turn.content or None
+            return turn.text or None
     return None
 
 

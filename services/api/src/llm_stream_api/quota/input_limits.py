@@ -33,7 +33,7 @@ def check(
         raise LimitExceeded(
             where, f"{count} messages, more than MAX_MESSAGES ({settings.max_messages})"
         )
-    total = sum(len(turn.content) for turn in turns) if turns else len(wanted.message or "")
+    total = sum(len(turn.text) for turn in turns) if turns else len(wanted.message or "")
     if total > settings.max_total_chars:
         raise LimitExceeded(
             where, f"{total} characters in all, more than MAX_TOTAL_CHARS ({settings.max_total_chars})"

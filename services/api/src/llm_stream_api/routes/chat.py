@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from mqcommon.errors import UpstreamError
 from mqcommon.schemas import SESSION_ID_PATTERN, new_id
@@ -114,6 +114,10 @@ async def stream(
     sessions: SessionsDep,
     key: KeyDep,
     last_event_id: Annotated[str | None, Header()] = None,
+    parts: Annotated[bool, Query(
+        description="Send every part of the answer (reasoning, tool calls, ...) as events with a "
+        "`part` key, not its text alone (docs/events.md).",
+    )] = False,
 ) -> EventSourceResponse:
     after = 0
     if last_event_id:
@@ -127,7 +131,7 @@ async def stream(
         raise NotFound(f"session {session_id!r} not found")
     sessions.check_streams()
     return EventSourceResponse(
-        sessions.sse(session_id, after),
+        sessions.sse(session_id, after, typed=parts),
         ping=settings.sse_ping_s,
         headers={"X-Session-ID": session_id, **STREAM_HEADERS},
     )

@@ -68,8 +68,10 @@ async def chat_completions(
         raise end_error(answer.kind, answer.error)
     session = sessions.get(task.session_id)
     return JSONResponse(
-        protocol.completion(task.session_id, body.model, int(requested_at), answer.text,
-                            session.usage if session else None, wanted.max_tokens),
+        protocol.completion(
+            task.session_id, body.model, int(requested_at), answer.text, session.usage if session else None,
+            wanted.max_tokens, session.parts() if session else None, session.finish if session else None,
+        ),
         headers=headers,
     )
 
@@ -84,11 +86,11 @@ async def _chunks(
         yield writer.role()
         async for piece in sessions.follow(session_id):
             if piece.kind is None:
-                data = writer.content(piece.text)
+                data = writer.content(piece.text) if piece.parts is None else writer.parts(piece.parts)
             elif piece.kind == DONE:
                 ended = True
                 session = sessions.get(session_id)
-                data = writer.finish(session.usage if session else None)
+                data = writer.finish(session.usage if session else None, session.finish if session else None)
             else:
                 ended = True
                 data = writer.error(end_error(piece.kind, piece.error))

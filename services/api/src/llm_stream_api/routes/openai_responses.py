@@ -62,7 +62,7 @@ def _object(
 ) -> dict[str, Any]:
     status = status or _status(session)
     return protocol.response_object(
-        response_id, meta, status, session.text, error=session.error, usage=session.usage
+        response_id, meta, status, session.content, error=session.error, usage=session.usage
     )
 
 
@@ -159,12 +159,14 @@ async def _events(
     ended = False
     try:
         if after < protocol.FIRST_DELTA:
-            for data in protocol.opening(response_id, _object(response_id, session, meta), after):
+            created = protocol.as_created(_object(response_id, session, meta))
+            for data in protocol.opening(response_id, created, after):
                 yield data
         start = max(0, after - protocol.FIRST_DELTA)
         async for piece in sessions.follow(response_id, start):
             if piece.kind is None:
-                data = protocol.delta(response_id, piece.position, piece.text)
+                content = piece.content
+                data = protocol.delta(response_id, piece.position, content) if content else b""
             elif piece.kind == TIMEOUT:
                 ended = True
                 error = end_error(piece.kind, piece.error)
@@ -172,14 +174,15 @@ async def _events(
             else:
                 ended = True
                 final = _object(response_id, session, meta)
-                data = b"".join(protocol.closing(response_id, final, session.text, after))
+                closing = protocol.closing(response_id, final, session.content, after, len(session.text))
+                data = b"".join(closing)
             meter.sent(piece, len(data))
             if data:
                 yield data
         if not ended and session.ended:  # resumed beyond the last delta: only closing events left
             ended = True
             final = _object(response_id, session, meta)
-            for data in protocol.closing(response_id, final, session.text, after):
+            for data in protocol.closing(response_id, final, session.content, after, len(session.text)):
                 yield data
     finally:
         if not ended and cancel_on_disconnect:

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mqcommon.parts import CONTENT, Part, of_key
+
 from llm_stream_api.sessions.hub import TIMEOUT, Session, SessionHub
 from llm_stream_api.settings import APISettings
 
@@ -47,11 +49,17 @@ class Piece:
     """What a reader gets next: new text up to ``position``, or the end (``kind`` set)."""
 
     position: int
-    text: str = ""
+    text: str = ""  # every part of the answer from the previous position to ``position``
+    parts: list[Part] | None = None  # ``text`` cut into its parts; None when it is all content
     kind: str | None = None
     error: str | None = None
     queue_position: int | None = None  # QUEUED pieces
     eta_s: float | None = None
+
+    @property
+    def content(self) -> str:
+        """The answer's text in this piece, without its other parts."""
+        return self.text if self.parts is None else of_key(self.parts, CONTENT)
 
 
 async def follow(
@@ -82,7 +90,7 @@ async def follow(
                     told = (1, time.monotonic())
                     yield Piece(position, kind=QUEUED, queue_position=1, eta_s=0.0)
                 if position < len(text):
-                    yield Piece(len(text), text[position:])
+                    yield Piece(len(text), text[position:], session.parts(position))
                     position = len(text)
                     progress_at = time.monotonic()
                     continue

@@ -203,10 +203,12 @@ class SessionService:
             self.hub, session_id, after, self.settings, self.discover, self.positions if positions else None
         )
 
-    def sse(self, session_id: str, after: int) -> AsyncIterator[bytes]:
-        """The native SSE stream of a session, with its queue positions."""
+    def sse(self, session_id: str, after: int, *, typed: bool = False) -> AsyncIterator[bytes]:
+        """The native SSE stream of a session, with its queue positions; ``typed``: every
+        part of the answer, not its text alone (``streams.sse_frame``)."""
         return streams.sse_body(
-            self.hub, session_id, after, self.settings, self.discover, self.positions, streams=self.streams
+            self.hub, session_id, after, self.settings, self.discover, self.positions, streams=self.streams,
+            typed=typed,
         )
 
     def text(self, session_id: str, requested_at: float) -> AsyncIterator[bytes]:
@@ -217,11 +219,12 @@ class SessionService:
         )
 
     async def answer(self, session_id: str) -> Answer:
-        """Wait for the whole answer: its text, how it ended, and the error if any."""
+        """Wait for the whole answer: its text (without its other parts, which the session
+        holds), how it ended, and the error if any."""
         parts: list[str] = []
         async for piece in self.follow(session_id):
             if piece.kind is None:
-                parts.append(piece.text)
+                parts.append(piece.content)
             else:
                 return Answer("".join(parts), piece.kind, piece.error)
         raise AssertionError("follow ended without a final piece")

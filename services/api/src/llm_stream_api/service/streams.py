@@ -21,9 +21,15 @@ from llm_stream_api.settings import APISettings
 log = structlog.get_logger(__name__)
 
 
-def sse_frame(piece: Piece) -> bytes:
+def sse_frame(piece: Piece, *, typed: bool = False) -> bytes:
+    """The SSE bytes of a piece: its text as ``chunk`` events. An answer's other parts
+    (reasoning, tool calls, ...) are sent only to a client that asked for ``typed`` events,
+    one event per part with its ``part`` key; others get the text alone, the ids being the
+    same positions either way. Empty when a piece has nothing for this client."""
     if piece.kind is None:
-        return b"id: %d\ndata: {\"chunk\":%s}\n\n" % (piece.position, orjson.dumps(piece.text))
+        if piece.parts is None:
+            return b"id: %d\ndata: {\"chunk\":%s}\n\n" % (piece.position, orjson.dumps(piece.text))
+        return _typed_frames(piece) if typed else _content_frame(piece)
     if piece.kind == QUEUED:
         # News, not part of the answer: no id. A named event, so a client that treats any
         # message with a "type" as the end (or an EventSource listening to messages) is unmoved.
@@ -37,6 +43,22 @@ def sse_frame(piece: Piece) -> bytes:
         body = orjson.dumps({"type": "error", "error": piece.error})
         return b"id: %d\ndata: %s\n\n" % (piece.position, body)
     return b"id: %d\ndata: %s\n\n" % (piece.position, orjson.dumps({"type": piece.kind}))
+
+
+def _content_frame(piece: Piece) -> bytes:
+    content = piece.content
+    if not content:
+        return b""
+    return b"id: %d\ndata: {\"chunk\":%s}\n\n" % (piece.position, orjson.dumps(content))
+
+
+def _typed_frames(piece: Piece) -> bytes:
+    position = piece.position - len(piece.text)
+    out = []
+    for key, text in piece.parts or ():
+        position += len(text)
+        out.append(b"id: %d\ndata: %s\n\n" % (position, orjson.dumps({"chunk": text, "part": key})))
+    return b"".join(out)
 
 
 class StreamMeter:
@@ -74,7 +96,7 @@ class StreamMeter:
 
 async def sse_body(
     hub: SessionHub, session_id: str, after: int, settings: APISettings, discover: Discover,
-    queue: Positions | None = None, *, streams: StreamCount,
+    queue: Positions | None = None, *, streams: StreamCount, typed: bool = False,
 ) -> AsyncIterator[bytes]:
     session = hub.get(session_id)
     requested_at = session.accepted_at if (after == 0 and session is not None) else None
@@ -83,7 +105,9 @@ async def sse_body(
         async for piece in follow(hub, session_id, after, settings, discover, queue):
             if meter.requested_at is None and after == 0:
                 meter.requested_at = hub.session(session_id).accepted_at
-            frame = sse_frame(piece)
+            frame = sse_frame(piece, typed=typed)
+            if not frame:
+                continue
             meter.sent(piece, len(frame))
             yield frame
     finally:
@@ -103,7 +127,7 @@ async def text_body(
     try:
         async for piece in follow(hub, session_id, 0, settings, discover):
             if piece.kind is None:
-                data = piece.text.encode()
+                data = piece.content.encode()
             elif piece.kind == DONE:
                 data = b""
             elif piece.kind == "cancelled":

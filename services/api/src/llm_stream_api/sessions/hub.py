@@ -6,6 +6,9 @@ so whatever their boundaries (live flushes, a worker's replay, a transcript from
 every replica derives the same text, and a position in it means the same thing everywhere:
 SSE ids are positions, which is what makes ``Last-Event-ID`` resume exact on any replica.
 
+The text is every part of the answer on one line of positions (mqcommon.parts): ``kinds``
+says which part each character is, and stays None while the answer is plain text.
+
 A redelivered task regenerates the answer from offset 0: the hub keeps only text beyond what
 it holds, and if a regenerated piece disagrees with text already held, the session ends with
 an error instead of a garbled answer. A frame that starts beyond the held text is a gap (a
@@ -21,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from mqcommon.parts import CONTENT, Kinds, Part, Run, of_key
 from mqcommon.schemas import End, Frame, HistoryRecord
 
 from llm_stream_api import metrics
@@ -36,14 +40,17 @@ class Session:
     """One answer. About 200 bytes plus the text (one ``str``, 1 byte per ASCII character)."""
 
     __slots__ = (
-        "_waiter", "accepted_at", "end_kind", "error", "id", "looked_up", "owner", "queue_position",
-        "readers", "reserved", "started", "text", "touched", "trace_id", "tracked", "usage",
+        "_waiter", "accepted_at", "end_kind", "error", "finish", "id", "kinds", "looked_up", "owner",
+        "queue_position", "readers", "reserved", "started", "text", "touched", "trace_id", "tracked",
+        "usage",
     )
 
     def __init__(self, session_id: str, touched: float) -> None:
         self.id = session_id
         self.touched = touched
         self.text = ""
+        self.kinds: Kinds | None = None  # the parts of ``text``; None while it is all content
+        self.finish: str | None = None  # the LLM's finish reason, when a worker relayed it
         self.end_kind: str | None = None
         self.error: str | None = None
         self.usage: dict[str, Any] | None = None  # the LLM's token usage, when the task asked for it
@@ -70,6 +77,15 @@ class Session:
     def ended(self) -> bool:
         return self.end_kind is not None
 
+    @property
+    def content(self) -> str:
+        """The answer's text alone, without its other parts."""
+        return self.text if self.kinds is None else of_key(self.kinds.parts(self.text, 0), CONTENT)
+
+    def parts(self, start: int = 0, stop: int | None = None) -> list[Part] | None:
+        """The parts of ``text[start:stop]``; None while the answer is plain text."""
+        return None if self.kinds is None else self.kinds.parts(self.text, start, stop)
+
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
         """Count a reader while the block runs: a session with readers is served here (it is
@@ -95,6 +111,15 @@ class Session:
         if self._waiter is not None:
             self._waiter.set()
             self._waiter = None
+
+
+def _held_kinds(session: Session) -> Kinds:
+    """The session's kinds, made explicit (all content) while it is plain text."""
+    if session.kinds is not None:
+        return session.kinds
+    kinds = Kinds()
+    kinds.add(CONTENT, len(session.text))
+    return kinds
 
 
 def _ignore(_: str) -> None:
@@ -187,7 +212,7 @@ class SessionHub:
         if frame.started and not session.started:
             session.started = True
             session.notify()
-        if frame.text and not self._merge(session, frame.offset, frame.text):
+        if frame.text and not self._merge(session, frame.offset, frame.text, frame.kinds):
             return True
         if frame.end is not None:
             self._apply_end(session, frame.end)
@@ -207,7 +232,7 @@ class SessionHub:
             session.notify()
         elif record.kind == "transcript" and not session.ended and record.end is not None:
             session.started = True
-            if record.text and not self._merge(session, 0, record.text):
+            if record.text and not self._merge(session, 0, record.text, record.kinds):
                 return
             self._apply_end(session, record.end)
 
@@ -228,26 +253,31 @@ class SessionHub:
         session.touched = self._clock()
         self._sessions.move_to_end(session.id)
 
-    def _merge(self, session: Session, offset: int, text: str) -> bool:
-        """Add ``text`` at ``offset``; False if the session ended or a gap was found."""
+    def _merge(self, session: Session, offset: int, text: str, kinds: list[Run] | None = None) -> bool:
+        """Add ``text`` (its parts: ``kinds``, None for all content) at ``offset``; False if the
+        session ended or a gap was found."""
         held = len(session.text)
         if offset > held:
             metrics.LIVE_GAPS.inc()
             self.on_gap(session.id)
             return False
         end = offset + len(text)
-        if end <= held:
-            if session.text[offset:end] != text:
-                self._end(session, ERROR, DIVERGED)
-                return False
-            return True
-        overlap = held - offset
-        if overlap and session.text[offset:held] != text[:overlap]:
+        overlap = min(held, end) - offset
+        if overlap and (
+            session.text[offset:offset + overlap] != text[:overlap]
+            or ((kinds is not None or session.kinds is not None)
+                and not _held_kinds(session).agrees(offset, kinds or [(CONTENT, len(text))]))
+        ):
             self._end(session, ERROR, DIVERGED)
             return False
+        if end <= held:
+            return True
         if end > self._max_bytes:
             self._end(session, ERROR, TOO_LONG)
             return False
+        if kinds is not None or session.kinds is not None:
+            session.kinds = _held_kinds(session)
+            session.kinds.extend(kinds or [(CONTENT, len(text))], skip=overlap)
         session.text += text[overlap:]
         session.notify()
         return True
@@ -256,6 +286,8 @@ class SessionHub:
         held = len(session.text)
         if end.usage is not None:
             session.usage = end.usage
+        if end.finish is not None:
+            session.finish = end.finish
         if end.kind != DONE:
             self._end(session, end.kind, end.error or "generation failed")
         elif end.length == held:
