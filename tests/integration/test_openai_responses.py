@@ -88,6 +88,23 @@ async def test_a_background_response_is_retrieved_and_resumed_on_another_replica
     assert finished.usage is not None and finished.usage.output_tokens == 30
 
 
+async def test_the_sdk_stream_helper_replays_a_finished_response_by_id(sdk: openai.AsyncOpenAI) -> None:
+    ask = prompt("replayed", tokens=30)
+    created = await sdk.responses.create(model=MODEL, input=ask.text, background=True)
+    assert (await sdk.responses.retrieve(created.id)).status in ("queued", "in_progress", "completed")
+    events = [event async for event in await sdk.responses.retrieve(created.id, stream=True)]
+    assert events[-1].type == "response.completed"
+
+    # The helper reads the whole stream and shows what follows ``starting_after``: it rebuilds
+    # the response from the events, so the first must carry the response as it was created.
+    async with sdk.responses.stream(response_id=created.id, starting_after=20) as stream:
+        shown = [event async for event in stream]
+        final = await stream.get_final_response()
+    assert final.output_text == ask.expected
+    assert shown and all(event.sequence_number > 20 for event in shown)
+    assert events[0].response.output == [] and events[0].response.usage is None
+
+
 async def test_a_response_without_background_waits_for_the_answer(sdk: openai.AsyncOpenAI) -> None:
     ask = prompt("foreground", tokens=10)
     conversation = [
