@@ -21,6 +21,10 @@ from profiling import Profiler
 
 COST_TOKENS = (10, 50, 500)
 PROFILED_TOKENS = 500  # the loop during which py-spy records the API and a worker
+# Typed parts against text alone: answers of TYPED_BASE text tokens plus as many reasoning
+# tokens (mqcommon.parts), against the same text alone; the difference per reasoning token is
+# what a typed part costs where a text token costs b.
+TYPED_BASE = 50
 PROCESSES = ("api", "worker", "broker")
 
 
@@ -58,16 +62,28 @@ class CostPart:
                 continue
             a, b = fit([(float(x), float(y)) for x, y in series])  # type: ignore[arg-type]
             model[kind] = {"a_ms": round(a, 3), "b_us": round(b * 1000, 2)}
+        typed = await self._measure(session, TYPED_BASE, reasoning=TYPED_BASE)
+        text = next(p for p in points if p["tokens"] == TYPED_BASE)
+        typed["us_per_typed_token"] = {
+            kind: round((value - text["cpu_ms_per_answer"][kind]) * 1000 / TYPED_BASE, 2)
+            for kind, value in typed["cpu_ms_per_answer"].items()
+            if value is not None and text["cpu_ms_per_answer"].get(kind) is not None
+        }
         return {
             "concurrency": self.args.cost_concurrency, "points": points, "model": model,
-            "profile": self.profile,
+            "typed": typed, "profile": self.profile,
         }
 
-    async def _measure(self, session: aiohttp.ClientSession, tokens: int) -> dict[str, Any]:
+    async def _measure(
+        self, session: aiohttp.ClientSession, tokens: int, reasoning: int = 0
+    ) -> dict[str, Any]:
         count = self.args.cost_answers
-        prompts = [f"bench cost {tokens} {i} [[mock:tokens={tokens}]]" for i in range(count)]
-        answer_s = self.args.ttft_ms / 1000 + max(tokens - 1, 0) / self.args.tps
-        profiling = tokens == PROFILED_TOKENS and self._profiler is not None
+        extra = f" [[mock:reasoning={reasoning}]]" if reasoning else ""
+        prompts = [
+            f"bench cost {tokens} {reasoning} {i} [[mock:tokens={tokens}]]{extra}" for i in range(count)
+        ]
+        answer_s = self.args.ttft_ms / 1000 + max(tokens + reasoning - 1, 0) / self.args.tps
+        profiling = tokens == PROFILED_TOKENS and not reasoning and self._profiler is not None
         if profiling and self._profiler is not None:
             span = count / self.args.cost_concurrency * answer_s + answer_s
             profiling = self._profiler.start(span)
@@ -88,11 +104,12 @@ class CostPart:
             cpu_s["api+worker"] = cpu_s["api"] + cpu_s["worker"]
         per_answer = {kind: round(s * 1000 / good, 3) if good else None for kind, s in cpu_s.items()}
         print(
-            f"cost {tokens:>3} tokens: {good}/{count} correct in {wall:.1f}s, ms per answer "
+            f"cost {tokens:>3} tokens{f' + {reasoning} reasoning' if reasoning else ''}: "
+            f"{good}/{count} correct in {wall:.1f}s, ms per answer "
             + ", ".join(f"{k} {v}" for k, v in per_answer.items()),
             flush=True,
         )
         return {
-            "tokens": tokens, "answers": count, "correct": good, "wall_s": round(wall, 2),
-            "cpu_ms_per_answer": per_answer,
+            "tokens": tokens, "reasoning": reasoning, "answers": count, "correct": good,
+            "wall_s": round(wall, 2), "cpu_ms_per_answer": per_answer,
         }

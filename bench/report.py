@@ -395,6 +395,15 @@ def _cost_markdown(costs: dict[str, Any]) -> list[str]:
     lines += ["", "| process | a (ms per answer) | b (µs per token) |", "|---|--:|--:|"]
     for kind, fit in costs["model"].items():
         lines.append(f"| {kind} | {fit['a_ms']:g} | {fit['b_us']:g} |")
+    if typed := costs.get("typed"):
+        per = typed["us_per_typed_token"]
+        lines += [
+            "", f"Typed parts: answers of {typed['tokens']} text tokens and {typed['reasoning']} "
+            f"reasoning tokens ({typed['correct']}/{typed['answers']} correct). CPU per reasoning "
+            "token, in µs, beyond the same answers' text alone (compare with b):", "",
+            "| process | µs per typed token |", "|---|--:|",
+            *(f"| {kind} | {value:g} |" for kind, value in per.items()),
+        ]
     if profile := costs.get("profile"):
         graphs = ", ".join(f"`bench/results/{path}`" for path in profile["flame_graphs"].values())
         lines += [
