@@ -212,3 +212,24 @@ async def test_native_clients_see_the_text_alone_or_every_part_and_resume_mid_ar
     rest = "".join(event.data["chunk"] for event in resumed.events if "chunk" in event.data)
     assert rest == arguments[ARGUMENT_PIECE + 2 :]
     assert {event.data["part"] for event in resumed.events if "chunk" in event.data} == {"tool.0.args"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_parameter_the_llm_refuses_is_its_400_naming_the_field(
+    sdk: openai.AsyncOpenAI, stream: bool
+) -> None:
+    # The mock allows 5 alternatives where OpenAI allows 20: the LLM's own refusal reaches the
+    # client through the queue, as an OpenAI error naming the field.
+    arguments = {"model": MODEL, "messages": [{"role": "user", "content": prompt("top", tokens=3).text}],
+                 "logprobs": True, "top_logprobs": 9}
+    if not stream:
+        with pytest.raises(openai.BadRequestError) as raised:
+            await sdk.chat.completions.create(**arguments)
+        assert raised.value.param == "top_logprobs" and raised.value.code == "upstream_refused"
+        return
+    events = await sdk.chat.completions.create(**arguments, stream=True)
+    with pytest.raises(openai.APIError) as raised:
+        async for _ in events:
+            pass
+    assert "top_logprobs" in str(raised.value.message)
+    assert (raised.value.body or {}).get("param") == "top_logprobs"

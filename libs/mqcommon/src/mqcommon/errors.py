@@ -13,6 +13,8 @@ Whether a failure is worth another delivery is decided here, once, by ``retryabl
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 
 
@@ -34,6 +36,7 @@ class InvalidMessage(LLMStreamError):
 
 class UpstreamError(LLMStreamError):
     status_code: int | None = None
+    param: str | None = None  # the request field the LLM named in its error, if it did
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -65,6 +68,12 @@ def map_upstream(exc: BaseException) -> UpstreamError:
         status = exc.status_code
         cls = RetryableUpstreamError if status == 429 or status >= 500 else PoisonUpstreamError
         mapped: UpstreamError = cls(_describe(exc), status_code=status)
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error")
+        detail: dict[str, Any] = error if isinstance(error, dict) else body
+        param = detail.get("param")
+        if isinstance(param, str):
+            mapped.param = param
     elif isinstance(exc, openai.APIConnectionError | TimeoutError | asyncio.TimeoutError):
         mapped = RetryableUpstreamError(_describe(exc))
     elif isinstance(exc, openai.APIError):

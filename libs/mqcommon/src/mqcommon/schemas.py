@@ -214,6 +214,7 @@ class End:
     error: str | None = None
     usage: dict[str, Any] | None = None  # the LLM's token usage, when the task asked for it
     finish: str | None = None  # the LLM's finish reason (stop, length, tool_calls, ...)
+    param: str | None = None  # with an error the LLM answered: the request field it named
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "length": self.length}
@@ -223,6 +224,8 @@ class End:
             out["usage"] = self.usage
         if self.finish is not None:
             out["finish"] = self.finish
+        if self.param is not None:
+            out["param"] = self.param
         return out
 
 
@@ -324,10 +327,10 @@ def _end(raw: Any) -> End | None:
     kind, length, error = raw.get("kind"), raw.get("length"), raw.get("error")
     if kind not in END_KINDS or not isinstance(length, int) or length < 0:
         return None
-    usage, finish = raw.get("usage"), raw.get("finish")
+    usage, finish, param = raw.get("usage"), raw.get("finish"), raw.get("param")
     return End(
         kind, length, error if isinstance(error, str) else None, usage if isinstance(usage, dict) else None,
-        finish if isinstance(finish, str) else None,
+        finish if isinstance(finish, str) else None, param if isinstance(param, str) else None,
     )
 
 

@@ -23,6 +23,9 @@ SAMPLING = (
 )
 
 
+MAX_TOP_LOGPROBS = 5
+
+
 class BadRequest(ValueError):
     """The body cannot be served; the message goes back in an OpenAI 400 error."""
 
@@ -83,6 +86,11 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
     ):
         raise BadRequest("max_tokens must be a positive integer.", "max_tokens")
+
+    # Like an upstream with a lower limit than OpenAI's (20): its own 400 names the field.
+    top = data.get("top_logprobs")
+    if isinstance(top, int) and top > MAX_TOP_LOGPROBS:
+        raise BadRequest(f"top_logprobs: at most {MAX_TOP_LOGPROBS} here, not {top}.", "top_logprobs")
 
     stream_options = data.get("stream_options") or {}
     if not isinstance(stream_options, dict):

@@ -90,11 +90,12 @@ async def process(
     )
 
     async def finish(
-        kind: str, settle: str, error: str | None = None, outcome: Outcome | None = None
+        kind: str, settle: str, error: str | None = None, outcome: Outcome | None = None,
+        param: str | None = None,
     ) -> None:
         """End the session for every reader, and settle once its transcript is durable."""
         usage = outcome.usage if outcome is not None and task.include_usage else None
-        outbox.close(out, kind, error, usage, outcome.finish if outcome is not None else None)
+        outbox.close(out, kind, error, usage, outcome.finish if outcome is not None else None, param)
         try:
             await record(_transcript(out))
         except BrokerUnavailable as exc:
@@ -155,7 +156,7 @@ async def process(
             metrics.TASKS.labels("dead_lettered").inc()
         else:
             log.warning("upstream refused the request", error=str(exc))
-            await finish("error", "ack", f"LLM error: {exc}")
+            await finish("error", "ack", f"LLM error: {exc}", param=exc.param)
             metrics.TASKS.labels("failed").inc()
     finally:
         structlog.contextvars.unbind_contextvars("session_id", "task_id", "trace_id", "attempt")

@@ -156,10 +156,10 @@ class Outbox:
 
     def close(
         self, out: Outgoing, kind: str, error: str | None = None, usage: dict[str, Any] | None = None,
-        finish: str | None = None,
+        finish: str | None = None, param: str | None = None,
     ) -> None:
         """The generation ended (done, error or cancelled): flush its end at once."""
-        out.end = End(kind, out.length, error, usage, finish)
+        out.end = End(kind, out.length, error, usage, finish, param)
         out.ended_at = self._clock()
         self._mark(out, urgent=True)
 

@@ -40,13 +40,14 @@ def validation_error(errors: list[dict[str, Any]]) -> OpenAIError:
     return OpenAIError(400, message, param=param or None, code="invalid_value")
 
 
-def end_error(kind: str, error: str | None) -> OpenAIError:
-    """How a session that did not end ``done`` is reported."""
+def end_error(kind: str, error: str | None, param: str | None = None) -> OpenAIError:
+    """How a session that did not end ``done`` is reported; ``param``: the request field the
+    LLM named when it refused the request."""
     if kind == CANCELLED:
         return OpenAIError(400, "the request was cancelled", code="cancelled")
     if kind == TIMEOUT:
         return OpenAIError(504, error or "timed out", type="server_error", code="timeout")
     message = error or "generation failed"
     if message.startswith("LLM error:"):  # the LLM refused the request itself (a 4xx upstream)
-        return OpenAIError(400, message, code="upstream_refused")
+        return OpenAIError(400, message, param=param, code="upstream_refused")
     return OpenAIError(502, message, type="server_error", code="upstream_error")

@@ -65,7 +65,8 @@ async def chat_completions(
         )
     answer = await sessions.answer(task.session_id)
     if answer.kind != DONE:
-        raise end_error(answer.kind, answer.error)
+        session = sessions.get(task.session_id)
+        raise end_error(answer.kind, answer.error, session.error_param if session else None)
     session = sessions.get(task.session_id)
     return JSONResponse(
         protocol.completion(
@@ -93,7 +94,9 @@ async def _chunks(
                 data = writer.finish(session.usage if session else None, session.finish if session else None)
             else:
                 ended = True
-                data = writer.error(end_error(piece.kind, piece.error))
+                session = sessions.get(session_id)
+                param = session.error_param if session else None
+                data = writer.error(end_error(piece.kind, piece.error, param))
             meter.sent(piece, len(data))
             yield data
     finally:

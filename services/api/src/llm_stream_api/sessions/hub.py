@@ -40,9 +40,9 @@ class Session:
     """One answer. About 200 bytes plus the text (one ``str``, 1 byte per ASCII character)."""
 
     __slots__ = (
-        "_waiter", "accepted_at", "end_kind", "error", "finish", "id", "kinds", "looked_up", "owner",
-        "queue_position", "readers", "reserved", "started", "text", "touched", "trace_id", "tracked",
-        "usage",
+        "_waiter", "accepted_at", "end_kind", "error", "error_param", "finish", "id", "kinds", "looked_up",
+        "owner", "queue_position", "readers", "reserved", "started", "text", "touched", "trace_id",
+        "tracked", "usage",
     )
 
     def __init__(self, session_id: str, touched: float) -> None:
@@ -51,6 +51,7 @@ class Session:
         self.text = ""
         self.kinds: Kinds | None = None  # the parts of ``text``; None while it is all content
         self.finish: str | None = None  # the LLM's finish reason, when a worker relayed it
+        self.error_param: str | None = None  # the request field the LLM's error named
         self.end_kind: str | None = None
         self.error: str | None = None
         self.usage: dict[str, Any] | None = None  # the LLM's token usage, when the task asked for it
@@ -288,6 +289,7 @@ class SessionHub:
             session.usage = end.usage
         if end.finish is not None:
             session.finish = end.finish
+        session.error_param = end.param
         if end.kind != DONE:
             self._end(session, end.kind, end.error or "generation failed")
         elif end.length == held:
