@@ -13,9 +13,8 @@ Whether a failure is worth another delivery is decided here, once, by ``retryabl
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
+from typing import Any
 
 
 class LLMStreamError(Exception):
