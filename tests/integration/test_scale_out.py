@@ -29,6 +29,7 @@ import aio_pika
 import aiormq.exceptions
 import httpx
 import pytest
+from mqcommon.schemas import FRAMES_VERSION
 
 from .support.balancer import SERVED_BY, Balancer, haproxy_program
 from .support.deployment import Deployment, Prompt, prompt, session_id
@@ -616,13 +617,13 @@ async def test_bad_input_on_the_live_path_never_stalls_a_replica(
             "events": [{"session_id": pinned.session_id, "type": "token", "content": "INJECTED"}],
         }).encode()
     ]
-    no_frames = [json.dumps({"v": 2, "producer": "x", "frames": "nope"}).encode()]
+    no_frames = [json.dumps({"v": FRAMES_VERSION, "producer": "x", "frames": "nope"}).encode()]
     broken = [{"sid": 5}, "nope", {"sid": "s", "off": -1}]
-    bad_frames = [json.dumps({"v": 2, "producer": "x", "frames": broken}).encode()]
+    bad_frames = [json.dumps({"v": FRAMES_VERSION, "producer": "x", "frames": broken}).encode()]
     unknown_count = 50
     unknown = [
         json.dumps({
-            "v": 2, "producer": "x",
+            "v": FRAMES_VERSION, "producer": "x",
             "frames": [{"sid": session_id("ghost"), "off": 0, "text": "boo", "started": True}],
         }).encode()
         for _ in range(unknown_count)
