@@ -146,3 +146,53 @@ async def test_a_task_whose_every_delivery_dies_ends_with_an_error_at_once(
 
     transcript = await asyncio.wait_for(reader, 30)
     assert "dead-lettered" in assert_error_end(transcript), f"after {kills} deliveries died"
+
+
+async def test_sigkill_mid_tool_call_the_client_assembles_exactly_the_same_call(
+    client: httpx.AsyncClient, stack: Deployment
+) -> None:
+    import openai
+    from llm_stream_mockllm.typed import arguments_of, tool_call_id
+
+    fields = {f"field_{i}": {"type": "string"} for i in range(8)}
+    tool = {"type": "function", "function": {"name": "fill_form", "parameters": {
+        "type": "object", "properties": fields, "required": list(fields)}}}
+    # About 25 argument pieces at 5 per second: the worker dies with most of the call to come.
+    question = prompt("sigkill-tool", tokens=5, tps=5).text + " [[mock:tool=fill_form]]"
+    pieces = 0
+    arrived = asyncio.Event()
+
+    async def read() -> tuple[str, str, str, str | None]:
+        nonlocal pieces
+        call_id = name = arguments = ""
+        finish = None
+        sdk = openai.AsyncOpenAI(base_url=f"{stack.apis[0].base_url}/v1", api_key="unused", max_retries=0)
+        async with sdk:
+            stream = await sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": question}], tools=[tool],
+                stream=True,
+            )
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    finish = choice.finish_reason or finish
+                    for call in choice.delta.tool_calls or ():
+                        call_id += call.id or ""
+                        name += (call.function.name or "") if call.function else ""
+                        arguments += (call.function.arguments or "") if call.function else ""
+                        pieces += 1
+                        if pieces >= 4:
+                            arrived.set()
+        return call_id, name, arguments, finish
+
+    reader = asyncio.create_task(read())
+    waiter = asyncio.create_task(arrived.wait())
+    await asyncio.wait({reader, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    assert arrived.is_set() and not reader.done(), f"only {pieces} tool-call deltas before the kill"
+    victim = await generating_worker(client, stack.workers)
+    victim.signal(signal.SIGKILL)
+    assert await victim.wait_exit(10) == -signal.SIGKILL
+
+    call_id, name, arguments, finish = await asyncio.wait_for(reader, 90)
+    assert (call_id, name, finish) == (tool_call_id(question, "fill_form", 0), "fill_form", "tool_calls")
+    assert arguments == arguments_of(tool["function"]["parameters"], "fill_form")
