@@ -88,3 +88,16 @@ def test_responses_input_becomes_a_conversation() -> None:
 def test_native_generation_parameters_are_json_numbers_only(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match="must be a number"):
         ChatRequest.model_validate({"message": "hi", field: value})
+
+
+def test_an_image_part_is_passed_on_and_a_bad_detail_is_refused_by_name() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}
+    content = [{"type": "text", "text": "what"}, image]
+    plain = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    (turn,) = ChatCompletionRequest.model_validate(plain).task_request().messages
+    assert turn.content == [{"type": "text", "text": "what"}, image]
+    bad = {**image, "image_url": {"url": "u", "detail": {}}}
+    body = ChatCompletionRequest.model_validate({**plain, "messages": [{"role": "user", "content": [bad]}]})
+    with pytest.raises(OpenAIError) as raised:
+        body.task_request()
+    assert raised.value.param == "messages[0].content[0].image_url.detail"

@@ -106,8 +106,12 @@ def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
             part["image_url"].get("url"), str
         ):
             image = {"url": part["image_url"]["url"]}
-            if part["image_url"].get("detail") in ("auto", "low", "high"):
-                image["detail"] = part["image_url"]["detail"]
+            if "detail" in part["image_url"]:
+                detail = part["image_url"]["detail"]
+                if detail not in ("auto", "low", "high"):
+                    where_detail = f"{at}.image_url.detail"
+                    raise OpenAIError(400, f"{where_detail}: auto, low or high", param=where_detail)
+                image["detail"] = detail
             parts.append({"type": "image_url", "image_url": image})
         elif kind in ("text", "image_url"):
             raise OpenAIError(400, f"{at}: a {kind} part needs its {kind}", param=at)
