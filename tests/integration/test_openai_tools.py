@@ -79,7 +79,9 @@ async def test_a_streamed_tool_loop_with_the_sdk_stream_helper(sdk: openai.Async
     (call,) = choice.message.tool_calls
     assert (call.id, call.function.name, call.function.arguments) == (call_id, "get_weather", arguments)
     assert call.function.parsed_arguments == GetWeather.model_validate_json(arguments)
-    assert len(deltas) > 1, "the arguments arrived in one piece: nothing was assembled"
+    # How many deltas carry the arguments depends on how the pieces fell into the workers'
+    # flushes (text-like parts coalesce, as text does); what the client assembles does not.
+    assert "".join(event.arguments_delta for event in deltas) == arguments
 
     messages += [
         choice.message.model_dump(include={"role", "content", "tool_calls"}, exclude_none=True),
