@@ -150,9 +150,21 @@ class MockLLM:
         if typed is not None:
             if typed.finish == "stop":
                 typed.finish = finish
-            await self._typed(receive, send, request, typed, schedule, number)
+            if request.stream:
+                deltas = typed.deltas
+                await self._stream(
+                    receive, send, request, len(deltas),
+                    lambda encoder, a, b: b"".join([encoder.delta(*delta) for delta in deltas[a:b]]),
+                    typed.finish, schedule, number,
+                )
+            else:
+                await self._typed(send, request, typed, schedule, number)
         elif request.stream:
-            await self._stream(receive, send, request, tokens, finish, schedule, number)
+            await self._stream(
+                receive, send, request, len(tokens),
+                lambda encoder, a, b: b"".join([encoder.content(token) for token in tokens[a:b]]),
+                finish, schedule, number,
+            )
         else:
             await self._complete(send, request, tokens, finish, schedule, number)
 
@@ -170,11 +182,13 @@ class MockLLM:
         receive: Receive,
         send: Send,
         request: ChatRequest,
-        tokens: list[str],
+        units: int,
+        encode: Callable[[wire.ChunkEncoder, int, int], bytes],
         finish: str,
         schedule: _Schedule,
         number: int,
     ) -> None:
+        """Stream ``units`` chunks at the schedule's pace; ``encode`` makes chunks a to b."""
         loop = asyncio.get_running_loop()
         encoder = wire.ChunkEncoder(
             f"chatcmpl-mock{number:08d}",
@@ -188,7 +202,7 @@ class MockLLM:
         await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
 
         abort_after = request.directives.fail_after
-        count = len(tokens) if abort_after is None else min(abort_after, len(tokens))
+        count = units if abort_after is None else min(abort_after, units)
         gone = loop.create_task(_disconnected(receive))
         done = False
 
@@ -206,7 +220,7 @@ class MockLLM:
                 if gone.done():
                     return
                 due = min(count, max(sent + 1, schedule.due(loop.time())))
-                body = b"".join([encoder.content(token) for token in tokens[sent:due]])
+                body = encode(encoder, sent, due)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 sent = due
             if abort_after is not None:
@@ -214,7 +228,7 @@ class MockLLM:
                 return
             tail = encoder.finish(finish)
             if request.include_usage:
-                tail += encoder.usage(request.prompt_tokens, len(tokens))
+                tail += encoder.usage(request.prompt_tokens, units)
             done = True
             await send({"type": "http.response.body", "body": tail + wire.DONE})
         finally:
@@ -222,49 +236,18 @@ class MockLLM:
             gone.cancel()
 
     async def _typed(
-        self, receive: Receive, send: Send, request: ChatRequest, typed: Plan, schedule: _Schedule,
-        number: int,
+        self, send: Send, request: ChatRequest, typed: Plan, schedule: _Schedule, number: int
     ) -> None:
-        """An answer with tool calls, a structured output, reasoning or log probabilities."""
+        """A whole answer with tool calls, a structured output, reasoning or log probabilities."""
         loop = asyncio.get_running_loop()
-        completion_id, created = f"chatcmpl-mock{number:08d}", int(time.time())
         count = len(typed.deltas)
-        if not request.stream:
-            delay = schedule.deadline(max(count - 1, 0)) - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await _json(send, 200, wire.typed_completion(
-                completion_id, created, request.model, typed.message(), typed.logprobs, typed.finish,
-                request.prompt_tokens, count,
-            ))
-            return
-        encoder = wire.ChunkEncoder(
-            completion_id, created, request.model, include_usage=request.include_usage
-        )
-        self._streams += 1
-        headers = [*_SSE, (b"x-request-id", b"req_mock%08d" % number)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
-        gone = loop.create_task(_disconnected(receive))
-        try:
-            sent = 0
-            while sent < count:
-                delay = schedule.deadline(sent) - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if gone.done():
-                    self._closed_early.append({"at": time.time(), "prompt": request.prompt})
-                    return
-                due = min(count, max(sent + 1, schedule.due(loop.time())))
-                body = b"".join(encoder.delta(delta, logprobs) for delta, logprobs in typed.deltas[sent:due])
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                sent = due
-            tail = encoder.finish(typed.finish)
-            if request.include_usage:
-                tail += encoder.usage(request.prompt_tokens, count)
-            await send({"type": "http.response.body", "body": tail + wire.DONE})
-        finally:
-            gone.cancel()
+        delay = schedule.deadline(max(count - 1, 0)) - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await _json(send, 200, wire.typed_completion(
+            f"chatcmpl-mock{number:08d}", int(time.time()), request.model, typed.message(),
+            typed.logprobs, typed.finish, request.prompt_tokens, count,
+        ))
 
     async def _complete(
         self,
