@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from mqcommon.parts import CONTENT, Kinds, runs_from_wire, runs_to_wire, split, tool_of
+from mqcommon.parts import CONTENT, Kinds, runs_from_wire, runs_to_wire, tool_of
 from mqcommon.schemas import End, Frame, HistoryRecord, MalformedMessage, decode_frames, encode_frames
 
 
@@ -14,8 +14,6 @@ def test_runs_coalesce_and_cut_any_window() -> None:
     assert kinds.runs == [["reasoning", 5], [CONTENT, 9], ["tool.0.args", 15]]
     assert kinds.window(4, 10) == [("reasoning", 1), (CONTENT, 4), ("tool.0.args", 1)]
     assert kinds.parts("rrrrrccccTTTTTT", 7) == [(CONTENT, "cc"), ("tool.0.args", "TTTTTT")]
-    assert not kinds.plain
-    assert split("rrcc", [("reasoning", 2), (CONTENT, 2)]) == [("reasoning", "rr"), (CONTENT, "cc")]
 
 
 def test_agreement_is_checked_only_where_both_hold_text() -> None:

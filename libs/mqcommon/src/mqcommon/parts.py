@@ -75,11 +75,6 @@ class Kinds:
     def length(self) -> int:
         return self.runs[-1][1] if self.runs else 0
 
-    @property
-    def plain(self) -> bool:
-        """Only content (or nothing): the answer is plain text."""
-        return not self.runs or (len(self.runs) == 1 and self.runs[0][0] == CONTENT)
-
     def add(self, key: str, count: int) -> None:
         if count <= 0:
             return
@@ -181,22 +176,6 @@ def runs_from_wire(raw: Any, length: int) -> list[Run] | None:
             out.append((entry[0], entry[1]))
             total += entry[1]
     return out if total == length else None
-
-
-def split(text: str, runs: Sequence[Run]) -> list[Part]:
-    """``text`` cut into its parts by ``runs``."""
-    if len(runs) == 1:
-        return [(runs[0][0], text)]
-    out: list[Part] = []
-    position = 0
-    for key, count in runs:
-        out.append((key, text[position : position + count]))
-        position += count
-    return out
-
-
-def joined(parts: Sequence[Part]) -> str:
-    return parts[0][1] if len(parts) == 1 else "".join(text for _, text in parts)
 
 
 def of_key(parts: Iterable[Part], key: str) -> str:
