@@ -27,16 +27,9 @@ tools: ## Make helm and kubectl available (PATH, or installed into .tools/bin)
 TEST_JOBS ?= 3
 PARALLEL := -n $(TEST_JOBS) --dist loadfile
 
-test: install tools test-tools ## Types, every test (private RabbitMQ 3.x nodes), then the broker-dependent tests on RabbitMQ 4
+test: install tools test-tools ## Types, every test (private RabbitMQ 3.x nodes) and, beside them, the broker-dependent tests on RabbitMQ 4
 	bash scripts/containers.sh install
-	@# Beside the first pass (much of which waits): the type check, and the build of the
-	@# RabbitMQ 4 image of the second pass (a failed build is tried again, and reported, there).
-	$(UV) run mypy > .mypy.log 2>&1 & types=$$!; \
-	$(UV) run python -c 'import sys; sys.path.insert(0, "tests"); from support.rabbitmq_container import ensure_image; print(ensure_image())' > .rabbitmq4-image.log 2>&1 & build=$$!; \
-	$(UV) run pytest $(PARALLEL); status=$$?; wait $$build || true; \
-	if wait $$types; then tail -1 .mypy.log; else cat .mypy.log; echo "make test: the type check failed (make typecheck)"; status=1; fi; \
-	exit $$status
-	$(MAKE) --no-print-directory test-rabbitmq4
+	UV="$(UV)" TEST_JOBS=$(TEST_JOBS) bash scripts/test.sh
 
 test-tools: ## Install the Debian packages the tests need when missing (RabbitMQ, Prometheus, Chromium)
 	bash scripts/ensure-test-tools.sh
