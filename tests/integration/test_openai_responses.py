@@ -1,7 +1,9 @@
 """The official ``openai`` SDK, unchanged, against the Responses API (``/v1/responses``).
 
 Two API processes and one worker: a response created on one replica is read, streamed,
-resumed by ``sequence_number`` and cancelled on the other.
+resumed by ``sequence_number`` and cancelled on the other. Function tools (the SDK's stream
+helper assembles the call), a conversation continued by ``previous_response_id`` on the other
+replica, ``responses.parse()`` with a pydantic model, and reasoning items.
 """
 
 from __future__ import annotations
@@ -10,12 +12,27 @@ import asyncio
 
 import openai
 import pytest
+from llm_stream_mockllm.answer import expected_answer
+from llm_stream_mockllm.typed import arguments_of, instance_of, tool_call_id
+from pydantic import BaseModel
 
 from .support.deployment import Deployment, prompt
 
 pytestmark = pytest.mark.integration
 
 MODEL = "gpt-4o-mini"
+
+
+class GetWeather(BaseModel):
+    city: str
+    days: int
+    metric: bool
+
+
+class Forecast(BaseModel):
+    summary: str
+    high: float
+    tags: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -154,21 +171,96 @@ async def test_unknown_response_is_not_found(sdk: openai.AsyncOpenAI) -> None:
 
 async def test_responses_refuse_what_we_cannot_honour(sdk: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
+        await sdk.responses.create(model=MODEL, input="hi", conversation="conv_1")
+    assert raised.value.param == "conversation"
+    with pytest.raises(openai.BadRequestError) as raised:
+        await sdk.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])
+    assert (raised.value.param or "").startswith("tools[0]")
+    with pytest.raises(openai.NotFoundError) as missing:
         await sdk.responses.create(model=MODEL, input="hi", previous_response_id="resp_x")
-    assert raised.value.param == "previous_response_id"
+    assert missing.value.param == "previous_response_id"
 
 
+# -- function tools, structured output, reasoning, continued conversations ---------------------
 
 
-async def test_a_background_response_nobody_polls_is_not_abandoned(sdk: openai.AsyncOpenAI) -> None:
-    ask = prompt("unwatched", tokens=60, tps=15)  # about 4 s, twice ABANDON_TIMEOUT_S
-    created = await sdk.responses.create(model=MODEL, input=ask.text, background=True)
+def weather_tool() -> dict:
+    schema = openai.lib._pydantic.to_strict_json_schema(GetWeather)
+    return {"type": "function", "name": "get_weather", "parameters": schema, "strict": True}
 
-    for _ in range(40):
-        await asyncio.sleep(0.5)
-        response = await sdk.responses.retrieve(created.id)
-        if response.status not in ("queued", "in_progress"):
-            break
 
-    assert response.status == "completed", response.error
-    assert response.output_text == ask.expected
+@pytest.mark.broker
+async def test_a_function_call_loop_streamed_and_continued_on_another_replica(
+    sdk: openai.AsyncOpenAI, other: openai.AsyncOpenAI
+) -> None:
+    ask = prompt("rweather", tokens=12, tps=200)
+    question = ask.text + " [[mock:tool=get_weather]]"
+    tool = weather_tool()
+    async with sdk.responses.stream(model=MODEL, input=question, tools=[tool]) as stream:
+        deltas = [e async for e in stream if e.type == "response.function_call_arguments.delta"]
+        first = await stream.get_final_response()
+
+    call_id = tool_call_id(question, "get_weather", 0)
+    arguments = arguments_of(tool["parameters"], "get_weather")
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert (call.call_id, call.name, call.arguments) == (call_id, "get_weather", arguments)
+    assert "".join(e.delta for e in deltas) == arguments
+    assert first.status == "completed" and first.store is True
+
+    # The next turn names the stored response and sends only the tool's output, through the
+    # other replica: it continues the conversation from the history stream.
+    final = await other.responses.create(
+        model=MODEL, previous_response_id=first.id, tools=[tool],
+        input=[{"type": "function_call_output", "call_id": call_id, "output": "sunny, 21 C"}],
+    )
+    assert final.status == "completed", final.error
+    assert final.output_text == expected_answer("tool results: sunny, 21 C", 12)
+    assert final.previous_response_id == first.id
+
+    unstored = await sdk.responses.create(model=MODEL, input=prompt("unstored", tokens=3).text, store=False)
+    with pytest.raises(openai.NotFoundError) as missing:
+        await other.responses.create(model=MODEL, previous_response_id=unstored.id, input="and then?")
+    assert missing.value.param == "previous_response_id"
+
+
+async def test_structured_output_with_parse(sdk: openai.AsyncOpenAI) -> None:
+    parsed = await sdk.responses.parse(
+        model=MODEL, input=prompt("rparse", tokens=5).text, text_format=Forecast
+    )
+    schema = openai.lib._pydantic.to_strict_json_schema(Forecast)
+    assert parsed.output_parsed == Forecast.model_validate(instance_of(schema))
+
+
+async def test_reasoning_and_calls_are_items_resumed_exactly_after_any_event(
+    sdk: openai.AsyncOpenAI, other: openai.AsyncOpenAI
+) -> None:
+    question = prompt("ritems", tokens=6, tps=200).text + " [[mock:reasoning=4]] [[mock:tool=get_weather]]"
+    created = await sdk.responses.create(model=MODEL, input=question, tools=[weather_tool()], background=True)
+    whole = [event async for event in await sdk.responses.retrieve(created.id, stream=True)]
+    final = whole[-1].response
+    assert whole[-1].type == "response.completed"
+    assert [item.type for item in final.output] == ["reasoning", "function_call"]
+    assert final.output[0].content[0].text == expected_answer("reasoning: " + question, 4)
+    reasoning = "".join(e.delta for e in whole if e.type == "response.reasoning_text.delta")
+    assert reasoning == final.output[0].content[0].text
+    numbers = [event.sequence_number for event in whole]
+    assert numbers == sorted(set(numbers))
+
+    # Replayed on the other replica from after any event: the same events, numbered alike. A
+    # delta is cut where the pieces fell (live) or where its part ends (replayed), so the
+    # replay is compared with a whole replay; a resume inside a delta gets the rest of it.
+    replay = [e async for e in await other.responses.retrieve(created.id, stream=True)]
+    for after in sorted({numbers[1], numbers[len(numbers) // 2], numbers[-3], numbers[-2]} | {
+        e.sequence_number - 1 for e in replay if e.type.endswith(".delta")
+    }):
+        events = await other.responses.retrieve(created.id, stream=True, starting_after=after)
+        resumed = [event.model_dump() async for event in events]
+        wanted = [e.model_dump() for e in replay if e.sequence_number > after]
+        assert [(e["type"], e["sequence_number"]) for e in resumed] == [
+            (e["type"], e["sequence_number"]) for e in wanted
+        ], after
+        for got, full in zip(resumed, wanted, strict=True):
+            if "delta" in full:
+                assert full["delta"].endswith(got["delta"]) and got["delta"], (after, got, full)
+                got = {**got, "delta": full["delta"]}
+            assert got == full, after

@@ -63,6 +63,11 @@ def test_history_records_round_trip_with_their_filter_value() -> None:
     assert record.headers() == {"x-stream-filter-value": "s", "session_id": "s"}
     with pytest.raises(MalformedMessage):
         HistoryRecord.decode(b'{"v": 2, "kind": "transcript", "sid": "s"}')
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": []}]
+    stored = HistoryRecord("stored", "resp_1", at=2.0, owner="k1", conversation=turns)
+    assert HistoryRecord.decode(stored.encode()) == stored
+    with pytest.raises(MalformedMessage):
+        HistoryRecord.decode(b'{"v": 3, "kind": "stored", "sid": "s", "conversation": "q"}')
 
 
 def test_presence_reads_both_formats() -> None:

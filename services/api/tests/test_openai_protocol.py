@@ -1,10 +1,9 @@
-"""The OpenAI dialects' wire details: chunk framing, sequence numbers from positions, errors."""
+"""The OpenAI dialects' wire details: chunk framing, errors (Responses events: test_responses_output)."""
 
 from __future__ import annotations
 
 import orjson
 from llm_stream_api.dialects.openai import end_error, validation_error
-from llm_stream_api.protocol import responses
 from llm_stream_api.protocol.chat_completions import ChunkWriter
 from llm_stream_api.protocol.openai_base import error_object
 
@@ -27,29 +26,6 @@ def test_chunks_end_with_usage_and_done() -> None:
     assert deltas == [{"role": "assistant", "content": ""}, {"content": "hi"}]
     assert chunks[2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[3]["choices"] == [] and chunks[3]["usage"]["total_tokens"] == 3
-
-
-def test_sequence_numbers_are_positions_whatever_the_cuts() -> None:
-    meta = responses.Meta("m", 1.0)
-    final = responses.response_object("r", meta, "completed", "abcdef")
-    one = events([*responses.opening("r", final, -1), responses.delta("r", 6, "abcdef"),
-                  *responses.closing("r", final, "abcdef", -1)])
-    cut = events([
-        *responses.opening("r", final, -1), responses.delta("r", 2, "ab"), responses.delta("r", 6, "cdef"),
-        *responses.closing("r", final, "abcdef", -1),
-    ])
-    assert [e["sequence_number"] for e in one] == [0, 1, 2, 3, 9, 10, 11, 12, 13]
-    assert [e["sequence_number"] for e in cut] == [0, 1, 2, 3, 5, 9, 10, 11, 12, 13]
-    assert one[-1]["type"] == "response.completed"
-    assert one[-1]["response"]["output"][0]["content"][0]["text"] == "abcdef"
-    resumed = events(responses.closing("r", final, "abcdef", 11))
-    assert [e["sequence_number"] for e in resumed] == [12, 13]
-
-
-def test_a_cancelled_response_ends_incomplete() -> None:
-    final = responses.response_object("r", responses.Meta("m", 1.0), "cancelled", "ab")
-    last = events(responses.closing("r", final, "ab", -1))[-1]
-    assert last["type"] == "response.incomplete" and last["response"]["status"] == "cancelled"
 
 
 def test_errors_name_their_parameter() -> None:

@@ -84,4 +84,4 @@ def test_responses_are_documented_with_their_errors(document: dict) -> None:
             "required"] == ["error"]
     jsonschema.validate({"input": [{"role": "user", "content": "q"}]}, body_schema(document, "/v1/responses"))
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"input": [{"type": "function_call"}]}, body_schema(document, "/v1/responses"))
+        jsonschema.validate({"input": [{"type": "file_search_call"}]}, body_schema(document, "/v1/responses"))

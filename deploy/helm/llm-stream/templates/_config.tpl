@@ -40,6 +40,7 @@ ConfigMap starts with these.
 {{- include "llm-stream.setEnv" (list $data "ENQUEUE_TIMEOUT_S" $a.enqueueTimeoutSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "STREAM_WAIT_TIMEOUT_S" $a.streamWaitTimeoutSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "SESSION_TTL_S" $a.sessionTtlSeconds) }}
+{{- include "llm-stream.setEnv" (list $data "RESPONSES_STORE_S" $a.responsesStoreSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "SSE_PING_S" $a.ssePingSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "PRESENCE_INTERVAL_S" $a.presenceIntervalSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "CHAT_DIRECT_LLM" $a.chatDirectLlm) }}

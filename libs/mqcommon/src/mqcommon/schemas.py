@@ -339,7 +339,7 @@ def _end(raw: Any) -> End | None:
 
 @dataclass(slots=True)
 class HistoryRecord:
-    kind: Literal["accepted", "transcript", "probe", "cancel"]
+    kind: Literal["accepted", "transcript", "probe", "cancel", "stored"]
     session_id: str
     at: float = 0.0
     text: str = ""
@@ -348,6 +348,9 @@ class HistoryRecord:
     trace_id: str | None = None
     owner: str | None = None  # key id of the session's creator (accepted, transcript)
     kinds: list[Run] | None = None  # a transcript's parts (mqcommon.parts); None: all content
+    # A stored response's conversation before its answer (``stored``): turns as the task
+    # carries them, so a later request continues it (``previous_response_id``).
+    conversation: list[dict[str, Any]] | None = None
 
     def encode(self) -> bytes:
         out: dict[str, Any] = {"v": HISTORY_VERSION, "kind": self.kind, "sid": self.session_id, "at": self.at}
@@ -357,6 +360,8 @@ class HistoryRecord:
                 out["kinds"] = wire
             if self.end is not None:
                 out["end"] = self.end.to_wire()
+        if self.kind == "stored":
+            out["conversation"] = self.conversation or []
         if self.probe is not None:
             out["probe"] = self.probe
         if self.trace_id:
@@ -375,12 +380,17 @@ class HistoryRecord:
         if data.get("v") not in HISTORY_VERSIONS:
             raise MalformedMessage("version", f"history record version {data.get('v')!r}")
         kind, sid = data.get("kind"), data.get("sid")
-        if kind not in ("accepted", "transcript", "probe", "cancel") or not isinstance(sid, str):
+        if kind not in ("accepted", "transcript", "probe", "cancel", "stored") or not isinstance(sid, str):
             raise MalformedMessage("malformed", "history record without a kind and a session id")
         end = _end(data["end"]) if data.get("end") is not None else None
         text = data.get("text", "")
         if kind == "transcript" and (end is None or not isinstance(text, str)):
             raise MalformedMessage("malformed", "transcript without text and end")
+        conversation = data.get("conversation")
+        if kind == "stored" and not (
+            isinstance(conversation, list) and all(isinstance(turn, dict) for turn in conversation)
+        ):
+            raise MalformedMessage("malformed", "stored record without its conversation")
         kinds = _kinds(data.get("kinds"), text) if isinstance(text, str) else None
         if kinds is False:
             raise MalformedMessage("malformed", "transcript whose kinds do not cover its text")
@@ -391,6 +401,7 @@ class HistoryRecord:
             text if isinstance(text, str) else "", end,
             probe if isinstance(probe, str) else None, trace if isinstance(trace, str) else None,
             owner if isinstance(owner, str) else None, kinds,
+            conversation if kind == "stored" else None,
         )
 
 

@@ -40,6 +40,7 @@ from llm_stream_api.quota.admission import StreamCount
 from llm_stream_api.quota.key_limits import KeyLimits
 from llm_stream_api.routes import chat, openai_chat, openai_models, openai_responses, ops, sessions
 from llm_stream_api.service.sessions import SessionService
+from llm_stream_api.service.stored import StoredConversations
 from llm_stream_api.sessions.hub import SessionHub
 from llm_stream_api.settings import APISettings
 
@@ -94,7 +95,9 @@ def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, Broke
     broker.run_in_background("queue-keeper", keeper.run_forever())
     workers = WorkerRegistry(settings.task_queue)
     state = AppState(
-        settings=settings, sessions=service, workers=workers, depth=depth, llm_client=LLMClients(settings),
+        settings=settings, sessions=service, workers=workers,
+        stored=StoredConversations(service.find, history, keep_s=settings.responses_store_s),
+        depth=depth, llm_client=LLMClients(settings),
     )
     return state, broker, WorkerWatch(broker, workers)
 

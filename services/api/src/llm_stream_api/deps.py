@@ -18,6 +18,7 @@ from llm_stream_api.broker.heartbeats import WorkerRegistry
 from llm_stream_api.broker.queue_depth import QueueDepth
 from llm_stream_api.llm_clients import LLMClients
 from llm_stream_api.service.sessions import SessionService
+from llm_stream_api.service.stored import StoredConversations
 from llm_stream_api.settings import APISettings
 
 
@@ -25,6 +26,7 @@ from llm_stream_api.settings import APISettings
 class AppState:
     settings: APISettings
     sessions: SessionService
+    stored: StoredConversations
     workers: WorkerRegistry
     depth: QueueDepth
     llm_client: LLMClients  # the OpenAI SDK client, made on first use
@@ -52,6 +54,10 @@ async def _sessions(request: Request) -> SessionService:
     return state_of(request.app).sessions
 
 
+async def _stored(request: Request) -> StoredConversations:
+    return state_of(request.app).stored
+
+
 async def _key_id(request: Request) -> str | None:
     return keys.key_id(request)
 
@@ -59,5 +65,6 @@ async def _key_id(request: Request) -> str | None:
 StateDep = Annotated[AppState, Depends(_state)]
 SettingsDep = Annotated[APISettings, Depends(_settings)]
 SessionsDep = Annotated[SessionService, Depends(_sessions)]
+StoredDep = Annotated[StoredConversations, Depends(_stored)]
 KeyDep = Annotated[str | None, Depends(_key_id)]
 """The key id of the request; None when API keys are off."""

@@ -95,7 +95,7 @@ HISTORY_LOOKUPS = Histogram(
 )
 HISTORY_FAILURES = Counter(
     "llmstream_history_failures_total",
-    "History operations that failed, by kind (marker, lookup).", ["kind"],
+    "History operations that failed, by kind (marker, lookup, stored).", ["kind"],
 )
 BROKER_CONNECTED = Gauge(
     "llmstream_broker_connected", "1 when the API process holds a broker connection.",

@@ -71,6 +71,11 @@ class APISettings(BrokerSettings, LLMSettings):
         description="How long a known session may stay silent (queued or stalled) before an error event.",
     )
     sse_ping_s: float = Field(default=10.0, gt=0, le=15, description="Heartbeat comment interval.")
+    responses_store_s: float = Field(
+        default=3600.0, gt=0,
+        description="How long a stored Responses answer can be continued (previous_response_id); "
+        "past it the answer is 404. The events stream's retention (EVENTS_MAX_AGE) bounds it.",
+    )
     cancel_wait_s: float = Field(
         default=2.0, ge=0, le=30,
         description="How long a cancel request waits for the session to end before answering 202.",

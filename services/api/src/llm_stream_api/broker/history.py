@@ -85,7 +85,8 @@ class History:
             metrics.HISTORY_FAILURES.labels("marker").inc()
             log.warning("acceptance marker not recorded", session_id=session_id, error=str(exc))
 
-    async def _append(self, record: HistoryRecord) -> None:
+    async def append(self, record: HistoryRecord) -> None:
+        """Append ``record``, confirmed; raises ``BrokerUnavailable``."""
         if self._publish is None:
             raise BrokerUnavailable("not connected to the broker")
         await publish_confirmed(
@@ -93,27 +94,28 @@ class History:
             persistent=True, headers=record.headers(),
         )
 
-    async def lookup(self, session_id: str) -> list[HistoryRecord]:
-        """Every record of ``session_id`` in the window; raises ``BrokerUnavailable``."""
+    async def lookup(self, session_id: str, window_s: float | None = None) -> list[HistoryRecord]:
+        """Every record of ``session_id`` in the window (``window_s``, else the replica's);
+        raises ``BrokerUnavailable``."""
         async with self._slots:
             started = time.perf_counter()
             try:
-                records = await self._lookup(session_id)
+                records = await self._lookup(session_id, self._window if window_s is None else window_s)
             except BrokerUnavailable:
                 metrics.HISTORY_FAILURES.labels("lookup").inc()
                 raise
             metrics.HISTORY_LOOKUPS.observe(time.perf_counter() - started)
             return records
 
-    async def _lookup(self, session_id: str) -> list[HistoryRecord]:
+    async def _lookup(self, session_id: str, window_s: float) -> list[HistoryRecord]:
         if self._queue is None:
             raise BrokerUnavailable("not connected to the broker")
         probe = new_id()
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._window)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window_s)
         if (made := id_time(session_id)) is not None:
             # An id this service made says when the session began: read from there only.
             since = max(since, dt.datetime.fromtimestamp(made - ID_CLOCK_MARGIN_S, dt.UTC))
-        await self._append(HistoryRecord("probe", session_id, at=time.time(), probe=probe))
+        await self.append(HistoryRecord("probe", session_id, at=time.time(), probe=probe))
         found: list[HistoryRecord] = []
         reached = asyncio.Event()
         unacked = 0

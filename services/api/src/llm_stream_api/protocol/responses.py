@@ -1,27 +1,24 @@
 """The Responses dialect (``/v1/responses``): request bodies, response objects, stream events.
 
-A response is a session: its id is the session id, so any replica can serve it. Its stream
-events are numbered from positions in the answer, so every replica gives every event the
-same ``sequence_number`` and ``starting_after=N`` resumes anywhere:
-
-    0  response.created            3 + p  response.output_text.delta ending at character p
-    1  response.in_progress        L + 4  response.output_text.done     (L: the answer's length)
-    2  response.output_item.added  L + 5  response.content_part.done
-    3  response.content_part.added L + 6  response.output_item.done
-                                   L + 7  response.completed | response.failed | response.incomplete
-
-A cancelled response ends with ``response.incomplete`` and status ``cancelled``.
+A response is a session: its id is the session id, so any replica can serve it. Its output
+items (reasoning, the message, function calls) and their stream events come from the
+answer's parts, numbered from positions (``responses_output``), so every replica gives every
+event the same ``sequence_number`` and ``starting_after=N`` resumes anywhere. Its input
+(message, function-call and function-call-output items, function tools, ``text.format``) is
+``responses_input``'s. A cancelled response ends with ``response.incomplete`` and status
+``cancelled``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-import orjson
-from mqcommon.schemas import MODEL_PATTERN
+from mqcommon.parts import Part
+from mqcommon.schemas import MODEL_PATTERN, SESSION_ID_PATTERN, ChatMessage
 from pydantic import Field
 
+from llm_stream_api.protocol import responses_input as inputs
+from llm_stream_api.protocol import responses_output as outputs
 from llm_stream_api.protocol.openai_base import (
     ROLE_NAMES,
     SSE_EVENT_SCHEMA,
@@ -37,25 +34,19 @@ from llm_stream_api.protocol.openai_base import (
 )
 from llm_stream_api.protocol.task import FieldNames, TaskRequest
 
-FIRST_DELTA = 3  # the sequence number before the first delta
-INPUT_KINDS = ("input_text", "output_text", "text")
+FIRST_DELTA = outputs.FIRST_DELTA
 LIMIT_NAMES = FieldNames(messages="input", max_tokens="max_output_tokens")
-# What ``task_request`` takes as input: a string, or message items.
+# What ``task_request`` takes as input: a string, or input items.
 INPUT_ITEM = {
     "type": "object",
     "properties": {
-        "type": {"const": "message"},
+        "type": {"enum": ["message", "function_call", "function_call_output", "reasoning"]},
         "role": {"type": "string", "enum": ROLE_NAMES},
-        "content": content_schema(INPUT_KINDS),
+        "content": content_schema(inputs.TEXT_KINDS),
     },
-    "required": ["role"],
 }
 INPUT_SCHEMA = {
     "anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": INPUT_ITEM, "minItems": 1}]
-}
-TEXT_FORMAT = {
-    "type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"],
-    "additionalProperties": False,
 }
 
 
@@ -69,58 +60,57 @@ class ResponseRequest(OpenAIBaseModel):
     user: str | None = None
     stream: bool | None = False
     background: bool | None = False
+    tools: list[inputs.FunctionTool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | inputs.NamedFunction | None = None
+    parallel_tool_calls: bool | None = None
+    text: inputs.TextOptions | None = None
+    reasoning: inputs.ReasoningOptions | None = None
+    previous_response_id: str | None = Field(default=None, pattern=SESSION_ID_PATTERN)
+    store: bool | None = None
     # Known parameters we cannot honour: refused unless left at their defaults.
-    tools: list[Any] | None = Field(default=None, json_schema_extra=null_or({"type": "array", "maxItems": 0}))
-    tool_choice: Any = Field(default=None, json_schema_extra=null_or({"enum": ["none", "auto"]}))
-    previous_response_id: str | None = Field(default=None, json_schema_extra=null_or())
     conversation: Any = Field(default=None, json_schema_extra=null_or())
     prompt: Any = Field(default=None, json_schema_extra=null_or())
-    reasoning: Any = Field(default=None, json_schema_extra=null_or())
-    text: dict[str, Any] | None = Field(default=None, json_schema_extra=null_or(
-        {"type": "object", "properties": {"format": {"anyOf": [TEXT_FORMAT, {"type": "null"}]}}}
-    ))
     top_logprobs: Integer | None = Field(default=None, json_schema_extra=null_or({"const": 0}))
     max_tool_calls: Integer | None = Field(default=None, json_schema_extra=null_or())
     # Accepted, with no effect here.
-    store: bool | None = None
     metadata: dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     truncation: str | None = None
     include: list[str] | None = None
     service_tier: str | None = None
     stream_options: dict[str, Any] | None = None
 
-    def task_request(self, session_id: str) -> TaskRequest:
-        refuse_unless(not self.tools, "tools", "tools are not supported")
-        refuse_unless(self.tool_choice in (None, "none", "auto"), "tool_choice", "tools are not supported")
-        refuse_unless(self.previous_response_id is None, "previous_response_id",
-                      "send the whole conversation in input instead")
+    @property
+    def stored(self) -> bool:
+        return self.store is not False  # OpenAI stores a response unless told not to
+
+    def turns(self, before: list[ChatMessage] | None = None) -> list[ChatMessage]:
+        """The turns to answer, without the instructions: ``before`` (the conversation of the
+        previous response, when continued), then this request's input."""
+        if isinstance(self.input, str):
+            return [*(before or []), turn("user", self.input, "input")]
+        own = inputs.turns_of(self.input)
+        return [*(before or []), *own]
+
+    def task_request(self, session_id: str, conversation: list[ChatMessage] | None = None) -> TaskRequest:
+        """The task; ``conversation``: ``turns()``, unless given (a continued one)."""
         refuse_unless(
-            self.conversation is None, "conversation", "send the whole conversation in input instead"
+            self.conversation is None, "conversation",
+            "send the conversation in input, or continue it with previous_response_id",
         )
         refuse_unless(self.prompt is None, "prompt", "prompt templates are not supported")
-        refuse_unless(self.reasoning is None, "reasoning", "reasoning options are not supported")
-        fmt = (self.text or {}).get("format")
-        refuse_unless(fmt in (None, {"type": "text"}), "text.format", "only plain text output is supported")
         refuse_unless(self.top_logprobs in (None, 0), "top_logprobs", "log probabilities are not available")
-        refuse_unless(self.max_tool_calls is None, "max_tool_calls", "tools are not supported")
+        refuse_unless(self.max_tool_calls is None, "max_tool_calls", "a limit on tool calls is not supported")
         turns = [turn("system", self.instructions, "instructions")] if self.instructions else []
-        if isinstance(self.input, str):
-            turns.append(turn("user", self.input, "input"))
-        else:
-            for index, item in enumerate(self.input):
-                where = f"input[{index}]"
-                if not isinstance(item, dict) or item.get("type", "message") != "message":
-                    kind = item.get("type") if isinstance(item, dict) else type(item).__name__
-                    raise OpenAIError(400, f"{where}: only message items are supported, not {kind!r}",
-                                      param=where, code="unsupported_parameter")
-                if not isinstance(item.get("role"), str):
-                    raise OpenAIError(400, f"{where}.role: required", param=f"{where}.role")
-                turns.append(turn(item["role"], item.get("content"), where, kinds=INPUT_KINDS))
+        turns += self.turns() if conversation is None else conversation
+        tools = [tool.to_chat() for tool in self.tools] if self.tools else None
         return TaskRequest(
             messages=tuple(turns), model=self.model, session_id=session_id,
             temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_output_tokens,
-            user=self.user, include_usage=True,
+            user=self.user, include_usage=True, tools=tools,
+            tool_choice=inputs.tool_choice(self.tool_choice) if tools else None,
+            parallel_tool_calls=self.parallel_tool_calls if tools else None,
+            response_format=inputs.response_format(self.text),
+            reasoning_effort=self.reasoning.effort if self.reasoning else None,
         )
 
 
@@ -151,26 +141,27 @@ RESPONSE: dict[str, Any] = {
 }
 
 
-def message_id(response_id: str) -> str:
-    return f"msg_{response_id}"
-
-
 def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     if not usage:
         return None
     prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    details = usage.get("completion_tokens_details") or {}
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     return {
-        "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+        "input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": details.get("reasoning_tokens") or 0},
         "total_tokens": usage.get("total_tokens", prompt + completion),
     }
 
 
 class Meta:
-    """What a response object says besides its text (known fully on the replica that created it)."""
+    """What a response object says besides its output (known fully on the replica that created
+    it; another replica reports the output and status it learns from the workers)."""
 
     __slots__ = ("background", "created_at", "instructions", "max_output_tokens", "metadata",
-                 "model", "temperature", "top_p", "user")
+                 "model", "parallel_tool_calls", "previous_response_id", "reasoning", "store",
+                 "temperature", "text", "tool_choice", "tools", "top_p", "user")
 
     def __init__(self, model: str, created_at: float, body: ResponseRequest | None = None) -> None:
         self.model = model
@@ -182,34 +173,39 @@ class Meta:
         self.temperature = body.temperature if body else None
         self.top_p = body.top_p if body else None
         self.user = body.user if body else None
+        self.tools = [t.model_dump(exclude_none=True) for t in body.tools] if body and body.tools else []
+        choice = body.tool_choice if body else None
+        self.tool_choice = choice.model_dump() if isinstance(choice, OpenAIBaseModel) else (choice or "auto")
+        parallel = body.parallel_tool_calls if body else None
+        self.parallel_tool_calls = True if parallel is None else parallel
+        fmt = body.text.format if body and body.text else None
+        self.text = {"format": fmt.model_dump(exclude_none=True, by_alias=True) if fmt else {"type": "text"}}
+        self.reasoning = body.reasoning.model_dump(exclude_none=True) if body and body.reasoning else None
+        self.previous_response_id = body.previous_response_id if body else None
+        self.store = body.stored if body else True
 
 
 def response_object(
-    response_id: str, meta: Meta, status: str, text: str,
+    response_id: str, meta: Meta, status: str, text: str, parts: list[Part] | None = None,
     *, error: str | None = None, usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The response; its output from the answer's ``parts`` (None: all ``text``)."""
     item_status = {"completed": "completed", "queued": "in_progress", "in_progress": "in_progress"}.get(
         status, "incomplete"
     )
-    output = [] if status == "queued" else [{
-        "type": "message", "id": message_id(response_id), "status": item_status, "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-    }]
+    output = [] if status == "queued" else outputs.output(response_id, parts, text, item_status)
     return {
         "id": response_id, "object": "response", "created_at": meta.created_at, "status": status,
         "background": meta.background,
         "error": {"code": "server_error", "message": error} if status == "failed" else None,
         "incomplete_details": None, "instructions": meta.instructions,
         "max_output_tokens": meta.max_output_tokens, "metadata": meta.metadata, "model": meta.model,
-        "output": output, "parallel_tool_calls": True, "temperature": meta.temperature,
-        "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "top_p": meta.top_p,
+        "output": output, "parallel_tool_calls": meta.parallel_tool_calls,
+        "previous_response_id": meta.previous_response_id, "reasoning": meta.reasoning,
+        "store": meta.store, "temperature": meta.temperature, "text": meta.text,
+        "tool_choice": meta.tool_choice, "tools": meta.tools, "top_p": meta.top_p,
         "truncation": "disabled", "usage": usage_of(usage), "user": meta.user,
     }
-
-
-def event(kind: str, sequence_number: int, **fields: Any) -> bytes:
-    body = {"type": kind, "sequence_number": sequence_number, **fields}
-    return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(body))
 
 
 def as_created(response: dict[str, Any]) -> dict[str, Any]:
@@ -219,49 +215,15 @@ def as_created(response: dict[str, Any]) -> dict[str, Any]:
     return {**response, "status": status, "output": [], "usage": None, "error": None}
 
 
-def opening(response_id: str, response: dict[str, Any], after: int) -> list[bytes]:
-    """Events 0 to 3 that come after ``after``; ``response`` as it was created."""
-    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-    item = {"type": "message", "id": message_id(response_id), "status": "in_progress",
-            "role": "assistant", "content": []}
-    events: list[Callable[[], bytes]] = [
-        lambda: event("response.created", 0, response=response),
-        lambda: event("response.in_progress", 1, response={**response, "status": "in_progress"}),
-        lambda: event("response.output_item.added", 2, output_index=0, item=item),
-        lambda: event("response.content_part.added", 3, item_id=message_id(response_id),
-                      output_index=0, content_index=0, part=part),
+def opening(response: dict[str, Any], after: int) -> list[bytes]:
+    """Events 0 and 1 that come after ``after``; ``response`` as it was created."""
+    events = [
+        ("response.created", response),
+        ("response.in_progress", {**response, "status": "in_progress"}),
     ]
-    return [make() for number, make in enumerate(events) if number > after]
-
-
-def delta(response_id: str, end_position: int, text: str) -> bytes:
-    return event("response.output_text.delta", FIRST_DELTA + end_position, item_id=message_id(response_id),
-                 output_index=0, content_index=0, delta=text, logprobs=[])
-
-
-def closing(
-    response_id: str, response: dict[str, Any], text: str, after: int, length: int | None = None
-) -> list[bytes]:
-    """The last four events (from L + 4, L the answer's ``length`` in positions, which its
-    other parts count in too) that come after ``after``."""
-    base = FIRST_DELTA + (len(text) if length is None else length) + 1
-    item_id = message_id(response_id)
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    item = response["output"][0] if response["output"] else {
-        "type": "message", "id": item_id, "status": "incomplete", "role": "assistant", "content": [part]}
-    final = {"completed": "response.completed", "failed": "response.failed"}.get(
-        response["status"], "response.incomplete"
-    )
-    events: list[Callable[[], bytes]] = [
-        lambda: event("response.output_text.done", base, item_id=item_id, output_index=0,
-                      content_index=0, text=text, logprobs=[]),
-        lambda: event("response.content_part.done", base + 1, item_id=item_id, output_index=0,
-                      content_index=0, part=part),
-        lambda: event("response.output_item.done", base + 2, output_index=0, item=item),
-        lambda: event(final, base + 3, response=response),
-    ]
-    return [make() for number, make in enumerate(events) if base + number > after]
+    return [outputs.event(kind, number, response=body)
+            for number, (kind, body) in enumerate(events) if number > after]
 
 
 def error_event(sequence_number: int, error: OpenAIError) -> bytes:
-    return event("error", sequence_number, code=error.code, message=error.message, param=error.param)
+    return outputs.event("error", sequence_number, code=error.code, message=error.message, param=error.param)

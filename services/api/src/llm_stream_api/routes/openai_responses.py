@@ -2,6 +2,7 @@
 
 - ``POST /v1/responses``: ``background: true`` answers at once (status ``queued``);
   ``stream: true`` streams the events; neither waits and answers the finished response.
+  ``previous_response_id`` continues a stored response (``service.stored``).
 - ``GET /v1/responses/{id}``: status (queued, in_progress, completed, failed, cancelled) and
   output so far, from any replica. ``?stream=true&starting_after=N`` streams from event N + 1.
 - ``POST /v1/responses/{id}/cancel``: idempotent; the response as it is afterwards.
@@ -18,15 +19,17 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from mqcommon.schemas import SESSION_ID_PATTERN, new_id
+from mqcommon.parts import CONTENT, Part
+from mqcommon.schemas import SESSION_ID_PATTERN, id_time, new_id
 from mqcommon.tracing import TRACEPARENT_HEADER
 from sse_starlette import EventSourceResponse
 
-from llm_stream_api.deps import KeyDep, SessionsDep, SettingsDep
+from llm_stream_api.deps import KeyDep, SessionsDep, SettingsDep, StoredDep
 from llm_stream_api.dialects import OpenAIRoute
 from llm_stream_api.dialects.openai import end_error
 from llm_stream_api.openapi.responses import ANSWER_ERRORS, BODY_ERRORS, LOOKUP_ERRORS
 from llm_stream_api.protocol import responses as protocol
+from llm_stream_api.protocol import responses_output as outputs
 from llm_stream_api.protocol.errors import NotFound
 from llm_stream_api.protocol.native import inline_schema
 from llm_stream_api.quota import input_limits
@@ -48,7 +51,12 @@ def _meta(response_id: str, session: Session, sessions: SessionService) -> proto
     found = sessions.annotation(response_id)
     if isinstance(found, protocol.Meta):
         return found
-    return protocol.Meta(sessions.settings.llm_model, session.accepted_at or time.time())
+    return protocol.Meta(sessions.settings.llm_model, _created_at(response_id, session.accepted_at))
+
+
+def _created_at(response_id: str, otherwise: float | None) -> float:
+    """When the response was made: its id says, alike on every replica."""
+    return id_time(response_id) or otherwise or time.time()
 
 
 def _status(session: Session) -> str:
@@ -62,7 +70,7 @@ def _object(
 ) -> dict[str, Any]:
     status = status or _status(session)
     return protocol.response_object(
-        response_id, meta, status, session.content, error=session.error, usage=session.usage
+        response_id, meta, status, session.text, session.parts(), error=session.error, usage=session.usage
     )
 
 
@@ -73,19 +81,23 @@ BODY = {"requestBody": {"required": True, "content": {
 
 @router.post(
     "/responses", response_model=None, summary="OpenAI Responses: create one", openapi_extra=BODY,
-    responses={200: protocol.RESPONSE, **BODY_ERRORS, **ANSWER_ERRORS},
+    responses={200: protocol.RESPONSE, **BODY_ERRORS, **ANSWER_ERRORS, 404: LOOKUP_ERRORS[404]},
 )
 async def create_response(
-    request: Request, settings: SettingsDep, sessions: SessionsDep, key: KeyDep
+    request: Request, settings: SettingsDep, sessions: SessionsDep, stored: StoredDep, key: KeyDep
 ) -> object:
     body = await read_openai_body(request, settings, protocol.ResponseRequest)
     response_id = f"resp_{new_id()}"
-    wanted = body.task_request(response_id)
+    before = await stored.conversation(body.previous_response_id, key) if body.previous_response_id else None
+    turns = body.turns(before)
+    wanted = body.task_request(response_id, turns)
     input_limits.check(wanted, settings, protocol.LIMIT_NAMES)
     if body.stream:
         sessions.check_streams()
     task, _ = await sessions.enqueue(wanted, owner=key, traceparent=request.headers.get(TRACEPARENT_HEADER))
-    meta = protocol.Meta(body.model or settings.llm_model, task.created_at, body)
+    if body.stored:
+        await stored.store(response_id, turns, key)
+    meta = protocol.Meta(body.model or settings.llm_model, _created_at(response_id, task.created_at), body)
     sessions.annotate(response_id, meta)
     session = sessions.session(response_id)
     if body.background:
@@ -156,35 +168,37 @@ async def _events(
     """The response's events with sequence numbers above ``after``."""
     session = sessions.session(response_id)
     meter = StreamMeter("responses", session.accepted_at if after < 0 else None, sessions.streams)
+    held = session.kinds.window(0) if session.kinds is not None else [(CONTENT, len(session.text))]
+    known = outputs.layout(held)
+    items = outputs.OutputEvents(response_id, after, lambda start, stop: _held(session, start, stop), known)
     ended = False
     try:
-        if after < protocol.FIRST_DELTA:
+        if after < 1:
             created = protocol.as_created(_object(response_id, session, meta))
-            for data in protocol.opening(response_id, created, after):
+            for data in protocol.opening(created, after):
                 yield data
-        start = max(0, after - protocol.FIRST_DELTA)
-        async for piece in sessions.follow(response_id, start):
+        async for piece in sessions.follow(response_id, items.start):
             if piece.kind is None:
-                content = piece.content
-                data = protocol.delta(response_id, piece.position, content) if content else b""
+                parts = piece.parts or [(CONTENT, piece.text)]
+                data = items.feed(parts, piece.position) if piece.text else b""
             elif piece.kind == TIMEOUT:
                 ended = True
                 error = end_error(piece.kind, piece.error)
-                data = protocol.error_event(protocol.FIRST_DELTA + piece.position, error)
+                data = protocol.error_event(items.error_number(piece.position), error)
             else:
                 ended = True
-                final = _object(response_id, session, meta)
-                closing = protocol.closing(response_id, final, session.content, after, len(session.text))
-                data = b"".join(closing)
+                data = items.finish(_object(response_id, session, meta), len(session.text))
             meter.sent(piece, len(data))
             if data:
                 yield data
         if not ended and session.ended:  # resumed beyond the last delta: only closing events left
             ended = True
-            final = _object(response_id, session, meta)
-            for data in protocol.closing(response_id, final, session.content, after, len(session.text)):
-                yield data
+            yield items.finish(_object(response_id, session, meta), len(session.text))
     finally:
         if not ended and cancel_on_disconnect:
             sessions.cancel_soon(response_id)
         meter.close(sessions.get(response_id), response_id)
+
+
+def _held(session: Session, start: int, stop: int) -> list[Part]:
+    return session.parts(start, stop) or [(CONTENT, session.text[start:stop])]
