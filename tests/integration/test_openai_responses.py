@@ -8,8 +8,6 @@ replica, ``responses.parse()`` with a pydantic model, and reasoning items.
 
 from __future__ import annotations
 
-import asyncio
-
 import openai
 import pytest
 from llm_stream_mockllm.answer import expected_answer
@@ -231,6 +229,7 @@ async def test_structured_output_with_parse(sdk: openai.AsyncOpenAI) -> None:
     assert parsed.output_parsed == Forecast.model_validate(instance_of(schema))
 
 
+@pytest.mark.broker
 async def test_reasoning_and_calls_are_items_resumed_exactly_after_any_event(
     sdk: openai.AsyncOpenAI, other: openai.AsyncOpenAI
 ) -> None:

@@ -3,7 +3,8 @@
 The official ``openai`` SDK, unchanged, drives ``/v1/chat/completions``: a whole tool loop
 (the call, the tool's result, the final answer) streamed with the SDK's stream helper, which
 assembles tool-call deltas; ``chat.completions.parse()`` with a pydantic model; reasoning and
-log probabilities. The mock LLM answers deterministically (``llm_stream_mockllm.typed``), so
+log probabilities; a cancel in the middle of a streamed call; LangChain's ``bind_tools`` loop
+and structured output. The mock LLM answers deterministically (``llm_stream_mockllm.typed``), so
 each test knows every byte the client must end up with. The native stream shows the same
 answer's parts to a client that asks for them (``?parts=true``), and resumes in the middle of
 a tool call's arguments at the exact position.
@@ -235,3 +236,63 @@ async def test_a_parameter_the_llm_refuses_is_its_400_naming_the_field(
             pass
     assert "top_logprobs" in str(raised.value.message)
     assert (raised.value.body or {}).get("param") == "top_logprobs"
+
+
+async def test_langchain_bind_tools_loop_and_structured_output(stack: Deployment) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model=MODEL, base_url=f"{stack.apis[0].base_url}/v1", api_key="unused", max_retries=0, timeout=30
+    )
+    question = prompt("langchain", tokens=8, tps=200).text + " [[mock:tool=GetWeather]]"
+    bound = llm.bind_tools([GetWeather])
+    gathered = None
+    async for chunk in bound.astream([HumanMessage(question)]):
+        gathered = chunk if gathered is None else gathered + chunk
+    assert gathered is not None
+    schema = convert_to_openai_tool(GetWeather)["function"]["parameters"]
+    (call,) = gathered.tool_calls
+    assert call["id"] == tool_call_id(question, "GetWeather", 0)
+    assert call["name"] == "GetWeather"
+    assert call["args"] == json.loads(arguments_of(schema, "GetWeather"))
+
+    final = await bound.ainvoke(
+        [HumanMessage(question), gathered, ToolMessage(content="sunny, 21 C", tool_call_id=call["id"])]
+    )
+    assert final.content == expected_answer("tool results: sunny, 21 C", 8)
+    assert not final.tool_calls
+
+    structured = llm.with_structured_output(Forecast)
+    result = await structured.ainvoke(prompt("langchain-structured", tokens=5).text)
+    strict = openai.lib._pydantic.to_strict_json_schema(Forecast)
+    assert result == Forecast.model_validate(instance_of(strict))
+
+
+async def test_a_cancel_in_the_middle_of_a_streamed_tool_call(
+    stack: Deployment, sdk: openai.AsyncOpenAI
+) -> None:
+    question = prompt("cancel-call", tokens=5, tps=4).text + " [[mock:tool=get_weather]]"
+    stream = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": question}], tools=[WEATHER_TOOL], stream=True
+    )
+    session_id = stream.response.headers["X-Session-ID"]
+    received = ""
+    async with httpx.AsyncClient(timeout=30) as client:
+        with pytest.raises(openai.APIError) as raised:
+            async for chunk in stream:
+                calls = (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []
+                received += "".join((call.function.arguments or "") for call in calls if call.function)
+                if received and not received.endswith("}"):
+                    cancel = await client.delete(f"{stack.apis[1].base_url}/sessions/{session_id}")
+                    assert cancel.status_code in (200, 202), cancel.text
+        assert (raised.value.body or {}).get("code") == "cancelled", raised.value
+        # What the client was sent is exactly the start of the call's arguments, and a reader
+        # on the other replica sees the same parts end as cancelled.
+        _, arguments = expected_call(question, WEATHER_TOOL)
+        assert received and arguments.startswith(received) and received != arguments
+        seen = await read_stream(client, f"{stack.apis[1].base_url}/stream/{session_id}?parts=true")
+    assert seen.events[-1].kind == "cancelled"
+    args = "".join(e.data["chunk"] for e in seen.events if e.data.get("part") == "tool.0.args")
+    assert arguments.startswith(args) and len(args) >= len(received)
