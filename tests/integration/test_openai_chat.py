@@ -14,9 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import openai
 import pytest
+from llm_stream_mockllm.answer import choice_prompt, expected_answer
 
 from .support.deployment import Deployment, prompt
 from .support.processes import free_port
+from .support.sse import read_stream
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +133,7 @@ async def test_twenty_concurrent_streams(sdk: openai.AsyncOpenAI) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 5}, "n"),
         ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
         ({"tools": [{"type": "function", "function": {"name": "not a name"}}]}, "tools[0].function.name"),
         ({"temperature": 5}, "temperature"),
@@ -147,6 +149,30 @@ async def test_what_we_cannot_honour_is_a_clear_400(sdk: openai.AsyncOpenAI, ext
     assert raised.value.status_code == 400
     assert raised.value.param == param
     assert param.split("[")[0].split(".")[0] in raised.value.message
+
+
+async def test_several_choices_each_with_its_own_answer(stack: Deployment, sdk: openai.AsyncOpenAI) -> None:
+    ask = prompt("choices", tokens=8, tps=200)
+    expected = [expected_answer(choice_prompt(ask.text, i), 8) for i in range(3)]
+    messages = [{"role": "user", "content": ask.text}]
+
+    completion = await sdk.chat.completions.create(model=MODEL, messages=messages, n=3)
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert [c.message.content for c in completion.choices] == expected
+    assert [c.finish_reason for c in completion.choices] == ["stop"] * 3
+
+    stream = await sdk.chat.completions.create(model=MODEL, messages=messages, n=3, stream=True)
+    session_id = stream.response.headers["X-Session-ID"]
+    texts, finishes = ["", "", ""], [None, None, None]
+    async for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            finishes[choice.index] = choice.finish_reason or finishes[choice.index]
+    assert texts == expected and finishes == ["stop"] * 3
+    # A native client reads choice 0 as the answer's text, as it always did.
+    async with httpx.AsyncClient(timeout=30) as client:
+        native = await read_stream(client, f"{stack.apis[0].base_url}/stream/{session_id}")
+    assert "".join(e.data["chunk"] for e in native.events if "chunk" in e.data) == expected[0]
 
 
 async def test_errors_are_openai_error_objects(stack: Deployment, client: httpx.AsyncClient) -> None:

@@ -66,6 +66,17 @@ def test_max_tokens_is_a_ceiling_and_none_is_left_to_the_workers() -> None:
     assert "101" in error.message and "ceiling of 100 tokens" in error.message
 
 
+def test_choices_are_bounded_by_max_choices() -> None:
+    config = settings(max_choices=3)
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+    wanted = ChatCompletionRequest.model_validate({**body, "n": 3}).task_request()
+    assert wanted.n == 3 and wanted.task("s", None).v == 2  # a first-version worker refuses it
+    limits.check(wanted, config)
+    error = refusal(ChatCompletionRequest.model_validate({**body, "n": 4}).task_request(), config)
+    assert error.param == "n" and "MAX_CHOICES (3)" in error.message
+    assert ChatCompletionRequest.model_validate({**body, "n": 1}).task_request().n is None
+
+
 def test_model_allow_list() -> None:
     config = settings(models_allowed=" gpt-4o-mini , llama3 ,")
     assert config.allowed_models == ["gpt-4o-mini", "llama3"]

@@ -52,7 +52,7 @@ def test_chat_completions_become_a_task_with_usage() -> None:
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"n": 3}, "n"), ({"audio": {}}, "audio"), ({"functions": [{}]}, "functions"),
+    ({"audio": {}}, "audio"), ({"functions": [{}]}, "functions"),
     ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c"}]}]}, "messages[0].tool_calls[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "messages[0].content[0]"),

@@ -35,6 +35,7 @@ ConfigMap starts with these.
 {{- include "llm-stream.setEnv" (list $data "UVICORN_WORKERS" $a.uvicornWorkers) }}
 {{- include "llm-stream.setEnv" (list $data "MAX_MESSAGE_CHARS" $a.maxMessageChars) }}
 {{- include "llm-stream.setEnv" (list $data "MAX_MESSAGES" $a.maxMessages) }}
+{{- include "llm-stream.setEnv" (list $data "MAX_CHOICES" $a.maxChoices) }}
 {{- include "llm-stream.setEnv" (list $data "MAX_TOTAL_CHARS" $a.maxTotalChars) }}
 {{- include "llm-stream.setEnv" (list $data "MODELS_ALLOWED" $a.modelsAllowed) }}
 {{- include "llm-stream.setEnv" (list $data "ENQUEUE_TIMEOUT_S" $a.enqueueTimeoutSeconds) }}

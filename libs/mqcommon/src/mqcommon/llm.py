@@ -15,7 +15,7 @@ import openai
 import orjson
 
 from mqcommon.errors import RetryableUpstreamError, map_upstream
-from mqcommon.parts import CONTENT, LOGPROBS, REASONING, REFUSAL, Part, tool_key
+from mqcommon.parts import CONTENT, FINISH, LOGPROBS, REASONING, REFUSAL, Part, choice_key, tool_key
 from mqcommon.schemas import ChatTask
 from mqcommon.settings import LLMSettings
 
@@ -181,40 +181,61 @@ def _delta_parts(chunk: dict[str, Any], calls: _ToolCalls, outcome: Outcome | No
     choices = chunk.get("choices")
     if not choices:
         return []
-    choice = choices[0]
-    if outcome is not None and choice.get("finish_reason"):
-        outcome.finish = choice["finish_reason"]
-    delta = choice.get("delta") or {}
-    content = delta.get("content")
-    if len(delta) == 1 and content is not None and not choice.get("logprobs"):  # nearly every chunk
-        return [(CONTENT, content)] if isinstance(content, str) and content else []
+    if len(choices) == 1:
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if (len(delta) == 1 and content is not None and not choice.get("logprobs")
+                and not choice.get("index") and not choice.get("finish_reason")):  # nearly every chunk
+            return [(CONTENT, content)] if isinstance(content, str) and content else []
     parts: list[Part] = []
+    for choice in choices:
+        index = choice.get("index", 0)
+        _choice_parts(choice, index if isinstance(index, int) and index >= 0 else 0, calls, outcome, parts)
+    return parts
+
+
+def _choice_parts(
+    choice: dict[str, Any], index: int, calls: _ToolCalls, outcome: Outcome | None, parts: list[Part]
+) -> None:
+    """The parts of one choice's delta (choices above 0 under their own keys)."""
+    def key(name: str) -> str:
+        return choice_key(index, name)
+
+    finish = choice.get("finish_reason")
+    if isinstance(finish, str) and finish:
+        if index == 0:
+            if outcome is not None:
+                outcome.finish = finish
+        else:
+            parts.append((key(FINISH), finish))
+    delta = choice.get("delta") or {}
     # vLLM and others send reasoning as reasoning_content (newer vLLM: reasoning).
     reasoning = delta.get("reasoning_content") or delta.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        parts.append((REASONING, reasoning))
+        parts.append((key(REASONING), reasoning))
+    content = delta.get("content")
     if isinstance(content, str) and content:
-        parts.append((CONTENT, content))
+        parts.append((key(CONTENT), content))
     refusal = delta.get("refusal")
     if isinstance(refusal, str) and refusal:
-        parts.append((REFUSAL, refusal))
+        parts.append((key(REFUSAL), refusal))
     for call in delta.get("tool_calls") or ():
         if not isinstance(call, dict):
             continue
-        index = call.get("index", 0)
-        index = index if isinstance(index, int) and index >= 0 else 0
+        number = call.get("index", 0)
+        number = number if isinstance(number, int) and number >= 0 else 0
         function = call.get("function") or {}
         for field, value in (("id", call.get("id")), ("name", function.get("name"))):
-            if (once := calls.once(tool_key(index, field), value)) is not None:
-                parts.append((tool_key(index, field), once))
+            if (once := calls.once(key(tool_key(number, field)), value)) is not None:
+                parts.append((key(tool_key(number, field)), once))
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            parts.append((tool_key(index, "args"), arguments))
+            parts.append((key(tool_key(number, "args")), arguments))
     logprobs = choice.get("logprobs")
     entries = logprobs.get("content") if isinstance(logprobs, dict) else None
     if isinstance(entries, list) and entries:
-        parts.append((LOGPROBS, "".join(orjson.dumps(entry).decode() + "\n" for entry in entries)))
-    return parts
+        parts.append((key(LOGPROBS), "".join(orjson.dumps(entry).decode() + "\n" for entry in entries)))
 
 
 async def check_connection(client: openai.AsyncOpenAI) -> list[str]:

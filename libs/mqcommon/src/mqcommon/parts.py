@@ -18,6 +18,8 @@ Part keys:
     tool.<i>.name         tool call i's function name
     tool.<i>.args         tool call i's argument text (JSON, streamed in pieces)
     logprobs              one JSON object per line: OpenAI's ``logprobs.content`` entries
+    choice.<n>.<key>      any of those, of choice n >= 1 when a request asked for several (``n``)
+    choice.<n>.finish     choice n's finish reason (choice 0's is in the end, ``End.finish``)
 
 Each key may appear in several runs (content, then a tool call, then content again); runs of
 the same key next to each other are one run. Keys this version does not know are kept and
@@ -35,6 +37,8 @@ REFUSAL = "refusal"
 LOGPROBS = "logprobs"
 TOOL = "tool"
 TOOL_FIELDS = ("id", "name", "args")
+CHOICE = "choice"
+FINISH = "finish"
 
 Part = tuple[str, str]  # (key, text)
 Run = tuple[str, int]  # (key, count of characters)
@@ -53,6 +57,22 @@ def tool_of(key: str) -> tuple[int, str] | None:
     if not index.isdigit() or field not in TOOL_FIELDS:
         return None
     return int(index), field
+
+
+def choice_key(choice: int, key: str) -> str:
+    """``key`` of choice ``choice``: choice 0's keys are the plain ones."""
+    return key if choice == 0 else f"{CHOICE}.{choice}.{key}"
+
+
+def choice_of(key: str) -> tuple[int, str]:
+    """``(choice, key within it)`` of a part key."""
+    if not key.startswith("choice."):
+        return 0, key
+    _, _, rest = key.partition(".")
+    index, _, inner = rest.partition(".")
+    if not index.isdigit() or not inner:
+        return 0, key
+    return int(index), inner
 
 
 def valid_key(key: Any) -> bool:

@@ -130,7 +130,7 @@ class ChatMessage(BaseModel):
 PASSED_THROUGH = ("temperature", "top_p", "stop", "seed", "user")
 PASSED_THROUGH_TYPED = (
     "tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
-    "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort",
+    "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort", "n",
 )
 
 
@@ -170,6 +170,7 @@ class ChatTask(BaseModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    n: int | None = Field(default=None, ge=2)  # choices above 1 (mqcommon.parts: choice.<n>.*)
 
     @model_validator(mode="after")
     def _has_a_prompt(self) -> ChatTask:

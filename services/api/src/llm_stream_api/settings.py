@@ -32,6 +32,11 @@ class APISettings(BrokerSettings, LLMSettings):
     max_messages: int = Field(
         default=1000, ge=1, description="Most messages (conversation turns) in one request."
     )
+    max_choices: int = Field(
+        default=4, ge=1, le=128,
+        description="Most choices (n) one Chat Completions request may ask for; each is generated "
+        "in full, so it multiplies the cost of the answer.",
+    )
     max_total_chars: int = Field(
         default=100_000, ge=1, description="Most characters of all a request's messages together."
     )

@@ -69,3 +69,8 @@ def answer_tokens(prompt: str, n_tokens: int) -> list[str]:
 def expected_answer(prompt: str, n_tokens: int) -> str:
     """The full answer text for ``prompt``: the tokens joined."""
     return "".join(answer_tokens(prompt, n_tokens))
+
+
+def choice_prompt(prompt: str, choice: int) -> str:
+    """What choice ``choice`` of a request with ``n`` above 1 answers (choice 0: the prompt)."""
+    return prompt if choice == 0 else f"{prompt} (choice {choice})"

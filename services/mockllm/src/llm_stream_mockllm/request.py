@@ -1,8 +1,8 @@
 """Validation of a ``POST /v1/chat/completions`` body.
 
 Only what the mock uses is checked; other OpenAI parameters (temperature, penalties, ...) are
-accepted and ignored. Only ``n=1`` answers are produced. ``typed`` answers with tool calls,
-structured outputs, reasoning and log probabilities.
+accepted and ignored. ``n`` choices of plain text are produced (``answer.choice_prompt``);
+``typed`` answers with tool calls, structured outputs, reasoning and log probabilities have one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ SAMPLING = (
 
 
 MAX_TOP_LOGPROBS = 5
+MAX_CHOICES = 16
 
 
 class BadRequest(ValueError):
@@ -51,6 +52,8 @@ class ChatRequest:
     """The role of every message, in order."""
     data: dict[str, Any]
     """The whole body (``typed`` reads tools, formats and log probabilities from it)."""
+    choices: int = 1
+    """``n``."""
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -92,6 +95,12 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     if isinstance(top, int) and top > MAX_TOP_LOGPROBS:
         raise BadRequest(f"top_logprobs: at most {MAX_TOP_LOGPROBS} here, not {top}.", "top_logprobs")
 
+    choices = data.get("n", 1)
+    if choices is None:
+        choices = 1
+    if not isinstance(choices, int) or isinstance(choices, bool) or not 1 <= choices <= MAX_CHOICES:
+        raise BadRequest(f"n: from 1 to {MAX_CHOICES}.", "n")
+
     stream_options = data.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise BadRequest("stream_options must be an object.", "stream_options")
@@ -114,6 +123,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         prompt_tokens=prompt_tokens,
         directives=directives,
         data=data,
+        choices=choices,
     )
 
 

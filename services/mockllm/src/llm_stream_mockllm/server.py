@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from llm_stream_mockllm import wire
-from llm_stream_mockllm.answer import answer_tokens
+from llm_stream_mockllm.answer import answer_tokens, choice_prompt
 from llm_stream_mockllm.request import BadRequest, ChatRequest, parse_chat_request
 from llm_stream_mockllm.settings import Settings
 from llm_stream_mockllm.typed import Plan, plan
@@ -159,6 +159,21 @@ class MockLLM:
                 )
             else:
                 await self._typed(send, request, typed, schedule, number)
+        elif request.choices > 1:
+            answers = [tokens] + [
+                answer_tokens(choice_prompt(request.prompt, i), count) for i in range(1, request.choices)
+            ]
+            if request.stream:
+                await self._stream(
+                    receive, send, request, len(tokens),
+                    lambda encoder, a, b: b"".join(
+                        encoder.choice_content(i, answer[k])
+                        for k in range(a, b) for i, answer in enumerate(answers)
+                    ),
+                    finish, schedule, number, choices=request.choices,
+                )
+            else:
+                await self._complete(send, request, tokens, finish, schedule, number, answers)
         elif request.stream:
             await self._stream(
                 receive, send, request, len(tokens),
@@ -187,6 +202,7 @@ class MockLLM:
         finish: str,
         schedule: _Schedule,
         number: int,
+        choices: int = 1,
     ) -> None:
         """Stream ``units`` chunks at the schedule's pace; ``encode`` makes chunks a to b."""
         loop = asyncio.get_running_loop()
@@ -226,9 +242,9 @@ class MockLLM:
             if abort_after is not None:
                 _abort()
                 return
-            tail = encoder.finish(finish)
+            tail = b"".join(encoder.finish(finish, index) for index in range(choices))
             if request.include_usage:
-                tail += encoder.usage(request.prompt_tokens, units)
+                tail += encoder.usage(request.prompt_tokens, units * choices)
             done = True
             await send({"type": "http.response.body", "body": tail + wire.DONE})
         finally:
@@ -257,6 +273,7 @@ class MockLLM:
         finish: str,
         schedule: _Schedule,
         number: int,
+        answers: list[list[str]] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         abort_after = request.directives.fail_after
@@ -268,10 +285,10 @@ class MockLLM:
             f"chatcmpl-mock{number:08d}",
             int(time.time()),
             request.model,
-            "".join(tokens),
+            ["".join(answer) for answer in answers] if answers else "".join(tokens),
             finish,
             request.prompt_tokens,
-            len(tokens),
+            len(tokens) * (len(answers) if answers else 1),
         )
         if abort_after is None:
             await _json(send, 200, body)

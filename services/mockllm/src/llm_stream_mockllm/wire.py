@@ -82,14 +82,19 @@ class ChunkEncoder:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
         return self._head + orjson.dumps([choice]) + self._tail
 
-    def finish(self, reason: str) -> bytes:
+    def finish(self, reason: str, index: int = 0) -> bytes:
         return (
             self._head
-            + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"'
+            + b'[{"index":%d,"delta":{},"logprobs":null,"finish_reason":"' % index
             + reason.encode()
             + b'"}]'
             + self._tail
         )
+
+    def choice_content(self, index: int, text: str) -> bytes:
+        """Content of choice ``index`` (of a request with ``n`` above 1)."""
+        choice = {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+        return self._head + orjson.dumps([choice]) + self._tail
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The extra last chunk sent when ``stream_options.include_usage`` is true."""
@@ -100,12 +105,13 @@ def completion(
     completion_id: str,
     created: int,
     model: str,
-    text: str,
+    text: str | list[str],
     finish_reason: str,
     prompt_tokens: int,
     completion_tokens: int,
 ) -> bytes:
-    """A non-streamed ``chat.completion``."""
+    """A non-streamed ``chat.completion``; ``text`` a list: one choice each."""
+    texts = [text] if isinstance(text, str) else text
     return orjson.dumps(
         {
             "id": completion_id,
@@ -114,11 +120,12 @@ def completion(
             "model": model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "index": index,
+                    "message": {"role": "assistant", "content": answer, "refusal": None},
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
+                for index, answer in enumerate(texts)
             ],
             "usage": usage(prompt_tokens, completion_tokens),
             "system_fingerprint": FINGERPRINT,

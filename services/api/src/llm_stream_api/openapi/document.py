@@ -101,6 +101,8 @@ def _limit_properties(properties: dict[str, Any], settings: APISettings) -> None
     for name in TOKEN_CAPS:
         if (cap := _typed(properties.get(name), "integer")) and ceiling:
             cap["maximum"] = min(cap.get("maximum", ceiling), ceiling)
+    if choices := _typed(properties.get("n"), "integer"):
+        choices["maximum"] = settings.max_choices
     if (model := _typed(properties.get("model"), "string")) and settings.allowed_models:
         model["enum"] = settings.allowed_models
 

@@ -4,8 +4,9 @@ What we honour goes into the task: the conversation (system, developer, user, as
 tool turns; text and image content; an assistant's tool calls), ``temperature``, ``top_p``,
 ``max_tokens`` or ``max_completion_tokens``, ``stop``, ``seed``, ``user``, ``tools``,
 ``tool_choice``, ``parallel_tool_calls``, ``response_format``, ``logprobs``, ``top_logprobs``,
-``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ``reasoning_effort``, ``stream`` and
-``stream_options.include_usage``; the LLM's 400 for one it does not support is the client's.
+``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ``reasoning_effort``, ``n`` (each
+choice under its own keys, ``choice.<n>.*``), ``stream`` and ``stream_options.include_usage``;
+the LLM's 400 for one it does not support is the client's.
 What we cannot honour is refused by name (``refuse_what_we_cannot_honour``), and the fields'
 schemas say which values are honoured. The answer's parts (mqcommon.parts) become
 ``content``, ``reasoning_content``, ``refusal``, ``tool_calls`` and ``logprobs``.
@@ -17,7 +18,7 @@ import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from mqcommon.parts import CONTENT, LOGPROBS, REASONING, REFUSAL, Part, tool_of
+from mqcommon.parts import CONTENT, FINISH, LOGPROBS, REASONING, REFUSAL, Part, choice_of, of_key, tool_of
 from mqcommon.schemas import MODEL_PATTERN, ChatMessage
 from pydantic import BeforeValidator, Field, JsonValue, StringConstraints, field_validator
 
@@ -231,7 +232,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
         default=None, max_length=300
     )
     reasoning_effort: str | None = Field(default=None, max_length=32)
-    n: Integer | None = Field(default=None, ge=1, json_schema_extra=null_or({"const": 1}))
+    n: Integer | None = Field(default=None, ge=1, le=128)
     functions: list[Any] | None = Field(
         default=None, json_schema_extra=null_or({"type": "array", "maxItems": 0})
     )
@@ -253,7 +254,6 @@ class ChatCompletionRequest(OpenAIBaseModel):
         return value
 
     def refuse_what_we_cannot_honour(self) -> None:
-        refuse_unless(self.n in (None, 1), "n", "only one choice (n=1) is generated")
         refuse_unless(not self.functions, "functions", "function calls are not supported")
         refuse_unless(
             self.function_call in (None, "none", "auto"), "function_call", "function calls are not supported"
@@ -302,6 +302,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
             top_logprobs=self.top_logprobs if self.logprobs else None,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             logit_bias=self.logit_bias or None, reasoning_effort=self.reasoning_effort,
+            n=self.n if self.n and self.n > 1 else None,
         )
 
 
@@ -323,10 +324,10 @@ COMPLETION_SCHEMA = {
         "object": {"const": "chat.completion"},
         "created": {"type": "integer"},
         "model": {"type": "string"},
-        "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+        "choices": {"type": "array", "minItems": 1, "items": {
             "type": "object",
             "properties": {
-                "index": {"const": 0},
+                "index": {"type": "integer", "minimum": 0},
                 "message": {
                     "type": "object",
                     "properties": {
@@ -428,18 +429,32 @@ def message_of(parts: list[Part] | None, text: str) -> tuple[dict[str, Any], lis
     return message, logprobs or None
 
 
+def by_choice(parts: list[Part]) -> dict[int, list[Part]]:
+    """An answer's parts per choice (``n``), each under its plain keys; choice 0 always."""
+    out: dict[int, list[Part]] = {0: []}
+    for key, text in parts:
+        index, inner = choice_of(key)
+        out.setdefault(index, []).append((inner, text))
+    return out
+
+
 def completion(
     session_id: str, model: str, created: int, text: str, usage: dict[str, Any] | None,
     max_tokens: int | None = None, parts: list[Part] | None = None, finish: str | None = None,
 ) -> dict[str, Any]:
-    message, logprobs = message_of(parts, text)
+    choices = []
+    for index, own in (by_choice(parts) if parts is not None else {0: None}).items():
+        message, logprobs = message_of(own, text)
+        ended = finish if index == 0 else of_key(own or [], FINISH) or None
+        choices.append({
+            "index": index, "message": message,
+            "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+            "finish_reason": finish_reason(usage, max_tokens if index == 0 else None, ended,
+                                           "tool_calls" in message),
+        })
     return {
         "id": completion_id(session_id), "object": "chat.completion", "created": created, "model": model,
-        "choices": [{
-            "index": 0, "message": message,
-            "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
-            "finish_reason": finish_reason(usage, max_tokens, finish, "tool_calls" in message),
-        }],
+        "choices": choices,
         "usage": usage_of(usage),  # null when the LLM did not report it
         "system_fingerprint": None,
     }
@@ -457,7 +472,9 @@ class ChunkWriter:
         }
         self.include_usage = include_usage
         self.max_tokens = max_tokens
-        self.tool_calls = False  # some were sent: the finish reason is tool_calls
+        self.tool_calls: set[int] = set()  # choices that sent some: their finish reason is tool_calls
+        self.opened: set[int] = set()  # choices above 0 that have begun (their role was sent)
+        self.finishes: dict[int, str] = {}  # the finish reasons of choices above 0, as they come
 
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {**self.head, "choices": choices, **extra}
@@ -466,8 +483,7 @@ class ChunkWriter:
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
     def role(self) -> bytes:
-        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                             "logprobs": None, "finish_reason": None}])
+        return self._event([_choice({"role": "assistant", "content": ""})])
 
     def content(self, text: str) -> bytes:
         choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
@@ -477,16 +493,22 @@ class ChunkWriter:
         """One chunk per delta, as OpenAI streams them: a tool call's id, name and first
         arguments in one delta, log probabilities on the content they belong to."""
         choices: list[dict[str, Any]] = []
-        for key, text in parts:
-            last = choices[-1] if choices else None
-            if key == LOGPROBS:
+        for full_key, text in parts:
+            number, key = choice_of(full_key)
+            if number and number not in self.opened:
+                self.opened.add(number)
+                choices.append(_choice({"role": "assistant", "content": ""}, index=number))
+            last = choices[-1] if choices and choices[-1]["index"] == number else None
+            if key == FINISH:
+                self.finishes[number] = self.finishes.get(number, "") + text
+            elif key == LOGPROBS:
                 entries = logprob_entries(text)
                 if last is not None and last["logprobs"] is None and "content" in last["delta"]:
                     last["logprobs"] = {"content": entries, "refusal": None}
                 else:
-                    choices.append(_choice({}, {"content": entries, "refusal": None}))
+                    choices.append(_choice({}, {"content": entries, "refusal": None}, index=number))
             elif (tool := tool_of(key)) is not None:
-                self.tool_calls = True
+                self.tool_calls.add(number)
                 index, field = tool
                 calls = last["delta"].get("tool_calls") if last is not None else None
                 call = calls[0] if calls and calls[0]["index"] == index else None
@@ -494,7 +516,7 @@ class ChunkWriter:
                         field == "name" and "name" in call["function"]) or (
                         field != "args" and call["function"].get("arguments")):
                     call = {"index": index, "function": {}}
-                    choices.append(_choice({"tool_calls": [call]}))
+                    choices.append(_choice({"tool_calls": [call]}, index=number))
                 if field == "id":
                     call.update({"id": text, "type": "function"})
                     call["function"].setdefault("arguments", "")
@@ -506,12 +528,15 @@ class ChunkWriter:
             else:
                 name = {CONTENT: "content", REASONING: "reasoning_content", REFUSAL: "refusal"}.get(key)
                 if name is not None:
-                    choices.append(_choice({name: text}))
+                    choices.append(_choice({name: text}, index=number))
         return b"".join(self._event([choice]) for choice in choices)
 
     def finish(self, usage: dict[str, Any] | None, finish: str | None = None) -> bytes:
-        reason = finish_reason(usage, self.max_tokens, finish, self.tool_calls)
+        reason = finish_reason(usage, self.max_tokens, finish, 0 in self.tool_calls)
         out = self._event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
+        for number in sorted(self.opened):
+            reason = finish_reason(None, None, self.finishes.get(number), number in self.tool_calls)
+            out += self._event([{"index": number, "delta": {}, "logprobs": None, "finish_reason": reason}])
         if self.include_usage:
             out += self._event([], usage=usage_of(usage))
         return out + b"data: [DONE]\n\n"
@@ -521,5 +546,7 @@ class ChunkWriter:
         return b"data: " + orjson.dumps(error_object(error)) + b"\n\n"
 
 
-def _choice(delta: dict[str, Any], logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
+def _choice(
+    delta: dict[str, Any], logprobs: dict[str, Any] | None = None, *, index: int = 0
+) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}

@@ -54,6 +54,7 @@ class TaskRequest:
     frequency_penalty: float | None = None
     logit_bias: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    n: int | None = None  # choices, when more than one
 
     def task(self, session_id: str, reply_to: str | None) -> ChatTask:
         given = {

@@ -39,6 +39,8 @@ def check(
             where, f"{total} characters in all, more than MAX_TOTAL_CHARS ({settings.max_total_chars})"
         )
     check_tokens(wanted.max_tokens, settings, names.max_tokens)
+    if wanted.n is not None and wanted.n > settings.max_choices:
+        raise LimitExceeded("n", f"{wanted.n} choices, more than MAX_CHOICES ({settings.max_choices})")
     allowed = settings.allowed_models
     if allowed and wanted.model is not None and wanted.model not in allowed:
         raise LimitExceeded(
