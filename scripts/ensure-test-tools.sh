@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests need, when they are missing: RabbitMQ (the tests start
-# a node of their own from it, never the machine's broker), Prometheus and promtool, Chromium.
+# a node of their own from it, never the machine's broker), Prometheus and promtool, Chromium,
+# HAProxy, and Node.js with npm (the openai-node client).
 # Idempotent: when everything is present it returns at once, without touching apt.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 { have chromium || have chromium-browser; } || missing+=(chromium)
 have curl || missing+=(curl)
 { have haproxy || [[ -x /usr/sbin/haproxy ]]; } || missing+=(haproxy)
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
 
 if ((${#missing[@]} == 0)); then
   exit 0
