@@ -172,3 +172,12 @@ def test_the_native_message_added_after_messages_is_not_counted_against_their_bo
     over = ChatRequest(message="x", messages=[{"role": "user", "content": "a"}] * 3)
     with pytest.raises(LimitExceeded):
         limits.check(from_native(over), settings, appended=appended_turns(over, from_native(over)))
+
+
+def test_the_body_limit_keeps_a_task_below_the_brokers_message_limit() -> None:
+    from llm_stream_api.settings import BROKER_MESSAGE_MAX, TASK_OVERHEAD
+    from pydantic import ValidationError
+
+    assert settings(max_body_bytes=BROKER_MESSAGE_MAX - TASK_OVERHEAD).max_body_bytes
+    with pytest.raises(ValidationError, match="max_body_bytes"):
+        settings(max_body_bytes=BROKER_MESSAGE_MAX)

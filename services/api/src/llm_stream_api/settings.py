@@ -10,6 +10,12 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 
+# RabbitMQ 4.0's default max_message_size (3.x: 128 MiB): a larger task would be refused by the
+# broker, so no accepted body may make one. A task is the body re-encoded plus its own fields.
+BROKER_MESSAGE_MAX = 16 * 1024 * 1024
+TASK_OVERHEAD = 64 * 1024
+
+
 class APISettings(BrokerSettings, LLMSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -20,7 +26,11 @@ class APISettings(BrokerSettings, LLMSettings):
     keep_alive_s: int = Field(
         default=75, ge=1, le=3600, description="How long an idle HTTP keep-alive connection is kept open.",
     )
-    max_body_bytes: int = Field(default=256_000, ge=1024, description="Largest accepted request body.")
+    max_body_bytes: int = Field(
+        default=256_000, ge=1024, le=BROKER_MESSAGE_MAX - TASK_OVERHEAD,
+        description="Largest accepted request body (413 past it). A task is its body and a little "
+        "more, so it stays below RabbitMQ's smallest default max_message_size (16 MiB, 4.0).",
+    )
     chat_direct_llm: bool = Field(
         default=False, description="POST /chat calls the LLM from the API instead of the workers."
     )
