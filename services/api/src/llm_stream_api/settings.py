@@ -9,7 +9,6 @@ from mqcommon.settings import BrokerSettings, LLMSettings
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-
 # RabbitMQ 4.0's default max_message_size (3.x: 128 MiB): a larger task would be refused by the
 # broker, so no accepted body may make one. A task is the body re-encoded plus its own fields.
 BROKER_MESSAGE_MAX = 16 * 1024 * 1024
