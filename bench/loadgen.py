@@ -124,27 +124,36 @@ def direct(base_url: str, n_tokens: int, model: str = "gpt-4o-mini") -> RequestF
     return request
 
 
-def chat_async(base_url: str, n_tokens: int) -> RequestFn:
+# Extra headers of a request's POST and of its stream's GET (which replica a balancer sends each to).
+Route = Callable[[], tuple[dict[str, str], dict[str, str]]]
+
+
+def chat_async(base_url: str, n_tokens: int, route: Route | None = None) -> RequestFn:
     url = f"{base_url}/chat/async"
 
     async def request(session: aiohttp.ClientSession, prompt: str) -> Result:
         result = Result()
+        post_headers, read_headers = route() if route is not None else ({}, {})
         start = time.perf_counter()
-        async with session.post(url, data=orjson.dumps({"message": prompt}), headers=JSON_HEADERS) as r:
+        body = orjson.dumps({"message": prompt})
+        async with session.post(url, data=body, headers={**JSON_HEADERS, **post_headers}) as r:
             result.post_by = r.headers.get(SERVED_BY)
             await _raise_for_status(r)
             queued = orjson.loads(await r.read())
         result.post = time.perf_counter() - start
-        parts = await read_stream(session, base_url + queued["stream_url"], result, start)
+        parts = await read_stream(session, base_url + queued["stream_url"], result, start, read_headers)
         return finish(result, prompt, n_tokens, parts)
 
     return request
 
 
-async def read_stream(session: aiohttp.ClientSession, url: str, result: Result, start: float) -> list[str]:
+async def read_stream(
+    session: aiohttp.ClientSession, url: str, result: Result, start: float,
+    headers: dict[str, str] | None = None,
+) -> list[str]:
     """Read ``GET /stream/{id}`` to its ``done`` event; return the answer pieces."""
     parts: list[str] = []
-    async with session.get(url, headers=SSE_HEADERS) as response:
+    async with session.get(url, headers={**SSE_HEADERS, **(headers or {})}) as response:
         result.stream_by = response.headers.get(SERVED_BY)
         await _raise_for_status(response)
         parser = SSEParser()

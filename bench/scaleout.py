@@ -5,10 +5,12 @@ names; the mock LLM is the run's):
 
 - **Scale-out** (R = 1, 2, 4 by default): R API processes (one uvicorn process each, their own
   ports) behind HAProxy, round-robin without affinity, and one more API process on the same
-  broker that no client reaches. The async closed loop goes through the balancer, POST and GET
-  each balanced on their own, so with R > 1 the stream is usually read from another replica
-  than the one that accepted the POST. HAProxy names the replica that answered in
-  ``X-Served-By``; that is how each replica's served tokens are counted.
+  broker that no client reaches. The async closed loop goes through the balancer, and with
+  R > 1 every stream is read on another replica than the one that took its POST (request k
+  is POSTed on replica k mod R and read on the next: ``crossed``, a header HAProxy routes on),
+  the costliest case, and one that does not depend on how round-robin happens to pair POSTs
+  and GETs. HAProxy names the replica that answered in ``X-Served-By``; that is how each
+  replica's served tokens are counted.
 - **Buffered answers**: one API process, N answers of 1,000 tokens (generated fast, through
   prompt directives), its RSS before and after.
 - **Restart with history**: a history stream is filled with what ``--history-s`` seconds of
@@ -57,6 +59,22 @@ def find_haproxy() -> str | None:
     return None
 
 
+ROUTE_HEADER = "x-bench-replica"
+
+
+def crossed(servers: Sequence[str]) -> loadgen.Route:
+    """Request k: POST on server k mod R, its stream read on the next one (mod R)."""
+    count = 0
+
+    def route() -> tuple[dict[str, str], dict[str, str]]:
+        nonlocal count
+        k, count = count, count + 1
+        post, read = servers[k % len(servers)], servers[(k + 1) % len(servers)]
+        return {ROUTE_HEADER: post}, {ROUTE_HEADER: read}
+
+    return route
+
+
 def server_name(index: int) -> str:
     return f"api{index}"
 
@@ -102,6 +120,10 @@ def haproxy_config(
         "",
         "backend api",
         "    balance roundrobin",
+        # The load generator may name the server of a request (X-Bench-Replica): that is how
+        # the scale-out part reads every stream on another replica than the one that took its
+        # POST. A request without it, or naming a server that is down, is balanced.
+        *(f"    use-server {name} if {{ req.hdr({ROUTE_HEADER}) -m str {name} }}" for name, _ in servers),
         "    option httpchk GET /health/full",
         "    http-check expect status 200",
         "    http-response set-header X-Served-By %s",
@@ -453,9 +475,10 @@ class ScaleOut:
         quiet = {k: v - quiet[k] for k, v in cpu_seconds(idle_meters).items() if k in idle}
         metrics_before = await scrape_all(session, apis)
         before = cpu_seconds(meters)
+        route = crossed(served) if replicas > 1 else None
         run = await loadgen.closed_loop(
             session,
-            loadgen.chat_async(group.url, self.bench.n_tokens),
+            loadgen.chat_async(group.url, self.bench.n_tokens, route=route),
             prompts,
             concurrency,
             request_timeout=self.args.request_timeout,

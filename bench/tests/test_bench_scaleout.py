@@ -65,6 +65,17 @@ def test_haproxy_accepts_the_generated_config(tmp_path) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_crossed_routes_read_every_stream_on_the_next_replica() -> None:
+    route = scaleout.crossed(["api0", "api1", "api2"])
+    pairs = [route() for _ in range(4)]
+    assert [(post[scaleout.ROUTE_HEADER], read[scaleout.ROUTE_HEADER]) for post, read in pairs] == [
+        ("api0", "api1"), ("api1", "api2"), ("api2", "api0"), ("api0", "api1"),
+    ]
+    config = scaleout.haproxy_config(40000, SERVERS)
+    for name, _ in SERVERS:
+        assert f"use-server {name} if {{ req.hdr({scaleout.ROUTE_HEADER}) -m str {name} }}" in config
+
+
 # -- per replica ---------------------------------------------------------------------------
 
 
