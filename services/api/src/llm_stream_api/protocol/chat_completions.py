@@ -32,6 +32,7 @@ from llm_stream_api.protocol.openai_base import (
     Seed,
     TokenCap,
     Unsupported,
+    chat_content,
     documented_as,
     error_object,
     integral,
@@ -90,37 +91,27 @@ class Message(OpenAIBaseModel):
 
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
-    """Text stays text (text parts are joined); parts with an image are passed on as given."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise OpenAIError(400, f"{where}: expected a string or a list of content parts", param=where)
-    parts: list[dict[str, Any]] = []
-    for index, part in enumerate(content):
-        at = f"{where}[{index}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            parts.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(
-            part["image_url"].get("url"), str
-        ):
-            image = {"url": part["image_url"]["url"]}
-            if "detail" in part["image_url"]:
-                detail = part["image_url"]["detail"]
-                if detail not in ("auto", "low", "high"):
-                    where_detail = f"{at}.image_url.detail"
-                    raise OpenAIError(400, f"{where_detail}: auto, low or high", param=where_detail)
-                image["detail"] = detail
-            parts.append({"type": "image_url", "image_url": image})
-        elif kind in ("text", "image_url"):
-            raise OpenAIError(400, f"{at}: a {kind} part needs its {kind}", param=at)
-        else:
-            raise Unsupported(at, f"content parts are text or image_url, not {kind or type(part).__name__!r}")
-    if all(part["type"] == "text" for part in parts):
-        return "\n".join(part["text"] for part in parts)
-    return parts
+    return chat_content(content, where, _part)
+
+
+def _part(part: Any, at: str) -> dict[str, Any]:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text" and isinstance(part.get("text"), str):
+        return {"type": "text", "text": part["text"]}
+    if kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(
+        part["image_url"].get("url"), str
+    ):
+        image = {"url": part["image_url"]["url"]}
+        if "detail" in part["image_url"]:
+            detail = part["image_url"]["detail"]
+            if detail not in ("auto", "low", "high"):
+                where_detail = f"{at}.image_url.detail"
+                raise OpenAIError(400, f"{where_detail}: auto, low or high", param=where_detail)
+            image["detail"] = detail
+        return {"type": "image_url", "image_url": image}
+    if kind in ("text", "image_url"):
+        raise OpenAIError(400, f"{at}: a {kind} part needs its {kind}", param=at)
+    raise Unsupported(at, f"content parts are text or image_url, not {kind or type(part).__name__!r}")
 
 
 def _tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:

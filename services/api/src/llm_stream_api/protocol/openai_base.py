@@ -107,6 +107,24 @@ def refuse_unless(condition: bool, param: str, why: str) -> None:
         raise Unsupported(param, why)
 
 
+def chat_content(
+    content: Any, where: str, part_of: Callable[[Any, str], dict[str, Any]]
+) -> str | list[dict[str, Any]]:
+    """A message's content as the task carries it: text stays text (text parts joined by
+    newlines); with an image, Chat Completions' parts. ``part_of(part, where)`` turns one part
+    of the dialect into a Chat Completions part, or raises the 400 naming it."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise OpenAIError(400, f"{where}: expected a string or a list of content parts", param=where)
+    parts = [part_of(part, f"{where}[{index}]") for index, part in enumerate(content)]
+    if all(part["type"] == "text" for part in parts):
+        return "\n".join(part["text"] for part in parts)
+    return parts
+
+
 def text_of(content: Any, where: str, *, kinds: tuple[str, ...] = ("text",)) -> str:
     """A message's content as one string: a string, or text parts (other parts are refused)."""
     if content is None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from mqcommon.schemas import ChatMessage
 from pydantic import Field, StringConstraints
 
-from llm_stream_api.protocol.openai_base import ROLES, OpenAIBaseModel, OpenAIError, Unsupported
+from llm_stream_api.protocol.openai_base import ROLES, OpenAIBaseModel, OpenAIError, Unsupported, chat_content
 
 ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 TEXT_KINDS = ("input_text", "output_text", "text")
@@ -83,31 +83,21 @@ def tool_choice(choice: str | NamedFunction | None) -> str | dict[str, Any] | No
 
 
 def content_of(content: Any, where: str) -> str | list[dict[str, Any]]:
-    """Text stays text (text parts joined); with an image, Chat Completions' parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise OpenAIError(400, f"{where}: expected a string or a list of content parts", param=where)
-    parts: list[dict[str, Any]] = []
-    for index, part in enumerate(content):
-        at = f"{where}[{index}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in TEXT_KINDS:
-            if not isinstance(part.get("text"), str):
-                raise OpenAIError(400, f"{at}.text: expected a string", param=f"{at}.text")
-            parts.append({"type": "text", "text": part["text"]})
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            parts.append({"type": "text", "text": part["refusal"]})
-        elif kind == "input_image":
-            parts.append(_image(part, at))
-        else:
-            what = kind or type(part).__name__
-            raise Unsupported(at, f"content parts are input_text or input_image, not {what!r}")
-    if all(part["type"] == "text" for part in parts):
-        return "\n".join(part["text"] for part in parts)
-    return parts
+    return chat_content(content, where, _part)
+
+
+def _part(part: Any, at: str) -> dict[str, Any]:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in TEXT_KINDS:
+        if not isinstance(part.get("text"), str):
+            raise OpenAIError(400, f"{at}.text: expected a string", param=f"{at}.text")
+        return {"type": "text", "text": part["text"]}
+    if kind == "refusal" and isinstance(part.get("refusal"), str):
+        return {"type": "text", "text": part["refusal"]}
+    if kind == "input_image":
+        return _image(part, at)
+    what = kind or type(part).__name__
+    raise Unsupported(at, f"content parts are input_text or input_image, not {what!r}")
 
 
 def _image(part: dict[str, Any], at: str) -> dict[str, Any]:
