@@ -64,3 +64,27 @@ def test_typed_parts_become_openai_deltas_and_a_message() -> None:
     assert message["content"] is None and message["reasoning_content"] == "hmm"
     assert [c["function"]["arguments"] for c in message["tool_calls"]] == ['{"a":1}', "{}"]
     assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_several_choices_open_in_order_whatever_comes_first() -> None:
+    from llm_stream_api.protocol.chat_completions import completion
+    from mqcommon.parts import CONTENT, FINISH, choice_key
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    parts = [(choice_key(2, CONTENT), "two"), (CONTENT, "zero"), (choice_key(1, CONTENT), "one"),
+             (choice_key(2, FINISH), "length"), (choice_key(7, CONTENT), "nobody asked")]
+    writer = ChunkWriter("s", "m", include_usage=False, choices=3)
+    raw = writer.role() + writer.parts(parts) + writer.finish(None, "stop")
+    assert b'"index":2,"delta":{},"logprobs":null,"finish_reason":"length"' in raw
+    raw = raw.replace(b'"finish_reason":"length"', b'"finish_reason":"stop"')  # the SDK refuses length
+    state = ChatCompletionStreamState()
+    for line in raw.split(b"\n\n"):
+        if line.startswith(b"data: {"):
+            state.handle_chunk(ChatCompletionChunk.model_validate(orjson.loads(line[6:])))
+    final = state.get_final_completion()
+    assert [(c.index, c.message.content) for c in final.choices] == [(0, "zero"), (1, "one"), (2, "two")]
+    whole = completion("s", "m", 0, "", None, parts=parts, finish="stop", choices=3)
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in whole["choices"]] == [
+        (0, "zero", "stop"), (1, "one", "stop"), (2, "two", "length"),
+    ]

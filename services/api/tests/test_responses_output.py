@@ -7,7 +7,7 @@ import orjson
 import pytest
 from llm_stream_api.protocol import responses
 from llm_stream_api.protocol import responses_output as outputs
-from mqcommon.parts import CONTENT, REASONING, Kinds, Part, tool_key
+from mqcommon.parts import CONTENT, LOGPROBS, REASONING, Kinds, Part, tool_key
 
 TYPED: list[Part] = [
     (REASONING, "think"), (CONTENT, "Let me call."), (tool_key(0, "id"), "call_1"),
@@ -20,14 +20,17 @@ def events(raw: bytes) -> list[dict]:
     return [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
 
 
-def render(parts: list[Part], after: int = -1, cut: int = 0, status: str = "completed") -> list[dict]:
+def render(
+    parts: list[Part], after: int = -1, cut: int = 0, status: str = "completed", *, held: bool = True
+) -> list[dict]:
     """The events of an answer of ``parts`` after ``after``, fed in pieces of ``cut``
-    characters (0: one piece per part), from a session that holds the whole answer."""
+    characters (0: one piece per part), from a session that holds the whole answer when the
+    stream opens (``held``), or nothing yet."""
     text = "".join(value for _, value in parts)
     kinds = Kinds()
     for key, value in parts:
         kinds.add(key, len(value))
-    known = outputs.layout(kinds.window(0))
+    known = outputs.layout(kinds.window(0)) if held else []
     stream = outputs.OutputEvents("resp_1", after, lambda a, b: kinds.parts(text, a, b), known)
     out = b"".join(responses.opening(responses.as_created(_object(parts, status)), after))
     position = stream.start
@@ -107,3 +110,37 @@ def test_a_resume_after_any_number_gives_exactly_the_rest() -> None:
     for after in range(-1, last + 1):
         resumed = render(TYPED, after=after, cut=1)
         assert resumed == [e for e in whole if e["sequence_number"] > after], after
+
+
+def test_a_resume_on_a_replica_that_holds_nothing_yet_gives_exactly_the_rest() -> None:
+    whole = render(TYPED, cut=1)
+    for after in range(-1, whole[-1]["sequence_number"] + 1):
+        assert render(TYPED, after=after, cut=1, held=False) == [
+            e for e in whole if e["sequence_number"] > after
+        ], after
+    # Fed in one piece, the delta the client is in the middle of is cut to what it lacks
+    # (event 5 is the delta that ended at position 2).
+    resumed = render([(CONTENT, "abcdef")], after=5, held=False)
+    assert [e["delta"] for e in resumed if e["type"] == "response.output_text.delta"] == ["cdef"]
+
+
+def test_the_sdk_accumulates_every_answer() -> None:
+    from openai import omit
+    from openai._models import construct_type
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+    from openai.types.responses import ResponseStreamEvent
+
+    late_id = [(tool_key(0, "args"), '{"a"'), (tool_key(0, "id"), "c1"), (tool_key(0, "name"), "f"),
+               (tool_key(0, "args"), ":1}")]
+    with_logprobs = [(REASONING, "hm"), (LOGPROBS, "{}\n"), (REASONING, "m"), (CONTENT, "ok")]
+    for parts in (TYPED, late_id, with_logprobs):
+        state = ResponseStreamState(input_tools=omit, text_format=omit)
+        for raw in render(parts, cut=2):
+            state.handle_event(construct_type(type_=ResponseStreamEvent, value=raw))
+        final = state._completed_response
+        assert final is not None
+        if parts is late_id:
+            (call,) = final.output
+            assert (call.call_id, call.name, call.arguments) == ("c1", "f", '{"a":1}')
+        if parts is with_logprobs:
+            assert [item.type for item in final.output] == ["reasoning", "message"]

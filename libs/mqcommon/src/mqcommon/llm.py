@@ -92,12 +92,15 @@ async def stream_parts(
     params: dict[str, Any] | None = None,
     outcome: Outcome | None = None,
     usage: bool = False,
+    several: bool = False,
 ) -> AsyncIterator[list[Part]]:
     """Yield the parts of each chunk of the answer as the LLM produces them.
 
     ``messages`` (a conversation) replaces ``message`` (one user turn); ``params`` are the
     generation parameters, passed as given (``LLM_MAX_TOKENS`` caps max_tokens). With
     ``usage`` the LLM is asked for its token usage; ``outcome`` gets it and the finish reason.
+    With ``several`` (the request asked for ``n`` choices) each choice keeps its index;
+    otherwise every delta is choice 0's, whatever index a server puts on it.
 
     The SDK makes the request (auth, base URL, retries before the first byte, error types);
     the server-sent lines of the body are decoded here with orjson, which costs a fraction
@@ -121,7 +124,7 @@ async def stream_parts(
                 chunk = orjson.loads(data)
                 if outcome is not None and isinstance(chunk.get("usage"), dict):
                     outcome.usage = chunk["usage"]
-                parts = _delta_parts(chunk, calls, outcome)
+                parts = _delta_parts(chunk, calls, outcome, several)
                 if parts:
                     yield parts
     except orjson.JSONDecodeError as exc:
@@ -153,7 +156,7 @@ def stream_task(
     return stream_parts(
         client, settings, task.message, task.model,
         messages=task.conversation() if task.messages else None, params=task.parameters(),
-        outcome=outcome, usage=bool(task.include_usage),
+        outcome=outcome, usage=bool(task.include_usage), several=task.n is not None,
     )
 
 
@@ -173,7 +176,9 @@ class _ToolCalls:
         return value
 
 
-def _delta_parts(chunk: dict[str, Any], calls: _ToolCalls, outcome: Outcome | None) -> list[Part]:
+def _delta_parts(
+    chunk: dict[str, Any], calls: _ToolCalls, outcome: Outcome | None, several: bool = False
+) -> list[Part]:
     if "error" in chunk:
         detail = chunk["error"]
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
@@ -190,7 +195,7 @@ def _delta_parts(chunk: dict[str, Any], calls: _ToolCalls, outcome: Outcome | No
             return [(CONTENT, content)] if isinstance(content, str) and content else []
     parts: list[Part] = []
     for choice in choices:
-        index = choice.get("index", 0)
+        index = choice.get("index", 0) if several else 0
         _choice_parts(choice, index if isinstance(index, int) and index >= 0 else 0, calls, outcome, parts)
     return parts
 

@@ -134,6 +134,7 @@ def _tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
 
 ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 TopLogprobs = Annotated[int, Field(ge=0, le=20), BeforeValidator(integral)]
+Choices = Annotated[int, Field(ge=1, le=128), BeforeValidator(integral)]  # at most MAX_CHOICES
 
 
 class FunctionDefinition(OpenAIBaseModel):
@@ -223,7 +224,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
         default=None, max_length=300
     )
     reasoning_effort: str | None = Field(default=None, max_length=32)
-    n: Integer | None = Field(default=None, ge=1, le=128)
+    n: Choices | None = None
     functions: list[Any] | None = Field(
         default=None, json_schema_extra=null_or({"type": "array", "maxItems": 0})
     )
@@ -432,20 +433,24 @@ def by_choice(parts: list[Part]) -> dict[int, list[Part]]:
 def completion(
     session_id: str, model: str, created: int, text: str, usage: dict[str, Any] | None,
     max_tokens: int | None = None, parts: list[Part] | None = None, finish: str | None = None,
+    *, choices: int = 1,
 ) -> dict[str, Any]:
-    choices = []
-    for index, own in (by_choice(parts) if parts is not None else {0: None}).items():
-        message, logprobs = message_of(own, text)
-        ended = finish if index == 0 else of_key(own or [], FINISH) or None
-        choices.append({
+    """The ``chat.completion``; with ``choices`` above 1, each choice from its own parts."""
+    own = by_choice(parts) if parts is not None else {0: None}
+    out = []
+    for index in range(choices):
+        message, logprobs = message_of(own.get(index, []) if parts is not None else None, text)
+        ended = finish if index == 0 else of_key(own.get(index) or [], FINISH) or None
+        # Usage counts every choice: it says whether the cap was reached only for one.
+        out.append({
             "index": index, "message": message,
             "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
-            "finish_reason": finish_reason(usage, max_tokens if index == 0 else None, ended,
+            "finish_reason": finish_reason(usage if choices == 1 else None, max_tokens, ended,
                                            "tool_calls" in message),
         })
     return {
         "id": completion_id(session_id), "object": "chat.completion", "created": created, "model": model,
-        "choices": choices,
+        "choices": out,
         "usage": usage_of(usage),  # null when the LLM did not report it
         "system_fingerprint": None,
     }
@@ -455,7 +460,8 @@ class ChunkWriter:
     """The ``chat.completion.chunk`` events of one streamed completion, as SSE bytes."""
 
     def __init__(
-        self, session_id: str, model: str, *, include_usage: bool, max_tokens: int | None = None
+        self, session_id: str, model: str, *, include_usage: bool, max_tokens: int | None = None,
+        choices: int = 1,
     ) -> None:
         self.head = {
             "id": completion_id(session_id), "object": "chat.completion.chunk",
@@ -463,8 +469,8 @@ class ChunkWriter:
         }
         self.include_usage = include_usage
         self.max_tokens = max_tokens
+        self.choices = choices
         self.tool_calls: set[int] = set()  # choices that sent some: their finish reason is tool_calls
-        self.opened: set[int] = set()  # choices above 0 that have begun (their role was sent)
         self.finishes: dict[int, str] = {}  # the finish reasons of choices above 0, as they come
 
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -474,7 +480,11 @@ class ChunkWriter:
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
     def role(self) -> bytes:
-        return self._event([_choice({"role": "assistant", "content": ""})])
+        """Every choice opens at once, in order, as clients index choices by arrival."""
+        return b"".join(
+            self._event([_choice({"role": "assistant", "content": ""}, index=index)])
+            for index in range(self.choices)
+        )
 
     def content(self, text: str) -> bytes:
         choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
@@ -486,9 +496,8 @@ class ChunkWriter:
         choices: list[dict[str, Any]] = []
         for full_key, text in parts:
             number, key = choice_of(full_key)
-            if number and number not in self.opened:
-                self.opened.add(number)
-                choices.append(_choice({"role": "assistant", "content": ""}, index=number))
+            if number >= self.choices:
+                continue  # a choice nobody asked for
             last = choices[-1] if choices and choices[-1]["index"] == number else None
             if key == FINISH:
                 self.finishes[number] = self.finishes.get(number, "") + text
@@ -523,9 +532,11 @@ class ChunkWriter:
         return b"".join(self._event([choice]) for choice in choices)
 
     def finish(self, usage: dict[str, Any] | None, finish: str | None = None) -> bytes:
-        reason = finish_reason(usage, self.max_tokens, finish, 0 in self.tool_calls)
+        # Usage counts every choice: it says whether the cap was reached only for one.
+        cap_usage = usage if self.choices == 1 else None
+        reason = finish_reason(cap_usage, self.max_tokens, finish, 0 in self.tool_calls)
         out = self._event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
-        for number in sorted(self.opened):
+        for number in range(1, self.choices):
             reason = finish_reason(None, None, self.finishes.get(number), number in self.tool_calls)
             out += self._event([{"index": number, "delta": {}, "logprobs": None, "finish_reason": reason}])
         if self.include_usage:

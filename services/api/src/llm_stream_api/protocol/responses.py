@@ -37,14 +37,21 @@ from llm_stream_api.protocol.task import FieldNames, TaskRequest
 FIRST_DELTA = outputs.FIRST_DELTA
 LIMIT_NAMES = FieldNames(messages="input", max_tokens="max_output_tokens")
 # What ``task_request`` takes as input: a string, or input items.
-INPUT_ITEM = {
-    "type": "object",
-    "properties": {
-        "type": {"enum": ["message", "function_call", "function_call_output", "reasoning"]},
-        "role": {"type": "string", "enum": ROLE_NAMES},
+STRING = {"type": "string"}
+INPUT_ITEMS = [
+    {"type": "object", "properties": {
+        "type": {"const": "message"}, "role": {"type": "string", "enum": ROLE_NAMES},
         "content": content_schema(inputs.TEXT_KINDS),
-    },
-}
+    }, "required": ["role"]},
+    {"type": "object", "properties": {
+        "type": {"const": "function_call"}, "call_id": STRING, "name": STRING, "arguments": STRING,
+    }, "required": ["type", "call_id", "name", "arguments"]},
+    {"type": "object", "properties": {
+        "type": {"const": "function_call_output"}, "call_id": STRING, "output": STRING,
+    }, "required": ["type", "call_id", "output"]},
+    {"type": "object", "properties": {"type": {"const": "reasoning"}}, "required": ["type"]},
+]
+INPUT_ITEM = {"anyOf": INPUT_ITEMS}
 INPUT_SCHEMA = {
     "anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": INPUT_ITEM, "minItems": 1}]
 }

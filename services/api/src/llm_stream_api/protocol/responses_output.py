@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from mqcommon.parts import CONTENT, LOGPROBS, REASONING, REFUSAL, Part, of_key, tool_key, tool_of
+from mqcommon.parts import CONTENT, REASONING, REFUSAL, Part, of_key, tool_key, tool_of
 
 FIRST_DELTA = 3  # the sequence number before the first delta of the first item
 ITEM_EVENTS = 5  # sequence numbers each item takes besides its positions
@@ -36,8 +36,9 @@ ItemKind = tuple[str, int]  # (kind, tool-call index; -1 for the others)
 
 
 def item_kind(key: str) -> ItemKind | None:
-    """The item a part belongs to; None for a part with no item (an unknown key)."""
-    if key in (CONTENT, LOGPROBS):
+    """The item a part belongs to; None for a part that extends the item it follows (log
+    probabilities, an unknown key)."""
+    if key == CONTENT:
         return MESSAGE, -1
     if key == REASONING:
         return REASONING_ITEM, -1
@@ -167,14 +168,15 @@ class OutputEvents:
         self.items: list[Item] = []
         self.current: Item | None = None
         self.announced = False  # the current item's opening events are out (or filtered by ``after``)
+        self.withheld = False  # a function call's arguments wait for its id and name
+        # Where to follow from: at or before the first position with an event above ``after``
+        # (a delta is cut to what comes after it), as far as this replica knows the answer.
         self.start = 0
         for item in known:  # items wholly before ``after`` are skipped; the first other resumes
             if item.index < len(known) - 1 and 6 + item.end + item.shift <= after:
                 continue
             self.items, self.current = known[: item.index + 1], item
-            self.start = max(item.start, after - FIRST_DELTA - item.shift)
-            if item.index < len(known) - 1:
-                self.start = min(self.start, item.end)
+            self.start = min(max(item.start, after - FIRST_DELTA - item.shift), item.end)
             break
 
     def _announce_at(self, item: Item) -> int:
@@ -198,19 +200,32 @@ class OutputEvents:
                         self._close(out, item, "completed")
                     item = self.current = Item(kind[0], kind[1], len(self.items), begin, begin)
                     self.items.append(item)
-                    self.announced = False
+                    self.announced = self.withheld = False
                 item.end = end
                 if item.kind != FUNCTION_CALL and not self.announced:
                     self._announce(out, item)
                 if key == _delta_key(item) and text:
-                    if not self.announced:
-                        self._announce(out, item)
-                    self._emit(out, FIRST_DELTA + end + item.shift, _DELTA[item.kind],
-                               **self._where(item), delta=text, **self._extra(item))
+                    self._delta(out, item, text, begin, end)
             elif self.current is not None:
                 self.current.end = end
             begin = end
         return b"".join(out)
+
+    def _delta(self, out: list[bytes], item: Item, text: str, begin: int, end: int) -> None:
+        number = FIRST_DELTA + end + item.shift
+        if item.kind == FUNCTION_CALL and not self.announced:
+            own = self.held(item.start, end)
+            if not (of_key(own, tool_key(item.call, "id")) and of_key(own, tool_key(item.call, "name"))):
+                self.withheld = True  # its first event names the call: wait for the id and name
+                return
+            self._announce(out, item)
+            if self.withheld:  # the arguments so far, in one delta
+                self._emit(out, number, _DELTA[item.kind], **self._where(item),
+                           delta=of_key(own, tool_key(item.call, "args")))
+                return
+        cut = self.after - FIRST_DELTA - item.shift - begin  # characters the client has
+        self._emit(out, number, _DELTA[item.kind], **self._where(item),
+                   delta=text[cut:] if cut > 0 else text, **self._extra(item))
 
     def _where(self, item: Item) -> dict[str, Any]:
         fields: dict[str, Any] = {"item_id": item_id(item.kind, self.response_id, item.index),

@@ -57,7 +57,8 @@ async def chat_completions(
     headers = {"X-Session-ID": task.session_id, "X-Request-ID": task.session_id}
     if body.stream:
         writer = protocol.ChunkWriter(
-            task.session_id, body.model, include_usage=body.include_usage, max_tokens=wanted.max_tokens
+            task.session_id, body.model, include_usage=body.include_usage, max_tokens=wanted.max_tokens,
+            choices=wanted.n or 1,
         )
         return EventSourceResponse(
             _chunks(sessions, task.session_id, writer, requested_at),
@@ -72,6 +73,7 @@ async def chat_completions(
         protocol.completion(
             task.session_id, body.model, int(requested_at), answer.text, session.usage if session else None,
             wanted.max_tokens, session.parts() if session else None, session.finish if session else None,
+            choices=wanted.n or 1,
         ),
         headers=headers,
     )

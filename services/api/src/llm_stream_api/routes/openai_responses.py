@@ -183,8 +183,9 @@ async def _events(
                 data = items.feed(parts, piece.position) if piece.text else b""
             elif piece.kind == TIMEOUT:
                 ended = True
+                number = items.error_number(piece.position)
                 error = end_error(piece.kind, piece.error)
-                data = protocol.error_event(items.error_number(piece.position), error)
+                data = protocol.error_event(number, error) if number > after else b""
             else:
                 ended = True
                 data = items.finish(_object(response_id, session, meta), len(session.text))

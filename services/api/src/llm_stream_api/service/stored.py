@@ -65,7 +65,8 @@ class StoredConversations:
         stored = next((r for r in records if r.kind == "stored"), None)
         if stored is None or (key_id is not None and stored.owner != key_id):
             raise _missing(response_id)
-        transcript = next((r for r in records if r.kind == "transcript" and r.end is not None), None)
+        ended = [r for r in records if r.kind == "transcript" and r.end is not None]
+        transcript = next((r for r in ended if r.owner == stored.owner), None)
         if transcript is not None and transcript.end is not None:
             kind, text, parts = transcript.end.kind, transcript.text, _parts(transcript)
         else:  # ended a moment ago: its transcript may still be on its way; its worker replays it
@@ -79,9 +80,8 @@ class StoredConversations:
                               "it cannot be continued.", param=PARAM)
         turns = [ChatMessage.model_validate(turn) for turn in stored.conversation or []]
         message, _ = message_of(parts, text)
-        turns.append(ChatMessage(
-            role="assistant", content=message["content"], tool_calls=message.get("tool_calls"),
-        ))
+        content = message["content"] if message["content"] or not message["refusal"] else message["refusal"]
+        turns.append(ChatMessage(role="assistant", content=content, tool_calls=message.get("tool_calls")))
         return turns
 
 
