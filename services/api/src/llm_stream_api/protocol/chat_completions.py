@@ -26,7 +26,6 @@ from llm_stream_api.protocol.openai_base import (
     NULL,
     ROLE_NAMES,
     SSE_EVENT_SCHEMA,
-    Integer,
     OpenAIBaseModel,
     OpenAIError,
     Seed,
