@@ -464,8 +464,9 @@ def _scale_out_markdown(part: dict[str, Any]) -> list[str]:
             "",
             "## Scale-out",
             "",
-            "Async closed loop through HAProxy (round-robin, no affinity; POST and GET balanced "
-            "separately), R API processes of one uvicorn process each, plus one API process on "
+            "Async closed loop through HAProxy; with R > 1 every stream is read on another replica "
+            "than the one that took its POST (request k POSTed on replica k mod R, read on the next), "
+            "R API processes of one uvicorn process each, plus one API process on "
             "the same broker that no client reaches (idle). CPU in ms per delivered token; API = "
             "all API processes, idle one included; balancer = HAProxy.",
             "",
