@@ -19,26 +19,14 @@ import openai
 import pytest
 from llm_stream_mockllm.answer import expected_answer
 from llm_stream_mockllm.typed import ARGUMENT_PIECE, arguments_of, instance_of, tool_call_id
-from pydantic import BaseModel
 
 from .support.deployment import Deployment, prompt
 from .support.sse import read_stream
+from .support.tool_models import Forecast, GetWeather
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
 MODEL = "gpt-4o-mini"
-
-
-class GetWeather(BaseModel):
-    city: str
-    days: int
-    metric: bool
-
-
-class Forecast(BaseModel):
-    summary: str
-    high: float
-    tags: list[str]
 
 
 WEATHER_TOOL = openai.pydantic_function_tool(GetWeather, name="get_weather")
