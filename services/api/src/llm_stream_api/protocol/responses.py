@@ -98,8 +98,8 @@ class ResponseRequest(OpenAIBaseModel):
         own = inputs.turns_of(self.input)
         return [*(before or []), *own]
 
-    def task_request(self, session_id: str, conversation: list[ChatMessage] | None = None) -> TaskRequest:
-        """The task; ``conversation``: ``turns()``, unless given (a continued one)."""
+    def refuse_what_we_cannot_honour(self) -> None:
+        """Before any work on the request (the look-up of a previous response too)."""
         refuse_unless(
             self.conversation is None, "conversation",
             "send the conversation in input, or continue it with previous_response_id",
@@ -107,6 +107,10 @@ class ResponseRequest(OpenAIBaseModel):
         refuse_unless(self.prompt is None, "prompt", "prompt templates are not supported")
         refuse_unless(self.top_logprobs in (None, 0), "top_logprobs", "log probabilities are not available")
         refuse_unless(self.max_tool_calls is None, "max_tool_calls", "a limit on tool calls is not supported")
+
+    def task_request(self, session_id: str, conversation: list[ChatMessage] | None = None) -> TaskRequest:
+        """The task; ``conversation``: ``turns()``, unless given (a continued one)."""
+        self.refuse_what_we_cannot_honour()
         turns = [turn("system", self.instructions, "instructions")] if self.instructions else []
         turns += self.turns() if conversation is None else conversation
         tools = [tool.to_chat() for tool in self.tools] if self.tools else None

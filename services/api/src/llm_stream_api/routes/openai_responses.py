@@ -88,6 +88,7 @@ async def create_response(
 ) -> object:
     body = await read_openai_body(request, settings, protocol.ResponseRequest)
     response_id = f"resp_{new_id()}"
+    body.refuse_what_we_cannot_honour()
     before = await stored.conversation(body.previous_response_id, key) if body.previous_response_id else None
     turns = body.turns(before)
     wanted = body.task_request(response_id, turns)
