@@ -1,6 +1,9 @@
 """Run the whole system locally: the API, LLM_WORKERS workers and, without OPENAI_API_KEY,
 the mock LLM; all against the local RabbitMQ. Ctrl-C stops everything.
 
+With LLM_POOLS (docs/adr/0006), LLM_WORKERS workers per pool, each with its LLM_POOL; a pool
+without a base_url of its own uses OPENAI_BASE_URL, or the mock.
+
 Every port is checked before anything starts. A port set explicitly (PORT, MOCK_PORT,
 WORKER_METRICS_PORT_BASE) that is taken stops the run with a message naming it; a default one
 that is taken is replaced by the next free port, and the run says so.
@@ -15,6 +18,7 @@ import socket
 import sys
 from urllib.parse import urlsplit
 
+from mqcommon.pools import PoolMap, PoolsError
 from mqcommon.settings import BrokerSettings
 
 DEFAULT_API_PORT = 8007
@@ -113,9 +117,20 @@ async def main() -> int:
         say("  with Docker:   docker run -d -p 5672:5672 -p 15672:15672 rabbitmq:3.13-management")
         return 1
 
+    try:
+        pools = PoolMap.from_settings(broker)
+    except PoolsError as exc:
+        say(str(exc))
+        return 1
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "console")
-    workers = int(env.get("LLM_WORKERS", "2"))
+    per_pool = int(env.get("LLM_WORKERS", "2"))
+    # (name, pool) of every worker: LLM_WORKERS of each pool
+    pool_names = list(pools.pools) if pools.configured else [""]
+    workers_of = [
+        (f"{pool}-{i}" if pool else f"worker-{i}", pool) for pool in pool_names for i in range(per_pool)
+    ]
+    workers = len(workers_of)
     use_mock = not env.get("OPENAI_API_KEY")
     ports = Ports(env)
     try:
@@ -123,10 +138,10 @@ async def main() -> int:
         mock_port = ports.pick("mock LLM", "MOCK_PORT", DEFAULT_MOCK_PORT, "127.0.0.1") if use_mock else 0
         metrics_host = env.get("METRICS_HOST", "0.0.0.0")
         worker_ports: list[int] = []
-        for i in range(workers):
+        for name, _ in workers_of:
             worker_ports.append(
                 ports.pick(
-                    f"worker-{i} metrics", "WORKER_METRICS_PORT_BASE", DEFAULT_WORKER_METRICS_BASE,
+                    f"{name} metrics", "WORKER_METRICS_PORT_BASE", DEFAULT_WORKER_METRICS_BASE,
                     metrics_host, after=worker_ports[-1] if worker_ports else None,
                 )
             )
@@ -147,13 +162,16 @@ async def main() -> int:
         mock_env = {**env, "MOCK_PORT": str(mock_port)}
         procs.append(("mockllm", await start("mockllm", ["llm-stream-mockllm"], mock_env)))
 
-    for i, metrics_port in enumerate(worker_ports):
-        worker_env = {**env, "METRICS_PORT": str(metrics_port)}
-        procs.append((f"worker-{i}", await start(f"worker-{i}", ["llm-stream-worker"], worker_env)))
+    for (name, pool), metrics_port in zip(workers_of, worker_ports, strict=True):
+        worker_env = {**env, "METRICS_PORT": str(metrics_port), **({"LLM_POOL": pool} if pool else {})}
+        procs.append((name, await start(name, ["llm-stream-worker"], worker_env)))
     api_env = {k: v for k, v in env.items() if k != "OPENAI_API_KEY" or env.get("CHAT_DIRECT_LLM")}
     procs.append(("api", await start("api", ["llm-stream-api"], api_env)))
     port = api_port
     say(f"API on http://localhost:{port}  (chat page: http://localhost:{port}/), {workers} worker(s).")
+    if pools.configured:
+        for pool in pools.pools.values():
+            say(f"pool {pool.name}: models {', '.join(pool.models) or '-'}; lanes {', '.join(pool.lanes)}.")
     mock_note = f", mock LLM on {mock_port}" if use_mock else ""
     say(f"worker metrics on {', '.join(str(p) for p in worker_ports)}{mock_note}.")
     say("Ctrl-C stops everything.")

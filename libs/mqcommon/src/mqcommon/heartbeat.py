@@ -30,6 +30,11 @@ class WorkerHeartbeat(BaseModel):
     v: int = HEARTBEAT_VERSION
     worker: str = Field(min_length=1, max_length=300, description="Process name of the worker.")
     queue: str = Field(description="The task queue it consumes: deployments may share a broker.")
+    pool: str = Field(default="default", description="The model pool it serves (docs/adr/0006).")
+    lanes: list[str] = Field(default_factory=lambda: ["default"], description="The lanes it consumes.")
+    upstream: Literal["ok", "failing", "unknown"] = Field(
+        default="unknown", description="How its last generation found the LLM: answered, or failed."
+    )
     state: Literal["ready", "starting", "stopping"] = "ready"
     llm_key: bool = Field(description="An OPENAI_API_KEY is set.")
     llm_base_url: bool = Field(description="An OPENAI_BASE_URL is set.")

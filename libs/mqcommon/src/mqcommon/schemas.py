@@ -352,9 +352,13 @@ class HistoryRecord:
     # A stored response's conversation before its answer (``stored``): turns as the task
     # carries them, so a later request continues it (``previous_response_id``).
     conversation: list[dict[str, Any]] | None = None
+    # The task queue an ``accepted`` session waits in, when it is not the default one (ADR 0006).
+    line: str | None = None
 
     def encode(self) -> bytes:
         out: dict[str, Any] = {"v": HISTORY_VERSION, "kind": self.kind, "sid": self.session_id, "at": self.at}
+        if self.line is not None:
+            out["q"] = self.line
         if self.kind == "transcript":
             out["text"] = self.text
             if self.kinds is not None and (wire := runs_to_wire(self.kinds)) is not None:
@@ -403,6 +407,7 @@ class HistoryRecord:
             probe if isinstance(probe, str) else None, trace if isinstance(trace, str) else None,
             owner if isinstance(owner, str) else None, kinds,
             conversation if kind == "stored" else None,
+            data["q"] if isinstance(data.get("q"), str) else None,
         )
 
 
@@ -461,6 +466,7 @@ class QueueEvent:
 
 POSITIONS_VERSION = 1
 MESSAGE_KIND_HEADER = "kind"  # on a live-exchange message that is not answer frames
+LINE_HEADER = "q"  # on a watch or positions message: its line's task queue (absent: the default)
 WATCH, POSITIONS = "watch", "positions"
 
 

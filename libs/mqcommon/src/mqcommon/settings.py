@@ -35,6 +35,11 @@ class BrokerSettings(BaseSettings):
         description="Stream of tasks entering and leaving the task queue (queue positions). "
         "Empty: '<TASK_QUEUE>.log'.",
     )
+    llm_pools: str = Field(
+        default="",
+        description="Model pools (JSON, or the path of a JSON file; docs/adr/0006): each pool's models, "
+        "aliases, lanes and upstream. Empty: one pool, 'default', serving every model on TASK_QUEUE.",
+    )
     max_queued_tasks: int = Field(
         default=10_000, ge=1,
         description="Most tasks waiting in the task queue (tasks being generated do not count): "

@@ -17,6 +17,8 @@ from fastapi import FastAPI
 from mqcommon.connection import process_name
 from mqcommon.gc import freeze_startup_heap
 from mqcommon.logging import setup_logging
+from mqcommon.pools import PoolMap
+from mqcommon.topology import Topology
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
@@ -25,11 +27,10 @@ from llm_stream_api.broker.connection import BrokerConnection
 from llm_stream_api.broker.heartbeats import WorkerRegistry, WorkerWatch
 from llm_stream_api.broker.history import History
 from llm_stream_api.broker.intake import Intake
+from llm_stream_api.broker.lines import Lines
 from llm_stream_api.broker.live import LiveFeed
 from llm_stream_api.broker.presence import PresenceAnnouncer
-from llm_stream_api.broker.queue_depth import QueueDepth, QueueDepthCollector
-from llm_stream_api.broker.queue_keeper import QueueKeeper
-from llm_stream_api.broker.queue_positions import QueuePositions
+from llm_stream_api.broker.queue_depth import QueueDepth, QueueDepthCollector, WatchedQueue
 from llm_stream_api.deps import AppState, set_state
 from llm_stream_api.keys import KeyRing
 from llm_stream_api.llm_clients import LLMClients
@@ -38,6 +39,7 @@ from llm_stream_api.middleware.request_metrics import RequestMetrics
 from llm_stream_api.openapi import document
 from llm_stream_api.quota.admission import StreamCount
 from llm_stream_api.quota.key_limits import KeyLimits
+from llm_stream_api.quota.service_tiers import TierPolicy
 from llm_stream_api.routes import chat, openai_chat, openai_models, openai_responses, ops, sessions
 from llm_stream_api.service.sessions import SessionService
 from llm_stream_api.service.stored import StoredConversations
@@ -50,30 +52,26 @@ CORS_EXPOSE_HEADERS = ["X-Session-ID", "X-Trace-ID", "Retry-After"]
 STREAM_FILTERING_SINCE = (3, 13)
 
 
-async def _ready(depth: QueueDepth) -> int:
-    return (await depth.task_queue()).messages
-
-
-def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, BrokerConnection, WorkerWatch]:
+def build(
+    settings: APISettings, key_limits: KeyLimits, pools: PoolMap, tiers: TierPolicy,
+) -> tuple[AppState, BrokerConnection, WorkerWatch]:
     """Every part of a replica, connected to each other (nothing started yet)."""
     hub = SessionHub(
         ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions,
         max_bytes=settings.session_max_bytes,
     )
     replica_id = f"{process_name('api')}:{uuid.uuid4().hex[:8]}"
-    broker = BrokerConnection(settings, replica_id)
+    default_line = pools.line_settings(settings, pools.line(pools.default.name))
+    broker = BrokerConnection(settings, replica_id, Topology.from_settings(default_line))
     topology = broker.topology
     history = History(
         topology.events_stream, window_s=settings.session_ttl_s,
         timeout_s=settings.history_timeout_s, concurrency=settings.history_lookups_max,
     )
     depth = QueueDepth(broker)
-    keeper = QueueKeeper(broker, lambda: _ready(depth))
-    positions = QueuePositions(broker, hub, keeper.on_watch, heard=keeper.heard)
-    keeper.deliver_locally, keeper.watermark_locally = positions.on_positions, positions.on_watermark
+    lines = Lines(broker, hub, pools, depth)
     live = LiveFeed(
-        hub, topology.live_exchange, replica_id,
-        on_watch=keeper.on_watch, on_positions=positions.on_positions,
+        hub, topology.live_exchange, replica_id, on_watch=lines.on_watch, on_positions=lines.on_positions,
     )
 
     async def start_readers(broker: BrokerConnection) -> None:
@@ -84,28 +82,38 @@ def build(settings: APISettings, key_limits: KeyLimits) -> tuple[AppState, Broke
             filtering=broker.version >= STREAM_FILTERING_SINCE,
         )
         await live.start(await connection.channel())
-        await positions.start(await connection.channel())
+        await lines.start(await connection.channel())
 
     broker.when_connected(start_readers)
     service = SessionService(
         settings, hub, broker, replica_id=replica_id, intake=Intake(broker), history=history,
-        positions=positions, presence=PresenceAnnouncer(broker, hub, replica_id),
-        key_limits=key_limits, streams=StreamCount(),
+        lines=lines, presence=PresenceAnnouncer(broker, hub, replica_id),
+        key_limits=key_limits, streams=StreamCount(), tiers=tiers,
     )
-    broker.run_in_background("queue-keeper", keeper.run_forever())
-    workers = WorkerRegistry(settings.task_queue)
+    lines.run_keepers()
+    workers = WorkerRegistry({pools.queue(name): name for name in pools.pools})
     state = AppState(
         settings=settings, sessions=service, workers=workers,
         stored=StoredConversations(service.find, history, keep_s=settings.responses_store_s),
-        depth=depth, llm_client=LLMClients(settings),
+        depth=depth, llm_client=LLMClients(settings), pools=pools,
     )
     return state, broker, WorkerWatch(broker, workers)
+
+
+def watched_queues(pools: PoolMap) -> list[WatchedQueue]:
+    """Every task queue and dead-letter queue of the release, for the depth gauges."""
+    queues = [WatchedQueue(line.queue, "tasks", line.pool, line.lane) for line in pools.lines()]
+    queues += [WatchedQueue(pools.dead_letter_queue(name), "dead_letter", name) for name in pools.pools]
+    return queues
 
 
 def create_app(settings: APISettings | None = None) -> FastAPI:
     settings = settings or APISettings()
     # A key file that cannot be read or parsed stops the start-up, with the line at fault.
     keys = KeyRing.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
+    # So do pools and service tiers that cannot be read, with what is wrong.
+    pools = PoolMap.from_settings(settings)
+    tiers = TierPolicy.parse(settings.key_service_tiers)
     key_limits = KeyLimits(
         requests_per_minute=settings.key_requests_per_minute,
         max_sessions=settings.key_max_sessions,
@@ -115,15 +123,13 @@ def create_app(settings: APISettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.log_level, settings.log_format, service="api")
-        state, broker, watch = build(settings, key_limits)
+        state, broker, watch = build(settings, key_limits, pools, tiers)
         if settings.chat_direct_llm:
             import mqcommon.llm  # noqa: F401  (direct mode answers with the SDK: load it now, not on a request)
         state.depth.bind_loop()
         state.collectors.append(
             QueueDepthCollector(
-                settings.rabbitmq_management_url,
-                {"tasks": settings.task_queue, "dead_letter": settings.dead_letter_queue},
-                passive=state.depth.read_blocking,
+                settings.rabbitmq_management_url, watched_queues(pools), passive=state.depth.read_blocking,
             )
         )
         set_state(app, state)

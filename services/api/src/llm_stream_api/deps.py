@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
+from mqcommon.pools import PoolMap
 from prometheus_client.registry import Collector
 
 from llm_stream_api import keys
@@ -30,6 +31,7 @@ class AppState:
     workers: WorkerRegistry
     depth: QueueDepth
     llm_client: LLMClients  # the OpenAI SDK client, made on first use
+    pools: PoolMap  # the model pools and their lanes (docs/adr/0006)
     collectors: list[Collector] = field(default_factory=list)  # read at scrape time
 
 

@@ -149,7 +149,8 @@ BROKER_DELIVERED_BYTES = Counter(
     ["source"],
 )
 QUEUE_KEEPER = Gauge(
-    "llmstream_queue_keeper", "1 while this process keeps the queue log (one replica does).",
+    "llmstream_queue_keeper",
+    "Lines whose queue log this process keeps (one replica keeps each; 1 without pools or lanes).",
     multiprocess_mode="livemax",
 )
 

@@ -144,6 +144,12 @@ class APISettings(BrokerSettings, LLMSettings):
         default=0, ge=0,
         description="Answers one key may have under way at once through one API process; 0: no limit.",
     )
+    key_service_tiers: str = Field(
+        default="",
+        description='Service tiers per key id (JSON: {"<key id>|*": {"default": "flex", "allowed": '
+        '["flex", "default"]}}): the tier a request without one gets, and those a key may ask for '
+        "(403 otherwise). Empty: every tier, default 'default'.",
+    )
     key_tokens_per_minute: int = Field(
         default=0, ge=0,
         description="Answer tokens one key may receive per minute through one API process; 0: no limit.",

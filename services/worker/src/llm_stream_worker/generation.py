@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import openai
 import structlog
@@ -54,6 +55,7 @@ class Running:
     started_at: float
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
+    lane: int = 0  # the rank of the lane it came from (``lanes``): 0 is the highest
 
 
 async def process(
@@ -120,6 +122,7 @@ async def process(
     try:
         async with asyncio.timeout(settings.llm_timeout_s):
             outcome = await _generate(task, out, settings, llm, outbox, started)
+        UPSTREAM.answered()
         await finish("done", "ack", outcome=outcome)
         metrics.GENERATION_DURATION.observe(time.perf_counter() - started)
         metrics.TASKS.labels("completed").inc()
@@ -146,6 +149,8 @@ async def process(
         metrics.TASKS.labels("failed").inc()
     except UpstreamError as exc:
         metrics.UPSTREAM_ERRORS.labels(exc.error_class, str(exc.retryable).lower()).inc()
+        if exc.retryable:
+            UPSTREAM.failed()  # a refusal of one request says nothing of the upstream's health
         if exc.retryable and attempt < settings.task_max_deliveries:
             log.warning("upstream failed", error=str(exc))
             retry("upstream failure")
@@ -160,6 +165,22 @@ async def process(
             metrics.TASKS.labels("failed").inc()
     finally:
         structlog.contextvars.unbind_contextvars("session_id", "task_id", "trace_id", "attempt")
+
+
+class UpstreamHealth:
+    """What the last generation of this process said of its upstream, for the heartbeats."""
+
+    def __init__(self) -> None:
+        self.state: Literal["ok", "failing", "unknown"] = "unknown"
+
+    def answered(self) -> None:
+        self.state = "ok"
+
+    def failed(self) -> None:
+        self.state = "failing"
+
+
+UPSTREAM = UpstreamHealth()
 
 
 def _transcript(out: Outgoing) -> HistoryRecord:

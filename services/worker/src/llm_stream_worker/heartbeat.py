@@ -22,8 +22,10 @@ from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
 from mqcommon.connection import process_name
 from mqcommon.heartbeat import WorkerHeartbeat, decode
+from mqcommon.pools import DEFAULT_LANE
 from mqcommon.topology import Topology, declare_exchange
 
+from llm_stream_worker.generation import UPSTREAM
 from llm_stream_worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
@@ -48,12 +50,19 @@ class Heartbeat:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.name = process_name("worker")
+        lines = settings.lines()
+        # A pool's workers are known by its default lane's queue, whatever lanes it has.
+        self._queue = next(names.task_queue for line, names in lines if line.lane == DEFAULT_LANE)
+        self._lanes = [line.lane for line, _ in lines]
 
     def beat(self, state: Literal["ready", "starting", "stopping"] | None = None) -> WorkerHeartbeat:
         settings = self.settings
         return WorkerHeartbeat(
             worker=self.name,
-            queue=settings.task_queue,
+            queue=self._queue,
+            pool=settings.llm_pool or "default",
+            lanes=self._lanes,
+            upstream=UPSTREAM.state,
             state=state or ("ready" if self._ready() else "starting"),
             llm_key=bool(settings.openai_api_key),
             llm_base_url=bool(settings.openai_base_url),

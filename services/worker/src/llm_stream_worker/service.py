@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 import aio_pika
@@ -19,12 +20,14 @@ from aiormq.exceptions import AMQPError
 from mqcommon.connection import connect, process_name
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.llm import make_client
+from mqcommon.pools import DEFAULT_LANE
 from mqcommon.publishing import publish_confirmed
 from mqcommon.schemas import LEFT, HistoryRecord, MalformedMessage, Presence, QueueEvent
 from mqcommon.topology import Topology, declare_exchange, declare_queue
 
 from llm_stream_worker import dead_letters, generation, http, metrics
 from llm_stream_worker.cancels import CancelFeed
+from llm_stream_worker.lanes import LaneGate
 from llm_stream_worker.outbox import Outbox
 from llm_stream_worker.presence import PresenceTracker
 from llm_stream_worker.settings import WorkerSettings
@@ -38,7 +41,14 @@ NOTICES_PREFETCH = 10
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.topology = Topology.from_settings(settings)
+        # Each lane of the pool is a task queue with its own queue log (docs/adr/0006); the
+        # default lane's topology also names what the lanes share.
+        self.lanes = [(line, Topology.from_settings(names)) for line, names in settings.lines()]
+        self.topology = next(topology for line, topology in self.lanes if line.lane == DEFAULT_LANE)
+        self.gate = (
+            LaneGate(settings.worker_concurrency, len(self.lanes), settings.lane_min_share)
+            if len(self.lanes) > 1 else None
+        )
         self.llm = make_client(settings, max_connections=settings.worker_concurrency + 8)
         self.presence = PresenceTracker(settings.abandon_timeout_s)
         self.running: dict[str, generation.Running] = {}
@@ -51,8 +61,8 @@ class Worker:
         self._history_channel: AbstractChannel | None = None
         self._live_exchange: aio_pika.abc.AbstractExchange | None = None
         self._log_channel: AbstractChannel | None = None
-        self._task_queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._held: dict[int, set[asyncio.Task[None]]] = {}  # per lane: tasks waiting for a slot
         self._stopping = False
         self.outbox = Outbox(
             self._send_live,
@@ -70,7 +80,7 @@ class Worker:
             not self._stopping
             and self._connection is not None
             and not self._connection.is_closed
-            and self._consumer_tag is not None
+            and len(self._consumers) == len(self.lanes)
         )
 
     async def start(self) -> None:
@@ -85,7 +95,8 @@ class Worker:
 
     async def _consume(self) -> None:
         assert self._connection is not None
-        self.topology = await self.topology.declare(self._connection)
+        self.lanes = [(line, await topology.declare(self._connection)) for line, topology in self.lanes]
+        self.topology = next(topology for line, topology in self.lanes if line.lane == DEFAULT_LANE)
 
         self._history_channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
@@ -111,16 +122,19 @@ class Worker:
         notices = await declare_queue(notices_channel, self.topology.dead_letter_notices)
         await notices.consume(self._on_dead_letter)
 
-        tasks_channel = await self._connection.channel()
-        tasks_channel.close_callbacks.add(self._deliveries_lost)
-        await tasks_channel.set_qos(prefetch_count=self.settings.worker_concurrency)
-        # Declared (not merely looked up) so the robust channel re-consumes after a reconnect.
-        self._task_queue = await declare_queue(tasks_channel, self.topology.task_queue)
-        self._consumer_tag = await self._task_queue.consume(self._on_task)
+        self._consumers = []
+        for rank, (_, topology) in enumerate(self.lanes):
+            tasks_channel = await self._connection.channel()
+            tasks_channel.close_callbacks.add(functools.partial(self._deliveries_lost, rank))
+            await tasks_channel.set_qos(prefetch_count=self.settings.worker_concurrency)
+            # Declared (not merely looked up) so the robust channel re-consumes after a reconnect.
+            queue = await declare_queue(tasks_channel, topology.task_queue)
+            self._consumers.append((queue, await queue.consume(functools.partial(self._on_task, rank))))
         metrics.TASK_CONCURRENCY_LIMIT.set(self.settings.worker_concurrency)
         log.info(
             "worker consuming",
-            queue=self.topology.task_queue.name,
+            pool=self.settings.llm_pool,
+            queues=[topology.task_queue.name for _, topology in self.lanes],
             concurrency=self.settings.worker_concurrency,
             llm_base_url=self.settings.openai_base_url or "https://api.openai.com/v1",
         )
@@ -147,9 +161,12 @@ class Worker:
     async def shutdown(self) -> None:
         """Stop taking tasks, let in-flight ones finish within the grace period, requeue the rest."""
         self._stopping = True
-        if self._task_queue is not None and self._consumer_tag is not None:
+        for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
-                await self._task_queue.cancel(self._consumer_tag)
+                await queue.cancel(tag)
+        for held in self._held.values():
+            for task in held:
+                task.cancel()  # not started: requeued as it is
         pending = [run.task for run in self.running.values() if run.task is not None]
         log.info("shutting down", in_flight=len(pending), grace_s=self.settings.shutdown_grace_s)
         if pending:
@@ -181,13 +198,18 @@ class Worker:
         for session_id in (*presence.served, *presence.tracked):
             self.outbox.interest(replica, session_id, replay=False)
 
-    def _deliveries_lost(self, *_: object) -> None:
-        """The tasks channel closed (a broker restart, a lost connection): the broker requeues
-        every unacknowledged task, so the generations of those deliveries stop here rather
-        than run twice."""
+    def _deliveries_lost(self, rank: int, *_: object) -> None:
+        """A lane's tasks channel closed (a broker restart, a lost connection): the broker
+        requeues every unacknowledged task, so the generations of those deliveries stop here
+        rather than run twice, and those waiting for a slot never start."""
         if self._stopping:
             return
-        lost = [run for run in self.running.values() if run.cancel_reason is None and run.task is not None]
+        for task in self._held.get(rank, ()):
+            task.cancel()
+        lost = [
+            run for run in self.running.values()
+            if run.cancel_reason is None and run.task is not None and run.lane == rank
+        ]
         if lost:
             log.warning("tasks channel closed; stopping the generations of its deliveries", count=len(lost))
         for run in lost:
@@ -204,13 +226,45 @@ class Worker:
                 run.cancel_reason = generation.CANCELLED
                 run.task.cancel()
 
-    async def _on_task(self, message: AbstractIncomingMessage) -> None:
+    async def _on_task(self, rank: int, message: AbstractIncomingMessage) -> None:
         if self._stopping:
             await message.nack(requeue=True)
             return
+        if self.gate is not None:
+            held = asyncio.create_task(self._when_a_slot_frees(rank, message))
+            self._held.setdefault(rank, set()).add(held)
+            held.add_done_callback(self._held[rank].discard)
+            return
+        await self._start(rank, message)
+
+    async def _when_a_slot_frees(self, rank: int, message: AbstractIncomingMessage) -> None:
+        """Hold a task of lane ``rank`` until the gate gives it a slot; one that never gets it
+        (shutdown, a lost channel) goes back to its queue where it was."""
+        assert self.gate is not None
+        try:
+            await self.gate.acquire(rank)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            raise
+        # Started from here on: what stops it now is what stops any generation.
+        self._held[rank].discard(asyncio.current_task())  # type: ignore[arg-type]
+        if self._stopping:
+            self.gate.release()
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        try:
+            await self._start(rank, message)
+        except BaseException:
+            self.gate.release()
+            raise
+
+    async def _start(self, rank: int, message: AbstractIncomingMessage) -> None:
         key = f"{message.delivery_tag}:{id(message)}"
-        run = generation.Running(session_id=_session_hint(message), started_at=self.presence.now())
-        await self._left_queue(run.session_id)
+        run = generation.Running(session_id=_session_hint(message), started_at=self.presence.now(), lane=rank)
+        # Sent as it starts, not as it arrives: a task held for a slot keeps its position.
+        await self._left_queue(run.session_id, rank)
         self.running[key] = run
         metrics.TASKS_IN_PROGRESS.inc()
         run.task = asyncio.create_task(self._process(key, message, run))
@@ -231,11 +285,13 @@ class Worker:
         finally:
             self.running.pop(key, None)
             metrics.TASKS_IN_PROGRESS.dec()
+            if self.gate is not None:
+                self.gate.release()
 
     async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
         await dead_letters.on_notice(message, self.outbox, self._record)
 
-    async def _left_queue(self, session_id: str) -> None:
+    async def _left_queue(self, session_id: str, rank: int) -> None:
         """Tell the queue log this task left the queue: the positions of those behind it move up.
 
         Not confirmed, like live frames: a record lost with a connection is reconciled by the
@@ -247,7 +303,7 @@ class Worker:
         try:
             await self._log_channel.default_exchange.publish(
                 aio_pika.Message(b"", headers=event.headers()),
-                routing_key=self.topology.queue_log_stream.name,
+                routing_key=self.lanes[rank][1].queue_log_stream.name,
             )
         except (aio_pika.exceptions.AMQPException, AMQPError, ConnectionError, RuntimeError) as exc:
             log.warning("queue log record not sent", session_id=session_id, error=str(exc))

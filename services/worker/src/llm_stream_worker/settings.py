@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from mqcommon.pools import Line, PoolMap, PoolsError
 from mqcommon.settings import BrokerSettings, LLMSettings
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 
@@ -44,8 +45,41 @@ class WorkerSettings(BrokerSettings, LLMSettings):
         default=5.0, gt=0, le=60,
         description="How often the worker tells the API processes it is alive (and if an LLM is set).",
     )
+    llm_pool: str = Field(
+        default="",
+        description="The model pool this worker serves (LLM_POOLS; docs/adr/0006): its queues, upstream "
+        "and concurrency. Empty: the default pool.",
+    )
+    lane_min_share: float = Field(
+        default=0.1, gt=0, le=1,
+        description="Least share of generation starts the pool's lowest lane gets while it has tasks "
+        "waiting (its service tier is never starved by higher ones).",
+    )
     metrics_port: int = Field(default=9100, ge=0, le=65535, description="/metrics and /health port.")
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of the metrics server.")
+
+
+    @model_validator(mode="after")
+    def _apply_pool(self) -> WorkerSettings:
+        """A worker of a configured pool takes the pool's upstream, concurrency and model."""
+        pools = PoolMap.from_settings(self)
+        name = self.llm_pool or pools.default.name
+        if name not in pools.pools:
+            raise PoolsError(f"LLM_POOL {name!r} is not a pool of LLM_POOLS ({', '.join(pools.pools)})")
+        pool = pools.pools[name]
+        self.llm_pool = name
+        if pool.base_url:
+            self.openai_base_url = pool.base_url
+        if pool.concurrency:
+            self.worker_concurrency = pool.concurrency
+        if pool.models and "llm_model" not in self.model_fields_set:
+            self.llm_model = pool.models[0]
+        return self
+
+    def lines(self) -> list[tuple[Line, WorkerSettings]]:
+        """Each lane of this worker's pool, highest first, with the settings that name its queues."""
+        pools = PoolMap.from_settings(self)
+        return [(line, pools.line_settings(self, line)) for line in pools.lines(self.llm_pool)]
 
 
 @lru_cache

@@ -21,6 +21,7 @@ from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
 from mqcommon.connection import broker_version, connect
 from mqcommon.errors import BrokerUnavailable
+from mqcommon.schemas import LINE_HEADER, MESSAGE_KIND_HEADER
 from mqcommon.topology import Topology, declare_exchange
 
 from llm_stream_api import metrics
@@ -36,13 +37,16 @@ OnConnect = Callable[["BrokerConnection"], Awaitable[None]]
 
 
 class BrokerConnection:
-    def __init__(self, settings: APISettings, replica_id: str) -> None:
+    def __init__(self, settings: APISettings, replica_id: str, topology: Topology | None = None) -> None:
         self.settings = settings
         self.replica_id = replica_id
-        self.topology = Topology.from_settings(settings)
+        # The default pool's default line (``settings``' names without pools); it also names
+        # what every line shares (history, cancels, live frames, presence).
+        self.topology = topology or Topology.from_settings(settings)
+        self._lines: dict[str, Topology] = {self.topology.task_queue.name: self.topology}
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None  # publisher confirms, returns raise
-        self.intake: AbstractExchange | None = None
+        self.intakes: dict[str, AbstractExchange] = {}  # each line's intake, declared on the channel
         self.version: tuple[int, ...] = ()
         self._on_connect: list[OnConnect] = []
         self._on_reconnect: list[Callable[[], None]] = []
@@ -65,6 +69,15 @@ class BrokerConnection:
         if not self.connected or self.channel is None:
             raise BrokerUnavailable("not connected to the broker")
         return self.channel
+
+    def add_line(self, topology: Topology) -> str:
+        """Declare another line's queue, intake and log too (a pool or a lane, ADR 0006)."""
+        self._lines.setdefault(topology.task_queue.name, topology)
+        return topology.task_queue.name
+
+    def topology_of(self, line: str) -> Topology:
+        """The topology in effect for the line whose task queue is ``line``."""
+        return self._lines[line]
 
     def when_connected(self, hook: OnConnect) -> None:
         """Run ``hook`` once the topology is declared, before the replica is ready."""
@@ -127,9 +140,14 @@ class BrokerConnection:
         while True:
             try:
                 connection = await connect(self.settings.rabbit_mq, "api")
-                self.topology = await self.topology.declare(connection)
+                for name, topology in list(self._lines.items()):
+                    self._lines[name] = await topology.declare(connection)
+                self.topology = self._lines[self.topology.task_queue.name]
                 self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                self.intake = await declare_exchange(self.channel, self.topology.intake_exchange)
+                self.intakes = {
+                    name: await declare_exchange(self.channel, topology.intake_exchange)
+                    for name, topology in self._lines.items()
+                }
                 self.version = broker_version(connection)
                 self.connection = connection
                 for hook in self._on_connect:
@@ -154,3 +172,12 @@ class BrokerConnection:
     def _reconnected(self, *_: object) -> None:
         for callback in self._on_reconnect:
             callback()
+
+
+def line_headers(kind: str, line: str | None, default: Topology) -> dict[str, str]:
+    """The headers of a keeper's or a watcher's message about ``line``: the default line's
+    carry none, so replicas of a release without pools keep understanding each other."""
+    headers = {MESSAGE_KIND_HEADER: kind}
+    if line is not None and line != default.task_queue.name:
+        headers[LINE_HEADER] = line
+    return headers

@@ -44,15 +44,18 @@ class WorkersSummary:
 
 
 class WorkerRegistry:
-    """The last heartbeat of each live worker of one task queue."""
+    """The last heartbeat of each live worker of the release's pools.
 
-    def __init__(self, task_queue: str, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.task_queue = task_queue
+    ``queues``: each pool's task queue (its default lane's, which its workers name in their
+    heartbeats) and the pool's name; a single queue name for a release without pools."""
+
+    def __init__(self, queues: str | dict[str, str], *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pools = {queues: "default"} if isinstance(queues, str) else dict(queues)
         self._clock = clock
         self._seen: dict[str, tuple[float, WorkerHeartbeat]] = {}
 
     def observe(self, beat: WorkerHeartbeat) -> None:
-        if beat.queue != self.task_queue:
+        if beat.queue not in self.pools:
             return
         if beat.state == "stopping":
             self._seen.pop(beat.worker, None)
@@ -69,8 +72,9 @@ class WorkerRegistry:
             del self._seen[name]
         return [beat for _, beat in self._seen.values()]
 
-    def summary(self) -> WorkersSummary:
-        beats = self.alive()
+    def summary(self, pool: str | None = None) -> WorkersSummary:
+        """The workers of ``pool``, or of every pool."""
+        beats = [beat for beat in self.alive() if pool is None or self.pools[beat.queue] == pool]
         return WorkersSummary(
             count=len(beats),
             llm_configured=any(beat.llm_configured for beat in beats),

@@ -67,12 +67,13 @@ class History:
             )
 
     async def accepted(
-        self, session_id: str, at: float, trace_id: str | None, owner: str | None = None
+        self, session_id: str, at: float, trace_id: str | None, owner: str | None = None,
+        line: str | None = None,
     ) -> None:
         """Record that the session was queued, and by which key (``owner``). Not confirmed: the
         task itself is durable, and a lost marker only means a reader on another replica learns
         of the session (and its owner) when a worker starts it."""
-        record = HistoryRecord("accepted", session_id, at=at, trace_id=trace_id, owner=owner)
+        record = HistoryRecord("accepted", session_id, at=at, trace_id=trace_id, owner=owner, line=line)
         try:
             if self._markers is None:
                 raise BrokerUnavailable("not connected to the broker")

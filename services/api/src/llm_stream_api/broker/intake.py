@@ -28,22 +28,26 @@ class Intake:
         self._broker = broker
         self._timeout_s = broker.settings.enqueue_timeout_s
 
-    async def publish_task(self, task: ChatTask, traceparent: str) -> None:
-        """Raises ``PublishRefused`` when the queue is full, ``BrokerUnavailable`` when the
-        broker is down or does not confirm in time."""
+    async def publish_task(self, task: ChatTask, traceparent: str, line: str | None = None) -> None:
+        """Queue ``task`` in ``line`` (a task queue's name; None: the default line).
+
+        Raises ``PublishRefused`` when the queue is full, ``BrokerUnavailable`` when the broker
+        is down or does not confirm in time."""
         channel = self._broker.publishing_channel()
+        topology = self._broker.topology_of(line) if line else self._broker.topology
         entered = QueueEvent(QUEUED, task.session_id, at=task.created_at, owner=task.owner)
         try:
             await publish_confirmed(
                 channel, "", task.encode(),
-                exchange=self._broker.intake or self._broker.topology.intake_exchange.name,
+                exchange=self._broker.intakes.get(topology.task_queue.name) or topology.intake_exchange.name,
                 timeout_s=self._timeout_s, persistent=True,
                 headers={TRACEPARENT_HEADER: traceparent, **entered.headers()},
                 message_id=task.task_id,
             )
         except PublishRefused:
             # The queue log took it; the queue did not: those behind it must not wait for it.
-            self._broker.send_soon(self._log(QueueEvent(WITHDRAWN, task.session_id, at=time.time())))
+            withdrawn = QueueEvent(WITHDRAWN, task.session_id, at=time.time())
+            self._broker.send_soon(self._log(withdrawn, topology.queue_log_stream.name))
             raise
 
     async def publish_cancel(self, session_id: str) -> None:
@@ -53,14 +57,14 @@ class Intake:
             record.encode(), timeout_s=self._timeout_s, headers=record.headers(),
         )
 
-    async def _log(self, event: QueueEvent) -> None:
+    async def _log(self, event: QueueEvent, queue_log: str) -> None:
         channel = self._broker.channel
         if channel is None:
             return
         try:
             await channel.default_exchange.publish(
                 aio_pika.Message(b"", headers=event.headers()),
-                routing_key=self._broker.topology.queue_log_stream.name, timeout=self._timeout_s,
+                routing_key=queue_log, timeout=self._timeout_s,
             )
         except SEND_ERRORS as exc:
             log.warning("queue log record not sent", session_id=event.session_id, error=str(exc))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from mqcommon.schemas import (
+    LINE_HEADER,
     MESSAGE_KIND_HEADER,
     POSITIONS,
     WATCH,
@@ -37,8 +38,8 @@ class LiveFeed:
 
     def __init__(
         self, hub: SessionHub, exchange: ExchangeSpec, replica_id: str, *,
-        on_watch: Callable[[Watch], None] = lambda _: None,
-        on_positions: Callable[[Positions], None] = lambda _: None,
+        on_watch: Callable[[Watch, str | None], None] = lambda *_: None,
+        on_positions: Callable[[Positions, str | None], None] = lambda *_: None,
     ) -> None:
         self._hub = hub
         self._exchange = exchange
@@ -64,15 +65,18 @@ class LiveFeed:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         metrics.count_delivery("live", len(message.body))
-        kind = (message.headers or {}).get(MESSAGE_KIND_HEADER)
+        headers = message.headers or {}
+        kind = headers.get(MESSAGE_KIND_HEADER)
         if kind is None:
             self.receive(message.body)
             return
+        line = headers.get(LINE_HEADER)
+        line = line if isinstance(line, str) else None  # None: the default line
         try:
             if kind == WATCH:
-                self.on_watch(Watch.decode(message.body))
+                self.on_watch(Watch.decode(message.body), line)
             elif kind == POSITIONS:
-                self.on_positions(Positions.decode(message.body))
+                self.on_positions(Positions.decode(message.body), line)
             else:
                 raise MalformedMessage("malformed", f"a live message of unknown kind {kind!r}")
         except MalformedMessage as exc:

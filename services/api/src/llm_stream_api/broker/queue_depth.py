@@ -46,17 +46,19 @@ class QueueDepth:
     def __init__(self, broker: BrokerConnection) -> None:
         self._broker = broker
         self._channel: AbstractChannel | None = None
-        self._cached: tuple[float, Depth] | None = None
+        self._cached: dict[str, tuple[float, Depth]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def task_queue(self) -> Depth:
-        """The task queue's depth (cached for STATS_CACHE_S); raises ``BrokerUnavailable``."""
+    async def task_queue(self, line: str | None = None) -> Depth:
+        """A task queue's depth (``line``; None: the default line), cached for STATS_CACHE_S;
+        raises ``BrokerUnavailable``."""
         now = time.monotonic()
-        if self._cached and now - self._cached[0] < self._broker.settings.stats_cache_s:
-            return self._cached[1]
-        name = self._broker.topology.task_queue.name
+        name = line or self._broker.topology.task_queue.name
+        cached = self._cached.get(name)
+        if cached and now - cached[0] < self._broker.settings.stats_cache_s:
+            return cached[1]
         found = await self.read([name], strict=True)
-        self._cached = (now, found[name])
+        self._cached[name] = (now, found[name])
         return found[name]
 
     async def read(self, names: Iterable[str], *, strict: bool = False) -> dict[str, Depth]:
@@ -101,6 +103,20 @@ class QueueDepth:
         return {name: (depth.messages, depth.consumers) for name, depth in found.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class WatchedQueue:
+    """A queue the gauges report, with its labels."""
+
+    name: str
+    role: str  # tasks | dead_letter
+    pool: str = "default"
+    lane: str = "default"
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.name, self.role, self.pool, self.lane]
+
+
 class QueueDepthCollector(Collector):
     """Task and dead-letter queue depth, cached between scrapes.
 
@@ -114,7 +130,7 @@ class QueueDepthCollector(Collector):
     def __init__(
         self,
         management_url: str,
-        queues: dict[str, str],
+        queues: dict[str, str] | list[WatchedQueue],
         cache_s: float = 5.0,
         *,
         passive: Callable[[Iterable[str]], dict[str, tuple[int, int]]] | None = None,
@@ -122,7 +138,11 @@ class QueueDepthCollector(Collector):
         management_retry_s: float = 60.0,
     ):
         self._base = management_url.rstrip("/")
-        self._queues = queues  # role -> queue name
+        # role -> queue name (one pool), or every queue with its role, pool and lane
+        self._queues = (
+            [WatchedQueue(name, role) for role, name in queues.items()]
+            if isinstance(queues, dict) else queues
+        )
         self._cache_s = cache_s
         self._passive = passive
         self._management_timeout_s = management_timeout_s
@@ -156,7 +176,7 @@ class QueueDepthCollector(Collector):
             "passive (passive declarations: no unacknowledged count) or none.",
             labels=["source"],
         )
-        labels = ["queue", "role"]  # role: tasks | dead_letter
+        labels = ["queue", "role", "pool", "lane"]  # role: tasks | dead_letter
         ready = GaugeMetricFamily(
             "llmstream_queue_messages_ready", "Messages ready for delivery.", labels=labels
         )
@@ -169,7 +189,7 @@ class QueueDepthCollector(Collector):
             "llmstream_queue_consumers", "Consumers attached to the queue.", labels=labels
         )
         dead = GaugeMetricFamily(
-            "llmstream_dead_letter_messages", "Messages waiting in the dead-letter queue."
+            "llmstream_dead_letter_messages", "Messages waiting in the dead-letter queue.", labels=["pool"]
         )
         retry_management = (
             self._management_failed_at is None
@@ -185,31 +205,31 @@ class QueueDepthCollector(Collector):
             else:
                 self._management_failed_at = None
                 self._use("management")
-                for role, name in self._queues.items():
-                    if name not in stats:
+                for queue in self._queues:
+                    if queue.name not in stats:
                         continue  # not declared (yet)
-                    data = stats[name]
-                    ready.add_metric([name, role], data.get("messages_ready", 0))
-                    unacked.add_metric([name, role], data.get("messages_unacknowledged", 0))
-                    consumers.add_metric([name, role], data.get("consumers", 0))
-                    if role == "dead_letter":
-                        dead.add_metric([], data.get("messages", 0))
+                    data = stats[queue.name]
+                    ready.add_metric(queue.labels, data.get("messages_ready", 0))
+                    unacked.add_metric(queue.labels, data.get("messages_unacknowledged", 0))
+                    consumers.add_metric(queue.labels, data.get("consumers", 0))
+                    if queue.role == "dead_letter":
+                        dead.add_metric([queue.pool], data.get("messages", 0))
                 up.add_metric(["management"], 1)
                 return [up, ready, unacked, consumers, dead]
         if self._passive is not None:
             try:
-                found = self._passive(self._queues.values())
+                found = self._passive([queue.name for queue in self._queues])
             except (OSError, RuntimeError, AMQPException, AMQPError) as exc:
                 passive_problem = _describe(exc)
             else:
                 self._use("passive", problem)
-                for role, name in self._queues.items():
-                    if name in found:
-                        messages, count = found[name]
-                        ready.add_metric([name, role], messages)
-                        consumers.add_metric([name, role], count)
-                        if role == "dead_letter":
-                            dead.add_metric([], messages)
+                for queue in self._queues:
+                    if queue.name in found:
+                        messages, count = found[queue.name]
+                        ready.add_metric(queue.labels, messages)
+                        consumers.add_metric(queue.labels, count)
+                        if queue.role == "dead_letter":
+                            dead.add_metric([queue.pool], messages)
                 up.add_metric(["passive"], 1)
                 return [up, ready, consumers, dead]
         else:
@@ -224,7 +244,7 @@ class QueueDepthCollector(Collector):
         base = str(url.copy_with(username=None, password=None)).rstrip("/")
         stats = {}
         with httpx.Client(timeout=self._management_timeout_s, auth=auth, trust_env=False) as client:
-            for name in self._queues.values():
+            for name in (queue.name for queue in self._queues):
                 response = client.get(f"{base}/api/queues/%2F/{quote(name, safe='')}")
                 if response.status_code == 404 and response.headers.get("content-type", "").startswith(
                     "application/json"

@@ -42,7 +42,6 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.abc import FieldTable
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.schemas import (
-    MESSAGE_KIND_HEADER,
     POSITIONS,
     QUEUED,
     MalformedMessage,
@@ -51,10 +50,10 @@ from mqcommon.schemas import (
     Watch,
     Watermark,
 )
-from mqcommon.topology import declare_queue
+from mqcommon.topology import Topology, declare_queue
 
 from llm_stream_api import metrics
-from llm_stream_api.broker.connection import SEND_ERRORS, BrokerConnection
+from llm_stream_api.broker.connection import SEND_ERRORS, BrokerConnection, line_headers
 from llm_stream_api.quota.rates import RateMeter
 
 log = structlog.get_logger(__name__)
@@ -155,10 +154,12 @@ class WaitingLine:
 class QueueKeeper:
     def __init__(
         self, broker: BrokerConnection, queue_length: Callable[[], Awaitable[int]], *,
-        clock: Callable[[], float] = time.time,
+        line: str | None = None, clock: Callable[[], float] = time.time,
     ) -> None:
-        """``queue_length``: the task queue's ready messages (``broker.queue_depth``)."""
+        """``queue_length``: the task queue's ready messages (``broker.queue_depth``); ``line``:
+        the task queue whose log this keeps (None: the default line)."""
         self._broker = broker
+        self.line_name = line
         self._queue_length = queue_length
         self._clock = clock
         self.line = WaitingLine(clock=clock)
@@ -176,6 +177,10 @@ class QueueKeeper:
         bound = broker.settings.max_queued_tasks
         self._near_bound = bound - max(1, bound // NEAR_BOUND_SHARE)
         broker.when_reconnected(self._deposed)
+
+    @property
+    def _topology(self) -> Topology:
+        return self._broker.topology_of(self.line_name) if self.line_name else self._broker.topology
 
     # -- becoming the keeper -----------------------------------------------------------------
 
@@ -208,7 +213,7 @@ class QueueKeeper:
         try:
             # Declared on the underlying channel: a robust channel would declare it again on a
             # reconnect, and the lock must be won again, not restored.
-            await underlay.queue_declare(self._broker.topology.keeper_lock, exclusive=True, auto_delete=True)
+            await underlay.queue_declare(self._topology.keeper_lock, exclusive=True, auto_delete=True)
         except SEND_ERRORS:
             with contextlib.suppress(*SEND_ERRORS):
                 await lock.close()
@@ -217,17 +222,19 @@ class QueueKeeper:
         head = await self._last_head()
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
-        stream = await declare_queue(channel, self._broker.topology.queue_log_stream)
+        stream = await declare_queue(channel, self._topology.queue_log_stream)
         since: object = head
         if head is None:
             since = dt.datetime.fromtimestamp(self._clock() - WINDOW_S, dt.UTC)
         self.line = WaitingLine(clock=self._clock)
         self._channel = channel
         self.active = True
+        metrics.QUEUE_KEEPER.inc()
         arguments: FieldTable = {"x-stream-offset": since}  # type: ignore[dict-item]
         await stream.consume(self._on_record, arguments=arguments)
-        metrics.QUEUE_KEEPER.set(1)
-        log.info("keeping the queue log", replica=self._broker.replica_id, from_offset=head)
+        log.info(
+            "keeping the queue log", replica=self._broker.replica_id, line=self.line_name, from_offset=head
+        )
 
     async def _last_head(self) -> int | None:
         """Where the line began by the last watermark in the watermarks stream; None if none."""
@@ -246,7 +253,7 @@ class QueueKeeper:
 
         try:
             await channel.set_qos(prefetch_count=100)
-            stream = await declare_queue(channel, self._broker.topology.watermarks_stream)
+            stream = await declare_queue(channel, self._topology.watermarks_stream)
             if not stream.declaration_result.message_count:
                 return None  # no keeper ever kept this line
             await stream.consume(on_message, arguments={"x-stream-offset": "last"})
@@ -266,8 +273,9 @@ class QueueKeeper:
         self._broker.send_soon(self._stop_keeping())
 
     async def _stop_keeping(self) -> None:
+        if self.active:
+            metrics.QUEUE_KEEPER.dec()
         self.active = False
-        metrics.QUEUE_KEEPER.set(0)
         self._watchers.clear()
         for channel in (self._channel, self._lock_channel):
             if channel is not None:
@@ -336,7 +344,7 @@ class QueueKeeper:
 
     async def _publish_watermark(self, mark: Watermark | None) -> None:
         if mark is not None:
-            exchange = self._broker.topology.positions_exchange.name
+            exchange = self._topology.positions_exchange.name
             await self._broker.send(exchange, mark.encode(), what="watermark")
 
     def _changed_later(self, delay_s: float) -> None:
@@ -377,7 +385,7 @@ class QueueKeeper:
     async def _publish_positions(self, replica: str, answer: Positions) -> None:
         await self._broker.send(
             self._broker.topology.live_exchange.name, answer.encode(), routing_key=replica,
-            headers={MESSAGE_KIND_HEADER: POSITIONS}, what="positions",
+            headers=line_headers(POSITIONS, self.line_name, self._broker.topology), what="positions",
         )
 
     # -- ghosts ------------------------------------------------------------------------------

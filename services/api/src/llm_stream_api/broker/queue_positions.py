@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from mqcommon.schemas import MESSAGE_KIND_HEADER, WATCH, MalformedMessage, Positions, Watch, Watermark
+from mqcommon.schemas import WATCH, MalformedMessage, Positions, Watch, Watermark
 from mqcommon.topology import declare_exchange
 
 from llm_stream_api import metrics
-from llm_stream_api.broker.connection import BrokerConnection
+from llm_stream_api.broker.connection import BrokerConnection, line_headers
 from llm_stream_api.sessions.hub import Session, SessionHub
 
 log = structlog.get_logger(__name__)
@@ -37,11 +37,13 @@ WATCH_RENEW_S = 2.0
 class QueuePositions:
     def __init__(
         self, broker: BrokerConnection, hub: SessionHub, watch_locally: Callable[[Watch], None],
-        heard: Callable[[], None] = lambda: None,
+        heard: Callable[[], None] = lambda: None, *, line: str | None = None,
     ) -> None:
         """``watch_locally``: the keeper's ``on_watch``, for when this replica is the keeper;
-        ``heard``: called on every watermark (the keeper is alive)."""
+        ``heard``: called on every watermark (the keeper is alive); ``line``: the task queue
+        whose waiting line this follows (None: the default line)."""
         self._broker = broker
+        self.line_name = line
         self._hub = hub
         self._watch_locally = watch_locally
         self._heard = heard
@@ -55,7 +57,8 @@ class QueuePositions:
 
     async def start(self, channel: AbstractChannel) -> None:
         """Follow the watermarks (an exclusive queue on the positions exchange)."""
-        exchange = await declare_exchange(channel, self._broker.topology.positions_exchange)
+        topology = self._broker.topology_of(self.line_name) if self.line_name else self._broker.topology
+        exchange = await declare_exchange(channel, topology.positions_exchange)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange)
         await queue.consume(self._on_watermark_message, no_ack=True)
@@ -90,7 +93,7 @@ class QueuePositions:
         """Tasks leaving the queue per second, as the keeper measures it."""
         return self._rate
 
-    def eta(self, position: int) -> float | None:
+    def eta(self, position: int, session: Session | None = None) -> float | None:
         rate = self.drain_rate()
         return round(position / rate, 1) if rate > 0 else None
 
@@ -135,7 +138,7 @@ class QueuePositions:
     async def _publish(self, keeper: str, watch: Watch) -> None:
         await self._broker.send(
             self._broker.topology.live_exchange.name, watch.encode(), routing_key=keeper,
-            headers={MESSAGE_KIND_HEADER: WATCH}, what="watch",
+            headers=line_headers(WATCH, self.line_name, self._broker.topology), what="watch",
         )
 
     def on_positions(self, answer: Positions) -> None:
@@ -145,6 +148,11 @@ class QueuePositions:
             session = self._watched.get(session_id) or self._hub.get(session_id)
             if session is None:
                 continue
+            if self.line_name is not None:
+                if position is not None and session.line is None:
+                    session.line = self.line_name  # watched on every line until one knew it
+                if session.line is not None and session.line != self.line_name:
+                    continue  # another line's keeper: its "not waiting" says nothing of this one
             if owner is not None and session.owner is None:
                 session.owner = owner
                 session.notify()

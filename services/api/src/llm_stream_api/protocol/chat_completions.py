@@ -22,6 +22,7 @@ from mqcommon.parts import CONTENT, FINISH, LOGPROBS, REASONING, REFUSAL, Part, 
 from mqcommon.schemas import MODEL_PATTERN, ChatMessage
 from pydantic import BeforeValidator, Field, JsonValue, StringConstraints, field_validator
 
+from llm_stream_api.protocol.native import ServiceTier
 from llm_stream_api.protocol.openai_base import (
     NULL,
     ROLE_NAMES,
@@ -235,7 +236,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     # Accepted, with no effect here.
     store: bool | None = None
     metadata: dict[str, Any] | None = None
-    service_tier: str | None = None
+    service_tier: ServiceTier | None = None
 
     @field_validator("stop")
     @classmethod
@@ -279,7 +280,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
         return TaskRequest(
             messages=turns, model=self.model, temperature=self.temperature, top_p=self.top_p,
             max_tokens=self.max_completion_tokens or self.max_tokens, stop=stop, seed=self.seed,
-            user=self.user,
+            user=self.user, service_tier=self.service_tier,
             # Usage is asked for always: a non-streamed completion reports it too.
             include_usage=True,
             tools=[tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,

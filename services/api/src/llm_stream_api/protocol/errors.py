@@ -12,6 +12,7 @@ An error says what went wrong (status, code, message, the parameter at fault, he
     ├── RateLimited          429  past one of the key's limits
     ├── LimitExceeded        422  over an input limit (400 in the OpenAI dialect)
     ├── Overloaded           503  past a bound of admission control
+    ├── Forbidden            403  the key may not use what it asked for (a service tier)
     ├── NotFound             404  no such session, response or model
     └── OpenAIError          an error only the OpenAI routes raise, typed as OpenAI types it
         └── Unsupported      400  a parameter that cannot be honoured
@@ -89,6 +90,22 @@ class Overloaded(APIError):
 class NotFound(APIError):
     def __init__(self, message: str, *, param: str | None = None, code: str = "not_found") -> None:
         super().__init__(404, code, message, param=param)
+
+
+class ModelNotFound(NotFound):
+    """A model no pool serves (docs/adr/0006); the body lists those that are."""
+
+    def __init__(self, model: str, served: list[str], *, param: str = "model") -> None:
+        listed = ", ".join(served[:20]) + (", ..." if len(served) > 20 else "")
+        super().__init__(
+            f"The model {model!r} does not exist here: this deployment serves {listed}", param=param,
+            code="model_not_found",
+        )
+
+
+class Forbidden(APIError):
+    def __init__(self, message: str, *, param: str | None = None, code: str = "forbidden") -> None:
+        super().__init__(403, code, message, param=param)
 
 
 class BrokerDown(APIError):

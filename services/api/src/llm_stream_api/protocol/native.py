@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # One character that is not whitespace, spelled out: Python's idea of whitespace (what the
 # API strips) and that of JSON Schema's ECMAScript regexes (what clients check) differ.
+# The lane of its model's pool a request waits in (``quota.service_tiers``); OpenAI's names.
+ServiceTier = Literal["auto", "default", "flex", "priority"]
+
 NOT_BLANK_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 _NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
 
@@ -98,6 +101,11 @@ class ChatRequest(BaseModel):
     )
     seed: int | None = Field(default=None, ge=-(2**53), le=2**53, description="Sampling seed.")
     user: str | None = Field(default=None, max_length=256, description="An end-user id, passed to the LLM.")
+    service_tier: ServiceTier | None = Field(
+        default=None,
+        description="The lane of the model's pool to wait in: `priority` goes first, `flex` gets a "
+        "guaranteed minimum share; `auto` or none: the key's default (KEY_SERVICE_TIERS).",
+    )
 
     @field_validator("temperature", "top_p", "max_tokens", "seed", mode="before")
     @classmethod
@@ -161,6 +169,19 @@ class ErrorBody(BaseModel):
     )
 
 
+class PoolHealth(BaseModel):
+    models: list[str] = Field(description="Model ids and aliases it serves (empty: any, without LLM_POOLS).")
+    lanes: list[Literal["priority", "default", "flex"]]
+    queue: str = Field(description="Its default lane's task queue.")
+    workers: int = Field(ge=0, description="Its workers heard from lately (0: scaled to zero, or down).")
+    concurrency: int = Field(ge=0)
+    running: int = Field(ge=0)
+    openai: Literal["configured", "missing"]
+    upstream: Literal["ok", "failing", "unknown"] = Field(
+        description="How its workers' last generations found the LLM (unknown before any)."
+    )
+
+
 class HealthFull(BaseModel):
     status: Literal["ok", "degraded"]
     rabbitmq: Literal["connected", "disconnected"]
@@ -170,6 +191,10 @@ class HealthFull(BaseModel):
     llm: Literal["via_workers", "direct"] = Field(description="Where generations run.")
     workers: int = Field(ge=0, description="Workers of this API's task queue heard from lately.")
     sessions: int = Field(ge=0)
+    pools: dict[str, PoolHealth] = Field(
+        default_factory=dict,
+        description="Each model pool: what it serves, and its workers by their heartbeats.",
+    )
 
 
 class Stats(BaseModel):

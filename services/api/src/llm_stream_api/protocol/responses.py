@@ -19,6 +19,7 @@ from pydantic import Field
 
 from llm_stream_api.protocol import responses_input as inputs
 from llm_stream_api.protocol import responses_output as outputs
+from llm_stream_api.protocol.native import ServiceTier
 from llm_stream_api.protocol.openai_base import (
     ROLE_NAMES,
     SSE_EVENT_SCHEMA,
@@ -83,7 +84,7 @@ class ResponseRequest(OpenAIBaseModel):
     metadata: dict[str, Any] | None = None
     truncation: str | None = None
     include: list[str] | None = None
-    service_tier: str | None = None
+    service_tier: ServiceTier | None = None
     stream_options: dict[str, Any] | None = None
 
     @property
@@ -117,7 +118,7 @@ class ResponseRequest(OpenAIBaseModel):
         return TaskRequest(
             messages=tuple(turns), model=self.model, session_id=session_id,
             temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_output_tokens,
-            user=self.user, include_usage=True, tools=tools,
+            user=self.user, include_usage=True, tools=tools, service_tier=self.service_tier,
             tool_choice=inputs.tool_choice(self.tool_choice) if tools else None,
             parallel_tool_calls=self.parallel_tool_calls if tools else None,
             response_format=inputs.response_format(self.text),

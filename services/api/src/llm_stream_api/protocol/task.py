@@ -55,11 +55,14 @@ class TaskRequest:
     logit_bias: dict[str, Any] | None = None
     reasoning_effort: str | None = None
     n: int | None = None  # choices, when more than one
+    # The lane it asks for in its model's pool (``quota.service_tiers``): where it waits, not
+    # what the LLM is told.
+    service_tier: str | None = None
 
     def task(self, session_id: str, reply_to: str | None) -> ChatTask:
         given = {
             f.name: getattr(self, f.name) for f in fields(self)
-            if f.name not in ("session_id", "message") and getattr(self, f.name) is not None
+            if f.name not in ("session_id", "message", "service_tier") and getattr(self, f.name) is not None
         }
         # A conversation also carries its last user turn as ``message``: a worker that predates
         # conversations still answers it.
@@ -94,7 +97,7 @@ def from_native(body: ChatRequest) -> TaskRequest:
     return TaskRequest(
         message=body.message, messages=messages, model=body.model, session_id=body.session_id,
         temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens, stop=stop,
-        seed=body.seed, user=body.user,
+        seed=body.seed, user=body.user, service_tier=body.service_tier,
     )
 
 

@@ -1,8 +1,10 @@
 """``GET /v1/models``: the models a request may name.
 
-With MODELS_ALLOWED, those (a request naming another is refused, see ``quota.input_limits``). Without it,
-the model this deployment answers with when a request names none: requests may name any
-model, which is passed to the LLM as given, and the LLM decides.
+With model pools (LLM_POOLS), every model and alias a pool serves, also those of a pool scaled
+to zero: the list is configuration, not who is running. Otherwise, with MODELS_ALLOWED,
+those (a request naming another is refused, see ``quota.input_limits``). Without either, the
+model this deployment answers with when a request names none: requests may name any model,
+which is passed to the LLM as given, and the LLM decides.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter
+from mqcommon.pools import PoolMap
 
-from llm_stream_api.deps import SettingsDep
+from llm_stream_api.deps import StateDep
 from llm_stream_api.dialects import OpenAIRoute
 from llm_stream_api.openapi.responses import openai_error
 from llm_stream_api.protocol.errors import NotFound
@@ -26,7 +29,9 @@ def _model(model_id: str) -> dict[str, object]:
     return {"id": model_id, "object": "model", "created": STARTED, "owned_by": "llm-stream"}
 
 
-def _listed(settings: APISettings) -> list[str]:
+def _listed(settings: APISettings, pools: PoolMap) -> list[str]:
+    if pools.configured:
+        return pools.model_ids()
     return settings.allowed_models or [settings.llm_model]
 
 
@@ -49,8 +54,8 @@ LIST_SCHEMA = {
     "/models", summary="OpenAI models: those a request may name",
     responses={200: {"description": "The models.", "content": {"application/json": {"schema": LIST_SCHEMA}}}},
 )
-async def list_models(settings: SettingsDep) -> dict[str, object]:
-    return {"object": "list", "data": [_model(model_id) for model_id in _listed(settings)]}
+async def list_models(state: StateDep) -> dict[str, object]:
+    return {"object": "list", "data": [_model(model_id) for model_id in _listed(state.settings, state.pools)]}
 
 
 @router.get(
@@ -60,7 +65,7 @@ async def list_models(settings: SettingsDep) -> dict[str, object]:
         404: openai_error("`model_not_found`: not a model a request may name."),
     },
 )
-async def get_model(model_id: str, settings: SettingsDep) -> dict[str, object]:
-    if model_id not in _listed(settings):
+async def get_model(model_id: str, state: StateDep) -> dict[str, object]:
+    if model_id not in _listed(state.settings, state.pools):
         raise NotFound(f"The model {model_id!r} does not exist", param="model", code="model_not_found")
     return _model(model_id)

@@ -46,6 +46,26 @@ def _llm_state(state: AppState) -> dict[str, str | int]:
     return {"openai": "configured" if configured else "missing", "llm": mode, "workers": workers.count}
 
 
+def _pools(state: AppState) -> dict[str, dict[str, Any]]:
+    """Each pool as configured (models, lanes) beside what its workers' heartbeats say."""
+    out = {}
+    for name, pool in state.pools.pools.items():
+        beats = [beat for beat in state.workers.alive() if state.workers.pools.get(beat.queue) == name]
+        upstream = {beat.upstream for beat in beats}
+        out[name] = {
+            "models": list(pool.models) + list(pool.aliases),
+            "lanes": list(pool.lanes),
+            "queue": state.pools.queue(name),
+            "workers": len(beats),
+            "concurrency": sum(beat.concurrency for beat in beats),
+            "running": sum(beat.running for beat in beats),
+            "openai": "configured" if any(beat.llm_configured for beat in beats) else "missing",
+            # failing once any worker's last generation failed; ok once one answered
+            "upstream": "failing" if "failing" in upstream else "ok" if "ok" in upstream else "unknown",
+        }
+    return out
+
+
 @router.get("/health", summary="Liveness: the process answers")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
@@ -65,6 +85,7 @@ async def health_full(state: StateDep) -> JSONResponse:
         "rabbitmq": "connected" if connected else "disconnected",
         **_llm_state(state),
         "sessions": len(state.sessions.hub),
+        "pools": _pools(state),
     }
     return JSONResponse(body, status_code=200 if connected else 503)
 
@@ -74,19 +95,19 @@ async def health_full(state: StateDep) -> JSONResponse:
     responses={200: {"model": Stats, "description": "Statistics."}, 503: BROKER_UNAVAILABLE},
 )
 async def stats(state: StateDep) -> JSONResponse:
-    settings, hub, workers = state.settings, state.sessions.hub, state.workers.summary()
+    hub, workers = state.sessions.hub, state.workers.summary()
     try:
         queue = await state.depth.task_queue()
     except BrokerUnavailable as exc:
         return JSONResponse(
             {"status": "error", "error": "broker_unavailable", "message": str(exc),
-             "queue": settings.task_queue, "pending_tasks": None},
+             "queue": state.pools.queue(state.pools.default.name), "pending_tasks": None},
             status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     return JSONResponse(
         {
             "status": "ok",
-            "queue": settings.task_queue,
+            "queue": state.pools.queue(state.pools.default.name),
             "pending_tasks": queue.messages,
             "consumers": queue.consumers,
             "open_streams": len(hub.served_sessions()),

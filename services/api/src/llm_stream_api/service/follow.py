@@ -41,7 +41,7 @@ class Positions(Protocol):
 
     def unwatch(self, session: Session) -> None: ...
 
-    def eta(self, position: int) -> float | None: ...
+    def eta(self, position: int, session: Session | None = None) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -105,7 +105,7 @@ async def follow(
                             progress_at = now  # moving up the queue is progress
                         told = (session.queue_position, now)
                         yield Piece(
-                            position, kind=QUEUED, queue_position=told[0], eta_s=queue.eta(told[0])
+                            position, kind=QUEUED, queue_position=told[0], eta_s=queue.eta(told[0], session)
                         )
                         continue
                 if session.known:

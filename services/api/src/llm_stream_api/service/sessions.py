@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 from mqcommon.errors import BrokerUnavailable, PublishRefused
+from mqcommon.pools import ModelNotServed, Route
 from mqcommon.schemas import ChatTask, id_time, new_id
 from mqcommon.tracing import child_of, trace_id_of
 
@@ -37,13 +38,14 @@ from llm_stream_api import metrics
 from llm_stream_api.broker.connection import BrokerConnection
 from llm_stream_api.broker.history import History
 from llm_stream_api.broker.intake import Intake
+from llm_stream_api.broker.lines import Lines
 from llm_stream_api.broker.presence import PresenceAnnouncer
-from llm_stream_api.broker.queue_positions import QueuePositions
-from llm_stream_api.protocol.errors import SessionConflict
+from llm_stream_api.protocol.errors import ModelNotFound, SessionConflict
 from llm_stream_api.protocol.task import TaskRequest
 from llm_stream_api.quota import admission
 from llm_stream_api.quota.admission import StreamCount
 from llm_stream_api.quota.key_limits import KeyLimits
+from llm_stream_api.quota.service_tiers import TierPolicy
 from llm_stream_api.service import streams
 from llm_stream_api.service.follow import Piece, follow
 from llm_stream_api.sessions.hub import Session, SessionHub
@@ -103,14 +105,16 @@ class Answer:
 class SessionService:
     def __init__(
         self, settings: APISettings, hub: SessionHub, broker: BrokerConnection, *, replica_id: str,
-        intake: Intake, history: History, positions: QueuePositions, presence: PresenceAnnouncer,
-        key_limits: KeyLimits, streams: StreamCount,
+        intake: Intake, history: History, lines: Lines, presence: PresenceAnnouncer,
+        key_limits: KeyLimits, streams: StreamCount, tiers: TierPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.broker = broker
         self.replica_id = replica_id
-        self.positions = positions
+        self.lines = lines
+        self.positions = lines  # positions of a session in whichever line it waits
+        self.tiers = tiers or TierPolicy({})
         self.key_limits = key_limits
         self.streams = streams
         self.waits = Waits.from_settings(settings)
@@ -142,12 +146,17 @@ class SessionService:
         replica a client later reads it from asks for them: without affinity, that is rarely
         this one, and a replica should not receive what it does not serve.
 
-        Raises ``SessionConflict`` when the session id is taken, ``Overloaded`` when the queue is
-        full, ``RateLimited`` past a key's limits, ``BrokerUnavailable`` when the broker is down
-        or does not confirm in time.
+        The task waits in the line of its model's pool and its service tier (``route``).
+
+        Raises ``ModelNotFound`` for a model no pool serves, ``Forbidden`` for a tier the key
+        may not use, ``SessionConflict`` when the session id is taken, ``Overloaded`` when its
+        line is full, ``RateLimited`` past a key's limits, ``BrokerUnavailable`` when the
+        broker is down or does not confirm in time.
         """
-        admission.check_queue(self.settings, self.positions)
-        wanted = replace(wanted, owner=owner)
+        route = self.route(wanted, owner)
+        line = self.lines.get(route.line.queue).positions
+        admission.check_queue(self.settings, line)
+        wanted = replace(wanted, owner=owner, model=route.model)
         if owner is not None:
             self.key_limits.admit(owner, self.hub)
         session_id = wanted.session_id or new_id()
@@ -166,16 +175,19 @@ class SessionService:
         structlog.contextvars.bind_contextvars(session_id=session_id, task_id=task.task_id, trace_id=trace_id)
         started = time.perf_counter()
         try:
-            await self._intake.publish_task(task, parent)
+            await self._intake.publish_task(task, parent, route.line.queue)
             # The acceptance marker lets any other replica learn that the session exists while
-            # it waits.
-            await self._history.accepted(task.session_id, task.created_at, trace_id, task.owner)
+            # it waits, and in which line.
+            await self._history.accepted(
+                task.session_id, task.created_at, trace_id, task.owner,
+                line=route.line.queue if self.lines.many else None,
+            )
             self.hub.accept(
                 task.session_id, task.created_at, trace_id, tracked=task.reply_to == self.replica_id,
-                owner=owner,
+                owner=owner, line=route.line.queue,
             )
         except PublishRefused as exc:
-            raise admission.queue_full(self.settings, self.positions) from exc
+            raise admission.queue_full(self.settings, line) from exc
         finally:
             session.reserved = False
         metrics.ENQUEUE_DURATION.observe(time.perf_counter() - started)
@@ -183,6 +195,14 @@ class SessionService:
             self.key_limits.started(owner, session_id)
         log.info("task queued")
         return task, parent
+
+    def route(self, wanted: TaskRequest, owner: str | None) -> Route:
+        """The pool, lane and upstream model of a request; raises ``ModelNotFound`` or ``Forbidden``."""
+        tier = self.tiers.choose(owner, wanted.service_tier)
+        try:
+            return self.lines.pools.route(wanted.model, tier)
+        except ModelNotServed as exc:
+            raise ModelNotFound(exc.model, exc.served) from None
 
     def check_streams(self) -> None:
         """Raise ``Overloaded`` while this process serves MAX_OPEN_STREAMS streams."""
@@ -251,7 +271,7 @@ class SessionService:
                 position = session.queue_position
         finally:
             self.positions.unwatch(session)  # once the reader is gone: it counts readers
-        return None if position is None else (position, self.positions.eta(position))
+        return None if position is None else (position, self.positions.eta(position, session))
 
     def annotate(self, session_id: str, value: Any) -> None:
         """Keep what a dialect knows of a session it created (model, parameters), for the

@@ -40,9 +40,9 @@ class Session:
     """One answer. About 200 bytes plus the text (one ``str``, 1 byte per ASCII character)."""
 
     __slots__ = (
-        "_waiter", "accepted_at", "end_kind", "error", "error_param", "finish", "id", "kinds", "looked_up",
-        "owner", "queue_position", "readers", "reserved", "started", "text", "touched", "trace_id",
-        "tracked", "usage",
+        "_waiter", "accepted_at", "end_kind", "error", "error_param", "finish", "id", "kinds", "line",
+        "looked_up", "owner", "queue_position", "readers", "reserved", "started", "text", "touched",
+        "trace_id", "tracked", "usage",
     )
 
     def __init__(self, session_id: str, touched: float) -> None:
@@ -64,6 +64,7 @@ class Session:
         self.looked_up = False  # the history has been read for it at least once
         self.readers = 0
         self.queue_position: int | None = None  # while it waits: 1 = the next task to start
+        self.line: str | None = None  # the task queue it waits in, once known (ADR 0006)
         self._waiter: asyncio.Event | None = None
 
     @property
@@ -174,10 +175,11 @@ class SessionHub:
 
     def accept(
         self, session_id: str, accepted_at: float, trace_id: str | None, *, tracked: bool = True,
-        owner: str | None = None,
+        owner: str | None = None, line: str | None = None,
     ) -> Session:
-        """A POST of this replica queued the session; ``tracked``: its frames come here."""
+        """A POST of this replica queued the session in ``line``; ``tracked``: its frames come here."""
         session = self.session(session_id)
+        session.line = session.line or line
         session.tracked = session.tracked or tracked
         session.owner = session.owner or owner
         if session.accepted_at is None:
@@ -230,6 +232,7 @@ class SessionHub:
         if record.kind == "accepted":
             if session.accepted_at is None:
                 session.accepted_at = record.at
+            session.line = session.line or record.line
             session.notify()
         elif record.kind == "transcript" and not session.ended and record.end is not None:
             session.started = True
