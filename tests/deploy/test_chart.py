@@ -38,6 +38,7 @@ def test_ci_values_cover_the_main_combinations() -> None:
         "monitoring-values.yaml",
         "ingress-values.yaml",
         "existing-secret-values.yaml",
+        "pools-values.yaml",
     } <= names
 
 

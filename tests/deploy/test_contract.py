@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -78,22 +79,78 @@ def secret_data(objects: Iterable[Manifest], name: str) -> dict[str, str] | None
     return None
 
 
-def worker_settings(objects: tuple[Manifest, ...], monkeypatch: pytest.MonkeyPatch) -> WorkerSettings:
-    """WorkerSettings as a worker pod would read them from its ConfigMap and Secrets."""
-    worker = component(objects, "Deployment", "worker")
-    env = dict(config_map_for(objects, worker))
-    for e in container(worker).get("env", []):
+def config_map_data(objects: Iterable[Manifest], name: str) -> dict[str, str] | None:
+    for o in objects:
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name:
+            return o.get("data", {})
+    return None
+
+
+def pod_env(objects: tuple[Manifest, ...], workload: Manifest) -> dict[str, str]:
+    """The environment a pod of the workload gets: its ConfigMaps, then its env entries with
+    their ConfigMap and Secret references resolved (where the chart holds the data)."""
+    env = dict(config_map_for(objects, workload))
+    for e in container(workload).get("env", []):
+        source = e.get("valueFrom", {})
         if "value" in e:
             env[e["name"]] = e["value"]
-        elif "secretKeyRef" in e.get("valueFrom", {}):
-            data = secret_data(objects, e["valueFrom"]["secretKeyRef"]["name"]) or {}
-            if e["valueFrom"]["secretKeyRef"]["key"] in data:
-                env[e["name"]] = data[e["valueFrom"]["secretKeyRef"]["key"]]
+        elif "secretKeyRef" in source:
+            data = secret_data(objects, source["secretKeyRef"]["name"]) or {}
+            if source["secretKeyRef"]["key"] in data:
+                env[e["name"]] = data[source["secretKeyRef"]["key"]]
+        elif "configMapKeyRef" in source:
+            data = config_map_data(objects, source["configMapKeyRef"]["name"])
+            assert data is not None, f"{e['name']}: no ConfigMap {source['configMapKeyRef']['name']}"
+            env[e["name"]] = data[source["configMapKeyRef"]["key"]]
+    return env
+
+
+def worker_settings(
+    objects: tuple[Manifest, ...], monkeypatch: pytest.MonkeyPatch, worker: Manifest | None = None
+) -> WorkerSettings:
+    """WorkerSettings as a worker pod would read them from its ConfigMap and Secrets."""
+    worker = worker or component(objects, "Deployment", "worker")
     for name in settings_env(WorkerSettings):
         monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
+    for name, value in pod_env(objects, worker).items():
         monkeypatch.setenv(name, value)
     return WorkerSettings()
+
+
+def workers(objects: Iterable[Manifest]) -> list[Manifest]:
+    """Every worker Deployment (one per pool)."""
+    return [
+        d
+        for d in find(objects, "Deployment")
+        if d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
+    ]
+
+
+LANES = ("priority", "default", "flex")
+
+
+def pool_queues(task_queue: str, dead_letter_queue: str, env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(the task queues the worker consumes, other queue names of the release), by the names
+    of docs/adr/0006: pool `default` has TASK_QUEUE, pool `large` `<TASK_QUEUE>.large`, and a
+    lane other than `default` adds `.<lane>`; a pool's dead letters are `<base>.dead`
+    (DEAD_LETTER_QUEUE for pool `default`)."""
+    if "LLM_POOLS" not in env:
+        return [task_queue], [dead_letter_queue]
+    pools = json.loads(env["LLM_POOLS"])["pools"]
+
+    def base(pool: str) -> str:
+        return task_queue if pool == "default" else f"{task_queue}.{pool}"
+
+    def queues(pool: dict) -> list[str]:
+        lanes = pool.get("lanes", ["default"])
+        return [base(pool["name"]) if lane == "default" else f"{base(pool['name'])}.{lane}" for lane in lanes]
+
+    (mine,) = [p for p in pools if p["name"] == env["LLM_POOL"]]
+    others = [q for p in pools if p is not mine for q in queues(p)]
+    others += [f"{base(p['name'])}.{lane}" for p in pools for lane in LANES if lane != "default"]
+    others += [dead_letter_queue if p["name"] == "default" else f"{base(p['name'])}.dead" for p in pools]
+    others += [f"{q}.{suffix}" for q in queues(mine) for suffix in ("log", "intake", "dead")]
+    return queues(mine), sorted(set(others) - set(queues(mine)))
 
 
 def amqp_vhost(url: str) -> str:
@@ -133,6 +190,16 @@ KEDA_VARIANTS: dict[str, tuple[str, ...]] = {
         "llm.apiKey=k",
     ),
     "helm:amqp protocol": (*EXTERNAL, "--set", "worker.keda.protocol=amqp"),
+    "helm:pools-values.yaml": (),
+    "helm:pool default with lanes, a pool with one": (
+        *EXTERNAL,
+        "--set-json",
+        "pools="
+        + json.dumps([
+            {"name": "default", "models": ["m1"], "lanes": ["default", "priority"]},
+            {"name": "solo", "models": ["m2"], "concurrency": 8},
+        ]),
+    ),
 }
 
 
@@ -154,18 +221,47 @@ def test_scaled_object_watches_the_queue_the_workers_consume(
 ) -> None:
     extra = KEDA_VARIANTS[variant]
     objects = helm_template(*extra) if extra else objects_of(variant)
-    worker = component(objects, "Deployment", "worker")
-    scaled = one(objects, "ScaledObject")
+    scaled_objects = find(objects, "ScaledObject")
+    assert len(scaled_objects) == len(workers(objects)), "one ScaledObject per worker Deployment"
+    for scaled in scaled_objects:
+        (worker,) = [
+            w for w in workers(objects) if w["metadata"]["name"] == scaled["spec"]["scaleTargetRef"]["name"]
+        ]
+        check_trigger(variant, objects, scaled, worker, monkeypatch)
+
+
+def check_trigger(
+    variant: str,
+    objects: tuple[Manifest, ...],
+    scaled: Manifest,
+    worker: Manifest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     (trigger,) = scaled["spec"]["triggers"]
     meta = trigger["metadata"]
-    settings = worker_settings(objects, monkeypatch)
+    settings = worker_settings(objects, monkeypatch, worker)
+    env = pod_env(objects, worker)
 
-    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
     assert trigger["type"] == "rabbitmq" and meta["mode"] == "QueueLength"
-    # The queue: the very name the worker's topology consumes.
-    assert meta["queueName"] == Topology.from_settings(settings).task_queue.name
+    # The queues: the very names the worker consumes (every lane of its pool), and no other.
+    consumed, others = pool_queues(
+        Topology.from_settings(settings).task_queue.name, settings.dead_letter_queue, env
+    )
+    if meta.get("useRegex") == "true":
+        # Several lanes: one trigger over all of them, ready + unacknowledged summed (http).
+        assert meta["operation"] == "sum" and meta["protocol"] == "http", meta
+        pattern = re.compile(meta["queueName"])
+        assert [q for q in consumed if pattern.search(q)] == consumed, (meta["queueName"], consumed)
+        assert not [q for q in others if pattern.search(q)], (meta["queueName"], others)
+    else:
+        assert "operation" not in meta
+        assert [meta["queueName"]] == consumed
     # Tasks per replica: what one worker runs at once (its prefetch), unless set explicitly.
-    explicit = ci_values(variant).get("worker", {}).get("keda", {}).get("tasksPerReplica")
+    values = ci_values(variant)
+    pool = {p["name"]: p for p in values.get("pools", [])}.get(env.get("LLM_POOL"), {})
+    explicit = pool.get("scaling", {}).get("tasksPerReplica")
+    if explicit is None and "concurrency" not in pool:
+        explicit = values.get("worker", {}).get("keda", {}).get("tasksPerReplica")
     assert float(meta["value"]) == (explicit or settings.worker_concurrency)
     # http by default: unacknowledged (in-generation) tasks count, so busy workers stay.
     assert meta["protocol"] == ("amqp" if "amqp protocol" in variant else "http")
@@ -201,11 +297,12 @@ def test_scaled_object_watches_the_queue_the_workers_consume(
 def test_scale_down_is_slow_and_scale_to_zero_allowed() -> None:
     for variant in KEDA_VARIANTS:
         if not KEDA_VARIANTS[variant]:
-            spec = one(objects_of(variant), "ScaledObject")["spec"]
-            down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
-            assert down["stabilizationWindowSeconds"] >= 300, variant
-            assert all(p["periodSeconds"] >= 60 for p in down["policies"]), variant
-            assert spec["cooldownPeriod"] >= 60, variant
+            for scaled in find(objects_of(variant), "ScaledObject"):
+                spec = scaled["spec"]
+                down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+                assert down["stabilizationWindowSeconds"] >= 300, variant
+                assert all(p["periodSeconds"] >= 60 for p in down["policies"]), variant
+                assert spec["cooldownPeriod"] >= 60, variant
     demo = one(render_ci(CHART / "ci/inchart-broker-values.yaml"), "ScaledObject")["spec"]
     assert demo["minReplicaCount"] == 0 and demo["triggers"][0]["metadata"]["activationValue"] == "1"
 
@@ -227,7 +324,12 @@ def test_env_names_match_the_services_settings(variant: str) -> None:
         "mockllm": mock_env_names(),
     }
     for name, known in expected.items():
-        workloads = [d for d in find(objects, "Deployment") if d["metadata"]["name"].endswith(name)]
+        workloads = [
+            d
+            for d in find(objects, "Deployment")
+            if d["metadata"]["name"].endswith(name)
+            or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == name
+        ]
         if name != "mockllm":
             assert workloads, f"{variant}: no {name} Deployment"
         for workload in workloads:
@@ -354,14 +456,14 @@ def test_grace_periods_outlast_the_longest_generation(variant: str) -> None:
     else:
         objects = objects_of(variant)
 
-    worker = component(objects, "Deployment", "worker")
-    wdata = config_map_for(objects, worker)
-    wspec = worker["spec"]["template"]["spec"]
-    llm_timeout = _seconds(wdata, "LLM_TIMEOUT_S", WorkerSettings)
-    drain = max(llm_timeout, _seconds(wdata, "SHUTDOWN_GRACE_S", WorkerSettings))
-    pre_stop = container(worker)["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert wspec["terminationGracePeriodSeconds"] > pre_stop + drain, variant
-    assert _seconds(wdata, "SHUTDOWN_GRACE_S", WorkerSettings) >= min(llm_timeout, 60), variant
+    for worker in workers(objects) or [component(objects, "Deployment", "worker")]:
+        wdata = pod_env(objects, worker)
+        wspec = worker["spec"]["template"]["spec"]
+        llm_timeout = _seconds(wdata, "LLM_TIMEOUT_S", WorkerSettings)
+        drain = max(llm_timeout, _seconds(wdata, "SHUTDOWN_GRACE_S", WorkerSettings))
+        pre_stop = container(worker)["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert wspec["terminationGracePeriodSeconds"] > pre_stop + drain, variant
+        assert _seconds(wdata, "SHUTDOWN_GRACE_S", WorkerSettings) >= min(llm_timeout, 60), variant
 
     api = component(objects, "Deployment", "api")
     adata = config_map_for(objects, api)

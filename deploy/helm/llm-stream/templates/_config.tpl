@@ -19,7 +19,7 @@ ConfigMap starts with these.
 {{- with include "llm-stream.openaiBaseUrl" $root }}
 {{- include "llm-stream.setEnv" (list $data "OPENAI_BASE_URL" .) }}
 {{- end }}
-{{- include "llm-stream.setEnv" (list $data "LLM_MODEL" $l.model) }}
+{{- include "llm-stream.setEnv" (list $data "LLM_MODEL" (include "llm-stream.apiModel" $root)) }}
 {{- include "llm-stream.setEnv" (list $data "LLM_TIMEOUT_S" $l.timeoutSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "LLM_MAX_RETRIES" $l.maxRetries) }}
 {{- include "llm-stream.setEnv" (list $data "LLM_MAX_TOKENS" $l.maxTokens) }}
@@ -65,10 +65,17 @@ ConfigMap starts with these.
 {{- include "llm-stream.sharedConfig" (list . $data) }}
 {{- $w := .Values.worker }}
 {{- include "llm-stream.setEnv" (list $data "WORKER_CONCURRENCY" $w.concurrency) }}
+{{- include "llm-stream.setEnv" (list $data "LANE_MIN_SHARE" $w.laneMinShare) }}
 {{- include "llm-stream.setEnv" (list $data "METRICS_PORT" $w.metricsPort) }}
 {{- include "llm-stream.setEnv" (list $data "FLUSH_INTERVAL_MS" $w.flushIntervalMs) }}
 {{- include "llm-stream.setEnv" (list $data "ABANDON_TIMEOUT_S" $w.abandonTimeoutSeconds) }}
 {{- include "llm-stream.setEnv" (list $data "SHUTDOWN_GRACE_S" (include "llm-stream.worker.shutdownGrace" . | int)) }}
+{{- if .Values.pools }}
+{{- /* Set per pool in each pool's Deployment. */}}
+{{- $_ := unset $data "OPENAI_BASE_URL" }}
+{{- $_ := unset $data "LLM_MODEL" }}
+{{- $_ := unset $data "WORKER_CONCURRENCY" }}
+{{- end }}
 {{- toYaml $data }}
 {{- end }}
 
@@ -102,4 +109,15 @@ ConfigMap starts with these.
       name: {{ include "llm-stream.llmSecretName" . }}
       key: {{ include "llm-stream.llmSecretKey" . }}
 {{- end }}
+{{- end }}
+
+{{/* LLM_MODEL of the API, for requests naming no model: with pools, the default pool's first
+model (llm.model if it lists none). */}}
+{{- define "llm-stream.apiModel" -}}
+{{- $model := .Values.llm.model }}
+{{- $default := include "llm-stream.defaultPoolName" . }}
+{{- range .Values.pools }}
+{{- if and (eq .name $default) .models }}{{ $model = first .models }}{{ end }}
+{{- end }}
+{{- $model }}
 {{- end }}

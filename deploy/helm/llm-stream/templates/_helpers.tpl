@@ -264,13 +264,15 @@ imagePullSecrets:
     sizeLimit: {{ .Values.tmpSizeLimit }}
 {{- end }}
 
-{{/* llm-stream.topologySpread (list . .Values.api.topologySpreadConstraints "api") */}}
+{{/* llm-stream.topologySpread (list . .Values.api.topologySpreadConstraints "api" [extra selector labels]) */}}
 {{- define "llm-stream.topologySpread" -}}
 {{- $root := index . 0 -}}
+{{- $selector := include "llm-stream.componentSelectorLabels" (list $root (index . 2)) | fromYaml }}
+{{- if gt (len .) 3 }}{{ $selector = merge (dict) (index . 3) $selector }}{{ end }}
 {{- range index . 1 }}
 {{- $c := deepCopy . }}
 {{- if not (hasKey $c "labelSelector") }}
-{{- $_ := set $c "labelSelector" (dict "matchLabels" (include "llm-stream.componentSelectorLabels" (list $root (index $ 2)) | fromYaml)) }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $selector) }}
 {{- end }}
 - {{ toYaml $c | nindent 2 | trim }}
 {{- end }}
