@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test typecheck test-unit test-tools test-integration test-integration-rabbitmq4 test-rabbitmq4 test-deploy test-observability bench chaos tools lint images
+.PHONY: help install run test typecheck test-unit test-tools test-integration test-integration-rabbitmq4 test-rabbitmq4 test-deploy test-observability bench bench-peers bench-charts chaos tools lint images
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -54,8 +54,14 @@ test-deploy: install tools ## Render and validate the Helm chart, kustomize over
 test-observability: install test-tools ## promtool checks and dashboards/alerts against a real Prometheus
 	$(UV) run pytest tests/observability
 
-bench: install ## Benchmark the stack against the mock LLM and direct (writes bench/results/)
+bench: install ## Benchmark the stack against the mock LLM and direct (writes bench/results/, JSON, markdown, PNG charts)
 	$(UV) run python bench/run.py $(BENCH_ARGS)
+
+bench-peers: install ## LiteLLM's proxy (pinned, its own virtualenv) and this system in front of the same mock (bench/results/peers.*)
+	UV="$(UV)" $(UV) run python bench/peers.py $(PEERS_ARGS)
+
+bench-charts: install ## Redraw the PNG charts from bench/results/latest.json (and peers.json), without running anything
+	$(UV) run python bench/charts.py bench/results/latest.json
 
 chaos: install ## Load while workers are SIGKILLed, the broker restarts and an API process dies; every session judged
 	$(UV) run python chaos/run.py $(CHAOS_ARGS)

@@ -2,7 +2,8 @@
 
 Three clients share one result type:
 
-- ``direct``: ``POST {mock}/v1/chat/completions`` with ``stream: true`` (the baseline);
+- ``direct``: ``POST {mock}/v1/chat/completions`` with ``stream: true`` (the baseline; the same
+  client reads any OpenAI-compatible server, a proxy in front of the mock or the API's own route);
 - ``async``: ``POST {api}/chat/async``, then ``GET {api}/stream/{id}`` (SSE);
 - ``sync``: ``POST {api}/chat``, whose body is the answer as ``text/plain``.
 
@@ -90,8 +91,11 @@ class UpstreamError(Exception):
 RequestFn = Callable[[aiohttp.ClientSession, str], Awaitable[Result]]
 
 
-def direct(base_url: str, n_tokens: int, model: str = "gpt-4o-mini") -> RequestFn:
+def direct(
+    base_url: str, n_tokens: int, model: str = "gpt-4o-mini", headers: dict[str, str] | None = None
+) -> RequestFn:
     url = f"{base_url}/v1/chat/completions"
+    request_headers = {**JSON_HEADERS, **(headers or {})}
 
     async def request(session: aiohttp.ClientSession, prompt: str) -> Result:
         body = orjson.dumps(
@@ -100,7 +104,7 @@ def direct(base_url: str, n_tokens: int, model: str = "gpt-4o-mini") -> RequestF
         result = Result()
         parts: list[str] = []
         start = time.perf_counter()
-        async with session.post(url, data=body, headers=JSON_HEADERS) as response:
+        async with session.post(url, data=body, headers=request_headers) as response:
             await _raise_for_status(response)
             parser = SSEParser()
             done = False

@@ -14,7 +14,8 @@ runs the closed loop directly against the mock, then through the stack in each m
 (``--burst`` POSTs as fast as ``--burst-concurrency`` clients can, then every stream read to
 the end), then the cancel latency (``cancel``, a stack of its own). Every answer is checked
 against the mock's deterministic answer. Results go to
-``bench/results/<out>.json`` and ``.md``; see bench/README.md for what each figure means.
+``bench/results/<out>.json`` and ``.md``, and PNG charts of them (bench/charts.py); see
+bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import psutil
 import uvloop
 
 import cancel
+import charts
 import cost
 import loadgen
 import report
@@ -249,13 +251,14 @@ class Bench:
             if args.target:
                 self._find_target_processes()
             else:
-                await self._start_stack()
+                await self.start_stack()
         broker = CpuMeter.by_name("beam.smp")
         if broker:
             self.meters["broker"] = broker
         self.meters["loadgen"] = CpuMeter([psutil.Process()], descendants=False)
 
-    async def _start_stack(self) -> None:
+    async def start_stack(self, api_env: dict[str, str] | None = None) -> None:
+        """The API and the workers, on the mock; ``api_env``: more environment for the API."""
         args = self.args
         common = {
             "RABBIT_MQ": args.amqp_url,
@@ -273,6 +276,7 @@ class Bench:
                 "HOST": "127.0.0.1",
                 "PORT": str(api_port),
                 "UVICORN_WORKERS": str(args.api_workers),
+                **(api_env or {}),
             },
             f"http://127.0.0.1:{api_port}/health/full",
         )
@@ -558,7 +562,7 @@ class Bench:
             "machine": report.machine_info(await rabbitmq_version(self.args.amqp_url)),
             "config": {
                 "command": " ".join(["uv run python bench/run.py", *sys.argv[1:]]),
-                "commit": _commit(),
+                "commit": commit(),
                 "mock": self.mock_config,
                 "stack": self._stack_description(),
                 "requests_per_user": self.args.requests_per_user,
@@ -685,7 +689,7 @@ def _progress(s: dict[str, Any]) -> str:
     return line
 
 
-def _commit() -> str | None:
+def commit() -> str | None:
     """The checked-out commit, ``-dirty`` if files differ from it."""
     try:
         out = subprocess.run(
@@ -701,23 +705,23 @@ def _commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _raise_fd_limit() -> None:
+def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _run(coro: Any) -> Any:
+def run_loop(coro: Any) -> Any:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
 
 
-def _terminate(signum: int, frame: object) -> None:
+def terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _clean_up(args: argparse.Namespace, stack: Stack) -> None:
+def clean_up(args: argparse.Namespace, stack: Stack) -> None:
     """Stop the processes and delete the run's queues; a second Ctrl-C does not cut it short."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -729,7 +733,7 @@ def _clean_up(args: argparse.Namespace, stack: Stack) -> None:
             topologies.insert(0, broker_names(stack.run_id))
         for names in topologies:
             try:
-                leftovers = _run(delete_topology(args.amqp_url, names))
+                leftovers = run_loop(delete_topology(args.amqp_url, names))
             except (OSError, RuntimeError, TimeoutError) as exc:
                 leftovers = [f"the queues of {names['TASK_QUEUE'].removesuffix('.tasks')} ({exc})"]
             for leftover in leftovers:
@@ -741,14 +745,14 @@ def _clean_up(args: argparse.Namespace, stack: Stack) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    _raise_fd_limit()
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_fd_limit()
+    signal.signal(signal.SIGTERM, terminate)
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(2)
     log_dir = Path(tempfile.mkdtemp(prefix=f"llm-stream-bench-{run_id}-"))
     stack = Stack(run_id, log_dir)
     print(f"run {run_id}: process logs in {log_dir}", flush=True)
     try:
-        result = _run(Bench(args, stack).run())
+        result = run_loop(Bench(args, stack).run())
     except RuntimeError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 2
@@ -756,13 +760,17 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        _clean_up(args, stack)
+        clean_up(args, stack)
 
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     text = report.markdown(result)
     (RESULTS / f"{args.out}.md").write_text(text)
     print("\n" + text)
+    peers_json = RESULTS / "peers.json"  # bench/peers.py's figures, drawn beside this run's
+    peers = charts.load([peers_json]) if peers_json.exists() else None
+    for path in charts.render(result, RESULTS, charts.chart_prefix(args.out), peers):
+        print(f"written: {path}")
     print(f"written: {RESULTS / args.out}.json and .md")
     if result["aborted"]:
         print(f"benchmark aborted: {result['aborted']}", file=sys.stderr)
