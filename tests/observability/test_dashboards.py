@@ -118,3 +118,78 @@ def test_overview_answers_the_operators_questions() -> None:
         assert f"histogram_quantile({quantile}, {ttft}" in exprs
     titles = {panel.get("title") for panel in iter_panels(overview)}
     assert {"Time to first token (client)", "Throughput", "Errors /s", "Task queue depth"} <= titles
+
+
+# --- model pools (docs/adr/0006) ------------------------------------------------------------
+
+# Series that carry a pool: the workers' (the chart's PodMonitor copies the pod's
+# llm-stream.io/pool label) and the API's queue gauges (the pool of each queue).
+POOLED_SELECTOR = re.compile(
+    r"\b(llmstream_worker_\w+|llmstream_queue_messages_\w+|llmstream_queue_consumers|llmstream_dead_letter_messages)"
+    r"(\{[^}]*\})?"
+)
+
+
+@pytest.mark.parametrize("path", FILES, ids=IDS)
+def test_pool_is_a_template_variable(path) -> None:
+    variables = load_dashboard(path)["templating"]["list"]
+    names = [v["name"] for v in variables]
+    assert names.index("pool") == names.index("namespace") + 1, names
+    pool = variables[names.index("pool")]
+    assert pool["type"] == "query" and pool["datasource"] == DATASOURCE
+    # All pools by default, and All also matches series that have no pool label.
+    assert pool["includeAll"] and pool["multi"] and pool["allValue"] == ".*"
+    assert pool["current"]["value"] in ("$__all", ["$__all"])
+    # The queue gauges list every pool, one whose workers are scaled to zero too.
+    match = re.fullmatch(r"label_values\((llmstream_queue_messages_ready)\{.*\}, pool\)", pool["definition"])
+    assert match, pool["definition"]
+    assert pool["query"]["query"] == pool["definition"]
+    queue = variables[names.index("queue")]
+    assert 'pool=~"$pool"' in queue["definition"], "the queues of the chosen pools"
+
+
+@pytest.mark.parametrize("path", FILES, ids=IDS)
+def test_every_pooled_series_is_filtered_by_pool(path) -> None:
+    for query in panel_queries(path):
+        for name, matchers in POOLED_SELECTOR.findall(query.expr):
+            assert 'pool=~"$pool"' in matchers, f"{query}: {name}{matchers}"
+
+
+def test_overview_has_per_pool_panels() -> None:
+    """Queue depth, workers, time to first token, tokens and errors per pool, and the replicas
+    of each pool's Deployment (kube-state-metrics)."""
+    exprs = [q.expr for q in panel_queries(FILES[0])]
+
+    def per_pool(metric: str) -> bool:
+        return any(metric in e and re.search(r"\bby \((?:[\w, ]*, )?pool\b", e) for e in exprs)
+
+    for metric in (
+        "llmstream_queue_messages_ready",
+        "llmstream_worker_concurrency_limit",
+        "llmstream_worker_upstream_ttft_seconds_bucket",
+        "llmstream_worker_queue_wait_seconds_bucket",
+        "llmstream_worker_tokens_total",
+        "llmstream_worker_tasks_total",
+        "llmstream_worker_upstream_errors_total",
+    ):
+        assert per_pool(metric), metric
+    replicas = [e for e in exprs if "kube_deployment_status_replicas_available" in e and "$pool" in e]
+    assert replicas, "no replicas panel selects the pools' Deployments"
+    titles = {panel.get("title") for panel in iter_panels(load_dashboard(FILES[0]))}
+    assert {"Pools", "Tasks waiting by pool", "Worker replicas by pool", "Errors /s by pool"} <= titles
+
+
+@pytest.mark.parametrize("path", FILES, ids=IDS)
+def test_worker_deployment_regex_covers_the_pools_deployments(path) -> None:
+    variables = {v["name"]: v for v in load_dashboard(path)["templating"]["list"]}
+    pattern = re.compile(variables["worker_deployment"]["query"])
+    for name in ("demo-llm-stream-worker", "demo-llm-stream-worker-small", "demo-llm-stream-worker-large"):
+        assert pattern.fullmatch(name), name
+    assert not pattern.fullmatch("demo-llm-stream-api")
+    # The per-pool replicas panels: <release>-worker-<pool> (and <release>-worker, pool default).
+    for query in panel_queries(path):
+        for regex in re.findall(r'deployment=~"([^"]*\$pool[^"]*)"', query.expr):
+            chosen = re.compile(substitute(regex, {"pool": "(small)"}))
+            assert chosen.fullmatch("demo-llm-stream-worker-small"), regex
+            assert not chosen.fullmatch("demo-llm-stream-worker-large"), regex
+            assert re.compile(substitute(regex, {"pool": ".*"})).fullmatch("demo-llm-stream-worker"), regex

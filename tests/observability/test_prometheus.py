@@ -88,9 +88,9 @@ class Observed:
         result = body["data"]["result"]
         return result if body["data"]["resultType"] == "vector" else [{"metric": {}, "value": result}]
 
-    def dashboard_values(self, path_name: str) -> dict[str, str]:
+    def dashboard_values(self, path_name: str, **overrides: str) -> dict[str, str]:
         dashboard = load_dashboard(next(p for p in dashboard_files() if p.name == path_name))
-        return variable_values(dashboard, {"queue": self.topology.task_queue})
+        return variable_values(dashboard, {"queue": self.topology.task_queue, **overrides})
 
 
 def prometheus_config(api: str, workers: list[str], broker_target: str) -> dict:
@@ -106,7 +106,12 @@ def prometheus_config(api: str, workers: list[str], broker_target: str) -> dict:
                 "scrape_timeout": "2s",
                 "static_configs": [{"targets": [api]}],
             },
-            {"job_name": "llm-stream-worker", "static_configs": [{"targets": workers}]},
+            # As the chart's PodMonitor does: the pod's pool as the `pool` label (one pool,
+            # `default`, as without LLM_POOLS).
+            {
+                "job_name": "llm-stream-worker",
+                "static_configs": [{"targets": workers, "labels": {"pool": "default"}}],
+            },
             # As the chart's PodMonitor does: per-queue gauges from the detailed endpoint.
             {
                 "job_name": "rabbitmq-queues",
@@ -322,6 +327,24 @@ def test_dashboard_variables_resolve(observed: Observed, path: Path) -> None:
         found = {sample["metric"].get(label) for sample in observed.query(substitute(expr, values))}
         if variable["name"] == "queue":
             assert observed.topology.task_queue in found, found
+        if variable["name"] == "pool":
+            # Without LLM_POOLS the API reports its queues as the pool `default`.
+            assert found == {"default"}, found
+
+
+POOL_QUERIES = [query for query in PANEL_QUERIES if "$pool" in query.expr and not query.cluster]
+
+
+@pytest.mark.parametrize("query", POOL_QUERIES, ids=str)
+def test_dashboard_query_shows_the_chosen_pool(observed: Observed, query: PanelQuery) -> None:
+    """With one pool chosen (as Grafana formats a multi-value variable), the panel shows it:
+    the workers' and the API's series agree on the pool's name."""
+    values = observed.dashboard_values(query.dashboard, pool="(default)")
+    expr = substitute(query.expr, values)
+    found = [float(sample["value"][1]) for sample in observed.query(expr)]
+    assert any(math.isfinite(v) for v in found), f"{query}: no data for pool default in\n{expr}"
+    other = substitute(query.expr, observed.dashboard_values(query.dashboard, pool="(no-such-pool)"))
+    assert not [s for s in observed.query(other) if s["metric"].get("pool")], f"{query}: shows another pool"
 
 
 # -- rules ------------------------------------------------------------------------------
