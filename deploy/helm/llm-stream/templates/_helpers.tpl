@@ -236,14 +236,6 @@ Shutdown arithmetic, in whole seconds. The grace periods must outlast the longes
 {{- end }}
 {{- end }}
 
-{{- define "llm-stream.keda.tasksPerReplica" -}}
-{{- if kindIs "invalid" .Values.worker.keda.tasksPerReplica }}
-{{- .Values.worker.concurrency }}
-{{- else }}
-{{- .Values.worker.keda.tasksPerReplica }}
-{{- end }}
-{{- end }}
-
 {{/*
 Pod pieces shared by the api, worker and mockllm Deployments.
 */}}
