@@ -133,7 +133,10 @@ def test_workers_get_their_pool_and_every_pool() -> None:
     rendered = objects()
     by_pool = workers(rendered)
     expected_models = {"small": "llama-3.1-8b", "large": "llama-3.1-70b"}
-    expected_urls = {"small": "http://vllm-small.llm.svc:8000/v1", "large": "http://vllm-large.llm.svc:8000/v1"}
+    expected_urls = {
+        "small": "http://vllm-small.llm.svc:8000/v1",
+        "large": "http://vllm-large.llm.svc:8000/v1",
+    }
     expected_concurrency = {"small": "32", "large": "16"}
     for pool, deployment in by_pool.items():
         e = env(deployment)
@@ -144,7 +147,8 @@ def test_workers_get_their_pool_and_every_pool() -> None:
         assert pools_json(rendered, deployment) == pools_json(rendered, by_pool["small"])
         # Per pool in the Deployment, never in the shared worker ConfigMap.
         shared = config_map_for(rendered, deployment)
-        assert not {"LLM_POOL", "LLM_POOLS", "LLM_MODEL", "WORKER_CONCURRENCY", "OPENAI_BASE_URL"} & set(shared)
+        per_pool = {"LLM_POOL", "LLM_POOLS", "LLM_MODEL", "WORKER_CONCURRENCY", "OPENAI_BASE_URL"}
+        assert not per_pool & set(shared)
     api = component(rendered, "Deployment", "api")
     assert pools_json(rendered, api) == pools_json(rendered, by_pool["small"])
     assert "LLM_POOL" not in env(api)
@@ -209,7 +213,7 @@ def test_scheduling_fields_pass_through_and_default_to_the_workers() -> None:
     assert container(small)["resources"] == chart_defaults["resources"]
     assert "LLM_MAX_RETRIES" not in env(small)
     # worker.topologySpreadConstraints apply to every pool, each spreading its own pods.
-    for pool, deployment in workers(rendered).items():
+    for deployment in workers(rendered).values():
         (constraint,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
         assert constraint["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 

@@ -74,7 +74,10 @@ GROUPINGS = re.compile(r"\b(by|on)\s*\(([^)]*)\)")
 
 
 def groupings(expr: str) -> list[tuple[str, set[str]]]:
-    return [(kind, {label.strip() for label in labels.split(",") if label.strip()}) for kind, labels in GROUPINGS.findall(expr)]
+    return [
+        (kind, {label.strip() for label in labels.split(",") if label.strip()})
+        for kind, labels in GROUPINGS.findall(expr)
+    ]
 
 
 @pytest.mark.parametrize("rule", [r for r in ALERTS if POOLED.search(r.body["expr"])], ids=str)
