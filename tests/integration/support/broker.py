@@ -9,7 +9,7 @@ import asyncio
 import concurrent.futures
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import aio_pika
@@ -44,6 +44,23 @@ class Names:
     workers_exchange: str
     dead_letter_exchange: str
     dead_letter_queue: str
+    # Task queues of the pools and lanes other than the default line, and their dead letters.
+    lines: tuple[str, ...] = ()
+    dead_letters: tuple[str, ...] = ()
+
+    def with_pools(self, pools_json: str) -> Names:
+        """The same names with every line and dead-letter queue ``LLM_POOLS`` adds."""
+        from mqcommon.pools import PoolMap
+        from mqcommon.settings import BrokerSettings
+
+        pools = PoolMap.from_settings(
+            BrokerSettings(
+                llm_pools=pools_json, task_queue=self.task_queue, dead_letter_queue=self.dead_letter_queue
+            )
+        )
+        lines = tuple(line.queue for line in pools.lines() if line.queue != self.task_queue)
+        dead = tuple(pools.dead_letter_queue(name) for name in pools.pools)
+        return replace(self, lines=lines, dead_letters=tuple(q for q in dead if q != self.dead_letter_queue))
 
     @classmethod
     def fresh(cls) -> Names:
@@ -76,10 +93,14 @@ async def delete_topology(url: str, names: Names) -> None:
     """Delete every queue and exchange of ``names`` (missing ones are fine)."""
     connection = await aio_pika.connect(url)
     try:
+        lines = (names.task_queue, *names.lines)
         queues = (
-            names.task_queue, f"{names.task_queue}.log", f"{names.task_queue}.watermarks",
+            *(f"{line}{suffix}" for line in lines for suffix in ("", ".log", ".watermarks")),
             names.events_stream, names.cancels_stream,
-            names.dead_letter_queue, f"{names.dead_letter_queue}.notices",
+            *(
+                f"{dead}{suffix}" for dead in (names.dead_letter_queue, *names.dead_letters)
+                for suffix in ("", ".notices")
+            ),
         )
         for queue in queues:
             channel = await connection.channel()
@@ -92,7 +113,7 @@ async def delete_topology(url: str, names: Names) -> None:
                     await channel.close()
         for exchange in (
             names.live_exchange, names.presence_exchange, names.workers_exchange, names.dead_letter_exchange,
-            f"{names.task_queue}.intake", f"{names.task_queue}.positions",
+            *(f"{line}{suffix}" for line in lines for suffix in (".intake", ".positions")),
         ):
             channel = await connection.channel()
             try:

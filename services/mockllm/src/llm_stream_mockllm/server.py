@@ -127,7 +127,9 @@ class MockLLM:
             return
 
         self._requested.append(request.prompt)
-        self._parameters.append({"prompt": request.prompt, "roles": request.roles, **request.sampling})
+        self._parameters.append(
+            {"prompt": request.prompt, "model": request.model, "roles": request.roles, **request.sampling}
+        )
         d, s = request.directives, self.settings
         if d.fail is not None and self._should_fail(request.prompt, d.fail_times):
             headers = []

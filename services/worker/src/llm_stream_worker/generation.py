@@ -172,12 +172,18 @@ class UpstreamHealth:
 
     def __init__(self) -> None:
         self.state: Literal["ok", "failing", "unknown"] = "unknown"
+        self.on_change: Callable[[], None] = lambda: None  # the heartbeat tells it at once
 
     def answered(self) -> None:
-        self.state = "ok"
+        self._set("ok")
 
     def failed(self) -> None:
-        self.state = "failing"
+        self._set("failing")
+
+    def _set(self, state: Literal["ok", "failing"]) -> None:
+        if state != self.state:
+            self.state = state
+            self.on_change()
 
 
 UPSTREAM = UpstreamHealth()

@@ -48,6 +48,7 @@ class Heartbeat:
         self._ready = ready
         self._exchange: AbstractExchange | None = None
         self._wake = asyncio.Event()
+        UPSTREAM.on_change = self._wake.set  # a change of the upstream's state is told at once
         self._task: asyncio.Task[None] | None = None
         self.name = process_name("worker")
         lines = settings.lines()
