@@ -44,7 +44,16 @@ import cost
 import loadgen
 import report
 import scaleout
-from stack import CpuMeter, Stack, StackDied, broker_names, delete_topology, free_port, rabbitmq_version
+from stack import (
+    CpuMeter,
+    Stack,
+    StackDied,
+    broker_meter,
+    broker_names,
+    delete_topology,
+    free_port,
+    rabbitmq_version,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP_REQUESTS, WARMUP_CONCURRENCY = 20, 10
@@ -252,7 +261,7 @@ class Bench:
                 self._find_target_processes()
             else:
                 await self.start_stack()
-        broker = CpuMeter.by_name("beam.smp")
+        broker = broker_meter(args.amqp_url)
         if broker:
             self.meters["broker"] = broker
         self.meters["loadgen"] = CpuMeter([psutil.Process()], descendants=False)

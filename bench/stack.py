@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,19 @@ class CpuMeter:
 
     def __bool__(self) -> bool:
         return bool(self.roots)
+
+
+def broker_meter(amqp_url: str) -> CpuMeter:
+    """The broker: the process listening on the URL's port, not every ``beam.smp`` of the
+    machine (tests start private RabbitMQ nodes); every ``beam.smp`` if none is found."""
+    port = urllib.parse.urlsplit(amqp_url).port or 5672
+    pids: set[int] = set()
+    with contextlib.suppress(psutil.Error):
+        pids = {
+            c.pid for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+        }
+    return CpuMeter.of_pids(sorted(pids)) if pids else CpuMeter.by_name("beam.smp")
 
 
 def _schedstat_seconds(pid: int) -> float | None:
