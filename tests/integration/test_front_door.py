@@ -60,8 +60,11 @@ async def test_health_full_says_configured_when_a_worker_has_an_llm(
     body = await wait_for_json(client, f"{api}/health/full", lambda b: b["workers"] == 1, timeout=5)
     assert body == {
         "status": "ok", "rabbitmq": "connected", "openai": "configured", "llm": "via_workers",
-        "workers": 1, "sessions": body["sessions"],
+        "workers": 1, "sessions": body["sessions"], "pools": body["pools"],
     }
+    # Without LLM_POOLS: one pool, serving any model, on the deployment's task queue.
+    (name, pool), = body["pools"].items()
+    assert (name, pool["models"], pool["lanes"], pool["workers"]) == ("default", [], ["default"], 1)
 
 
 async def test_stats_count_the_workers_and_their_capacity(client: httpx.AsyncClient, api: str) -> None:

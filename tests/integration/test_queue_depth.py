@@ -8,6 +8,7 @@ consumer count follows.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
@@ -19,6 +20,8 @@ from .support.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker]
 
+# The labels of the task queue of a release without pools: its one pool and lane.
+DEFAULT_LINE = {"role": "tasks", "pool": "default", "lane": "default"}
 TASKS = 3
 # The API caches queue figures for 5 s and the management API refreshes them every 5 s.
 DEADLINE_S = 40.0
@@ -47,11 +50,11 @@ async def wait_for_samples(
 
 
 def tasks_ready(samples: Samples, queue: str) -> float:
-    return samples.value("llmstream_queue_messages_ready", queue=queue, role="tasks")
+    return samples.value("llmstream_queue_messages_ready", queue=queue, **DEFAULT_LINE)
 
 
 def tasks_consumers(samples: Samples, queue: str) -> float:
-    return samples.value("llmstream_queue_consumers", queue=queue, role="tasks")
+    return samples.value("llmstream_queue_consumers", queue=queue, **DEFAULT_LINE)
 
 
 async def test_depth_from_the_management_api(
@@ -68,8 +71,8 @@ async def test_depth_from_the_management_api(
         client, api, f"{TASKS} ready tasks", lambda s: tasks_ready(s, queue) == TASKS
     )
     assert samples.value("llmstream_queue_stats_up", source="management") == 1
-    assert samples.value("llmstream_queue_messages_unacknowledged", queue=queue, role="tasks") == 0
-    assert f'llmstream_queue_messages_unacknowledged{{queue="{queue}"' in text
+    assert samples.value("llmstream_queue_messages_unacknowledged", queue=queue, **DEFAULT_LINE) == 0
+    assert re.search(rf'llmstream_queue_messages_unacknowledged{{[^}}]*queue="{re.escape(queue)}"', text)
     assert tasks_consumers(samples, queue) == 0
     assert "queue depth from the management API" in stack.apis[0].tail(200)
 
@@ -92,7 +95,7 @@ async def test_depth_from_passive_declarations_without_the_management_api(
     assert tasks_consumers(samples, queue) == 0
     # A passive declaration cannot see unacknowledged messages: no series rather than a 0.
     assert "llmstream_queue_messages_unacknowledged{" not in text
-    assert samples.value("llmstream_dead_letter_messages") == 0
+    assert samples.value("llmstream_dead_letter_messages", pool="default") == 0
 
     # A worker attaches and takes the tasks: the consumer count follows.
     stack.worker()

@@ -45,10 +45,14 @@ class Trigger:
     polling_interval: int
     cooldown_period: int
     behavior: dict[str, Any]
+    use_regex: bool = False
+    operation: str = "sum"
+    page_size: int = 100
 
     @classmethod
-    def from_manifests(cls, objects: list[Manifest]) -> Trigger:
-        scaled = _one(objects, "ScaledObject")
+    def from_manifests(cls, objects: list[Manifest], scaled_object: str | None = None) -> Trigger:
+        """The trigger of the one ScaledObject, or of the one named ``scaled_object``."""
+        scaled = _one(objects, "ScaledObject", scaled_object)
         spec = scaled["spec"]
         (trigger,) = [t for t in spec["triggers"] if t["type"] == "rabbitmq"]
         meta = trigger["metadata"]
@@ -72,6 +76,9 @@ class Trigger:
             polling_interval=int(spec.get("pollingInterval", 30)),
             cooldown_period=int(spec.get("cooldownPeriod", 300)),
             behavior=spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior", {}),
+            use_regex=meta.get("useRegex", "false") == "true",
+            operation=meta.get("operation", "sum"),
+            page_size=int(meta.get("pageSize", "100")),
         )
 
     def queue_url(self) -> str:
@@ -86,6 +93,11 @@ class Trigger:
         if vhost in ("", "/", "//"):
             vhost = "/%2F"
         base = f"{parts.scheme}://{parts.netloc}{subpath}"
+        if self.use_regex:  # the scaler's regex form: one page of every queue the pattern matches
+            return (
+                f"{base}/api/queues{vhost}?page=1&use_regex=true&pagination=false"
+                f"&name={quote_plus(self.queue_name)}&page_size={self.page_size}"
+            )
         return f"{base}/api/queues{vhost}/{quote_plus(self.queue_name)}"
 
 
@@ -107,6 +119,15 @@ async def queue_length(trigger: Trigger, client: httpx.AsyncClient) -> QueueRead
     response = await client.get(bare, auth=auth)
     assert response.status_code == 200, f"GET {bare}: {response.status_code} {response.text}"
     info = response.json()
+    if trigger.use_regex:
+        # The scaler composes the matched queues with its ``operation`` (sum, max, avg).
+        queues = info["items"] if isinstance(info, dict) else info
+        assert queues, f"no queue matches {trigger.queue_name!r}"
+        combine = {"sum": sum, "max": max, "avg": lambda values: sum(values) / len(values)}[trigger.operation]
+        return QueueReading(*(
+            int(combine([int(queue.get(key, 0)) for queue in queues]))
+            for key in ("messages", "messages_ready", "messages_unacknowledged")
+        ))
     return QueueReading(
         messages=int(info.get("messages", 0)),
         ready=int(info.get("messages_ready", 0)),
@@ -121,6 +142,7 @@ class Autoscaler:
     trigger: Trigger
     recommendations: list[tuple[float, int]] = field(default_factory=list)
     scale_events: list[tuple[float, int]] = field(default_factory=list)  # (time, +added / -removed)
+    active_at: float = float("-inf")  # the last reading above the activation value
 
     def raw_replicas(self, metric: float, current: int) -> int:
         """``ceil(metric / value)`` unless within the tolerance of the current count; bounded."""
@@ -132,6 +154,18 @@ class Autoscaler:
         return min(max(wanted, self.trigger.min_replicas, 1), self.trigger.max_replicas)
 
     def desired(self, metric: float, current: int, now: float) -> int:
+        """The replicas for ``metric``: KEDA's activation to and from zero (with
+        ``minReplicaCount: 0``), else the HPA's calculation."""
+        if self.trigger.min_replicas == 0:
+            if metric > self.trigger.activation_value:
+                self.active_at = now
+            if current == 0:
+                return 1 if metric > self.trigger.activation_value else 0
+            if now - self.active_at >= self.trigger.cooldown_period:
+                return 0
+        return self._hpa(metric, current, now)
+
+    def _hpa(self, metric: float, current: int, now: float) -> int:
         raw = self.raw_replicas(metric, current)
         up = self.trigger.behavior.get("scaleUp", {})
         down = self.trigger.behavior.get("scaleDown", {})

@@ -23,6 +23,18 @@ def connection_url(url: str, name: str, *, heartbeat_s: int = 30) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``); None where that cannot be read."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as uptime:
+            up = float(uptime.read().split()[0])
+        return max(0.0, up - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def process_name(role: str) -> str:
     return f"llm-stream-{role}@{socket.gethostname()}:{os.getpid()}"
 

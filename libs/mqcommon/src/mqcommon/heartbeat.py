@@ -32,6 +32,10 @@ class WorkerHeartbeat(BaseModel):
     queue: str = Field(description="The task queue it consumes: deployments may share a broker.")
     pool: str = Field(default="default", description="The model pool it serves (docs/adr/0006).")
     lanes: list[str] = Field(default_factory=lambda: ["default"], description="The lanes it consumes.")
+    started_in_s: float | None = Field(
+        default=None, ge=0,
+        description="Seconds from its process start to consuming: what a pool scaled to zero waits for.",
+    )
     upstream: Literal["ok", "failing", "unknown"] = Field(
         default="unknown", description="How its last generation found the LLM: answered, or failed."
     )

@@ -69,7 +69,8 @@ def build(
         timeout_s=settings.history_timeout_s, concurrency=settings.history_lookups_max,
     )
     depth = QueueDepth(broker)
-    lines = Lines(broker, hub, pools, depth)
+    workers = WorkerRegistry({pools.queue(name): name for name in pools.pools})
+    lines = Lines(broker, hub, pools, depth, workers)
     live = LiveFeed(
         hub, topology.live_exchange, replica_id, on_watch=lines.on_watch, on_positions=lines.on_positions,
     )
@@ -91,7 +92,6 @@ def build(
         key_limits=key_limits, streams=StreamCount(), tiers=tiers,
     )
     lines.run_keepers()
-    workers = WorkerRegistry({pools.queue(name): name for name in pools.pools})
     state = AppState(
         settings=settings, sessions=service, workers=workers,
         stored=StoredConversations(service.find, history, keep_s=settings.responses_store_s),

@@ -29,7 +29,10 @@ async def run(settings: WorkerSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     server = await start_metrics_server(worker)
-    heartbeat = Heartbeat(settings, lambda: worker._connection, lambda: len(worker.running), worker.is_ready)
+    heartbeat = Heartbeat(
+        settings, lambda: worker._connection, lambda: len(worker.running), worker.is_ready,
+        started_in=lambda: worker.started_in_s,
+    )
     heartbeat.start()
     if not settings.openai_api_key:
         log.warning("OPENAI_API_KEY is not set: requests go to OPENAI_BASE_URL without a key",

@@ -41,8 +41,10 @@ class Heartbeat:
         connection: Callable[[], AbstractRobustConnection | None],
         running: Callable[[], int],
         ready: Callable[[], bool],
+        started_in: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.settings = settings
+        self._started_in = started_in
         self._connection = connection
         self._running = running
         self._ready = ready
@@ -64,6 +66,7 @@ class Heartbeat:
             pool=settings.llm_pool or "default",
             lanes=self._lanes,
             upstream=UPSTREAM.state,
+            started_in_s=self._started_in(),
             state=state or ("ready" if self._ready() else "starting"),
             llm_key=bool(settings.openai_api_key),
             llm_base_url=bool(settings.openai_base_url),

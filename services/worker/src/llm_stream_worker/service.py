@@ -17,7 +17,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiormq.exceptions import AMQPError
-from mqcommon.connection import connect, process_name
+from mqcommon.connection import connect, process_age_s, process_name
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.llm import make_client
 from mqcommon.pools import DEFAULT_LANE
@@ -64,6 +64,7 @@ class Worker:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._held: dict[int, set[asyncio.Task[None]]] = {}  # per lane: tasks waiting for a slot
         self._stopping = False
+        self.started_in_s: float | None = None  # from process start to consuming, once
         self.outbox = Outbox(
             self._send_live,
             producer=process_name("worker"),
@@ -131,8 +132,10 @@ class Worker:
             queue = await declare_queue(tasks_channel, topology.task_queue)
             self._consumers.append((queue, await queue.consume(functools.partial(self._on_task, rank))))
         metrics.TASK_CONCURRENCY_LIMIT.set(self.settings.worker_concurrency)
+        if self.started_in_s is None:
+            self.started_in_s = process_age_s()
         log.info(
-            "worker consuming",
+            "worker consuming", started_in_s=self.started_in_s,
             pool=self.settings.llm_pool,
             queues=[topology.task_queue.name for _, topology in self.lanes],
             concurrency=self.settings.worker_concurrency,

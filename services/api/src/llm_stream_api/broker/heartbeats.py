@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 BROKER_ERRORS = (AMQPException, AMQPError, ConnectionError, RuntimeError, TimeoutError)
 RETRY_S = 1.0
+PROBE_ANSWERED_S = 2.0  # live workers answer a probe at once; silence after this long is absence
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +54,14 @@ class WorkerRegistry:
         self.pools = {queues: "default"} if isinstance(queues, str) else dict(queues)
         self._clock = clock
         self._seen: dict[str, tuple[float, WorkerHeartbeat]] = {}
+        self._started_in: dict[str, float] = {}  # pool -> its last worker's measured start
+        self._probed_at: float | None = None  # when every worker was last asked for a heartbeat
 
     def observe(self, beat: WorkerHeartbeat) -> None:
         if beat.queue not in self.pools:
             return
+        if beat.started_in_s is not None:
+            self._started_in[self.pools[beat.queue]] = beat.started_in_s
         if beat.state == "stopping":
             self._seen.pop(beat.worker, None)
         else:
@@ -71,6 +76,20 @@ class WorkerRegistry:
         for name in expired:
             del self._seen[name]
         return [beat for _, beat in self._seen.values()]
+
+    def probed(self) -> None:
+        """Every worker was just asked for a heartbeat (they answer at once)."""
+        self._probed_at = self._clock()
+
+    def absent(self, pool: str) -> bool:
+        """No worker of ``pool`` is alive, as far as heartbeats heard since a probe can tell."""
+        if self._probed_at is None or self._clock() - self._probed_at < PROBE_ANSWERED_S:
+            return False  # not heard long enough to know
+        return self.summary(pool).count == 0
+
+    def start_estimate(self, pool: str) -> float | None:
+        """How long the pool's last worker took from its start to consuming; None before one."""
+        return self._started_in.get(pool)
 
     def summary(self, pool: str | None = None) -> WorkersSummary:
         """The workers of ``pool``, or of every pool."""
@@ -119,6 +138,7 @@ class WorkerWatch:
         await queue.consume(self._on_message, no_ack=True)
         # Ask every worker for a heartbeat now rather than within its next interval.
         await exchange.publish(aio_pika.Message(PROBE), routing_key="", mandatory=False)
+        self.registry.probed()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         metrics.count_delivery("heartbeats", len(message.body))

@@ -20,6 +20,7 @@ from mqcommon.schemas import Positions, Watch
 from mqcommon.topology import Topology
 
 from llm_stream_api.broker.connection import BrokerConnection
+from llm_stream_api.broker.heartbeats import WorkerRegistry
 from llm_stream_api.broker.queue_depth import QueueDepth
 from llm_stream_api.broker.queue_keeper import QueueKeeper
 from llm_stream_api.broker.queue_positions import QueuePositions
@@ -34,8 +35,14 @@ class LineParts:
 
 
 class Lines:
-    def __init__(self, broker: BrokerConnection, hub: SessionHub, pools: PoolMap, depth: QueueDepth) -> None:
+    def __init__(
+        self, broker: BrokerConnection, hub: SessionHub, pools: PoolMap, depth: QueueDepth,
+        workers: WorkerRegistry | None = None,
+    ) -> None:
+        """``workers``: the heartbeats, to tell a pool scaled to zero (its first task waits for
+        a worker to start, and its ETA includes the measured start time)."""
         self.pools = pools
+        self._workers = workers
         self._broker = broker
         self._by_queue: dict[str, LineParts] = {}
         for line in pools.lines():
@@ -93,4 +100,16 @@ class Lines:
             parts.positions.unwatch(session)
 
     def eta(self, position: int, session: Session | None = None) -> float | None:
-        return self.get(session.line if session else None).positions.eta(position)
+        parts = self.get(session.line if session else None)
+        eta = parts.positions.eta(position)
+        if session is None or self.waiting_for(session) is None:
+            return eta
+        start = self._workers.start_estimate(parts.line.pool) if self._workers else None
+        if start is None:
+            return eta
+        return round(start + (eta or 0.0), 1)
+
+    def waiting_for(self, session: Session) -> str | None:
+        if self._workers is None:
+            return None
+        return "worker_start" if self._workers.absent(self.get(session.line).line.pool) else None

@@ -97,6 +97,9 @@ class QueuePositions:
         rate = self.drain_rate()
         return round(position / rate, 1) if rate > 0 else None
 
+    def waiting_for(self, session: Session) -> str | None:
+        return None  # a line knows nothing of workers (``broker.lines`` does)
+
     def position_of(self, session_id: str) -> int | None:
         """The position of a watched session; None when it is not waiting or not watched."""
         session = self._watched.get(session_id)

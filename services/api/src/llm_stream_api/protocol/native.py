@@ -180,6 +180,9 @@ class PoolHealth(BaseModel):
     upstream: Literal["ok", "failing", "unknown"] = Field(
         description="How its workers' last generations found the LLM (unknown before any)."
     )
+    worker_start_s: float | None = Field(
+        ge=0, description="How long its last worker took from start to consuming (null before one)."
+    )
 
 
 class HealthFull(BaseModel):

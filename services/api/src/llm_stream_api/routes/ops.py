@@ -62,6 +62,7 @@ def _pools(state: AppState) -> dict[str, dict[str, Any]]:
             "openai": "configured" if any(beat.llm_configured for beat in beats) else "missing",
             # failing once any worker's last generation failed; ok once one answered
             "upstream": "failing" if "failing" in upstream else "ok" if "ok" in upstream else "unknown",
+            "worker_start_s": state.workers.start_estimate(name),
         }
     return out
 

@@ -43,6 +43,10 @@ class Positions(Protocol):
 
     def eta(self, position: int, session: Session | None = None) -> float | None: ...
 
+    def waiting_for(self, session: Session) -> str | None:
+        """What a waiting session waits for besides the tasks ahead: ``worker_start`` while its
+        pool has no worker (scaled to zero); None otherwise."""
+
 
 @dataclass(slots=True)
 class Piece:
@@ -55,6 +59,7 @@ class Piece:
     error: str | None = None
     queue_position: int | None = None  # QUEUED pieces
     eta_s: float | None = None
+    waiting_for: str | None = None
 
     @property
     def content(self) -> str:
@@ -105,7 +110,8 @@ async def follow(
                             progress_at = now  # moving up the queue is progress
                         told = (session.queue_position, now)
                         yield Piece(
-                            position, kind=QUEUED, queue_position=told[0], eta_s=queue.eta(told[0], session)
+                            position, kind=QUEUED, queue_position=told[0], eta_s=queue.eta(told[0], session),
+                            waiting_for=queue.waiting_for(session),
                         )
                         continue
                 if session.known:

@@ -34,6 +34,8 @@ def sse_frame(piece: Piece, *, typed: bool = False) -> bytes:
         # News, not part of the answer: no id. A named event, so a client that treats any
         # message with a "type" as the end (or an EventSource listening to messages) is unmoved.
         news = {"type": QUEUED, "position": piece.queue_position, "eta_s": piece.eta_s}
+        if piece.waiting_for is not None:
+            news["waiting_for"] = piece.waiting_for
         return b"event: queued\ndata: %s\n\n" % orjson.dumps(news)
     if piece.kind == TIMEOUT:  # decided here, not stored: no id, so a resume asks again
         return b"data: %s\n\n" % orjson.dumps({"type": "error", "error": piece.error})
