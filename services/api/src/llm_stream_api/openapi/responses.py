@@ -34,6 +34,10 @@ BROKER_UNAVAILABLE = native_error(
 )
 CHAT_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: native_error("`invalid_json`: the body is not JSON."),
+    403: native_error(
+        "`service_tier_not_allowed`: the key may not use that `service_tier` (KEY_SERVICE_TIERS)."
+    ),
+    404: native_error("`model_not_found`: no model pool serves `model` (LLM_POOLS)."),
     409: native_error("`conflict`: `session_id` is already in use."),
     413: native_error("`too_large`: the body is over MAX_BODY_BYTES."),
     422: native_error(
@@ -120,6 +124,10 @@ INVALID = openai_error(
 NOT_FOUND = openai_error("`not_found_error`: no such response, or no such model.")
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: INVALID,
+    403: openai_error(
+        "`permission_error` `service_tier_not_allowed`: the key may not use that `service_tier`."
+    ),
+    404: openai_error("`not_found_error` `model_not_found`: no model pool serves `model` (LLM_POOLS)."),
     413: openai_error("The body is over MAX_BODY_BYTES."),
     503: openai_error(
         "`server_error`: the broker is unavailable, or the API is overloaded; `Retry-After` says when "
