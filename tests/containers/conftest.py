@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .runtime import IMAGES_PY, SERVICES, broker_names, image_name, podman
+from .runtime import IMAGES_PY, SERVICES, image_name, podman, topology_names
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 _figures: list[str] = []
@@ -61,12 +61,12 @@ def broker(request: pytest.FixtureRequest) -> BrokerURLs:
     return BrokerURLs(run_broker.amqp_url, run_broker.management_url)
 
 
-def delete_topology(amqp_url: str, prefix: str) -> None:
-    """Remove what a stack declared under its prefix (each name as a queue and as an exchange;
-    a name it never declared is fine)."""
+def delete_topology(amqp_url: str, prefix: str, pools_json: str = "") -> None:
+    """Remove what a stack declared under its prefix, with the lines of its model pools when it
+    has any (each name as a queue and as an exchange; a name it never declared is fine)."""
     import aio_pika
 
-    names = list(broker_names(prefix).values())
+    names = topology_names(prefix, pools_json)
 
     async def run() -> None:
         connection = await aio_pika.connect(amqp_url, timeout=10)

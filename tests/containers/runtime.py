@@ -95,6 +95,31 @@ def broker_names(prefix: str) -> dict[str, str]:
     return names
 
 
+def topology_names(prefix: str, pools_json: str = "") -> list[str]:
+    """Every queue and exchange name a stack under `prefix` may declare, as the services derive
+    them (mqcommon.topology, mqcommon.pools): `broker_names` and what follows from the task queue
+    (intake, queue log, positions, watermarks, keeper lock, dead-letter notices), and with model
+    pools (LLM_POOLS) the same for each line, `<task queue>.<pool>[.<lane>]`, with its pool's
+    dead letters `<task queue>.<pool>.dead` and their notices."""
+    import dataclasses
+
+    from mqcommon.pools import PoolMap
+    from mqcommon.settings import BrokerSettings
+    from mqcommon.topology import Topology
+
+    names = broker_names(prefix)
+    found = set(names.values())
+    for pools_value in {"", pools_json}:
+        settings = BrokerSettings(**{k.lower(): v for k, v in names.items()}, llm_pools=pools_value)
+        pools = PoolMap.from_settings(settings)
+        for line in pools.lines():
+            topology = Topology.from_settings(pools.line_settings(settings, line))
+            for f in dataclasses.fields(topology):
+                value = getattr(topology, f.name)
+                found.add(value if isinstance(value, str) else value.name)
+    return sorted(found)
+
+
 def isolation_values(prefix: str) -> list[str]:
     """`--set` values giving a release the names of `broker_names`: the chart's `config` values,
     and `extraEnv` of the API and the worker for names the chart does not set."""

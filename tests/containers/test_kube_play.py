@@ -1,15 +1,21 @@
 """The chart's own pods under a real runtime: `podman kube play` of the rendered Deployments.
 
 podman reads the rendered ConfigMaps and Deployments itself: securityContext, envFrom
-ConfigMap, env from the Secret (created as a podman secret from the rendered Secret's data),
-resource limits and the emptyDir volume. Where podman 4.3 cannot express what the chart says, the
-play file is translated, each time for a stated reason (see `playable`), and docs/deploy.md
-lists it:
+ConfigMap, env from a ConfigMap key (configMapKeyRef) and from the Secret (created as a podman
+secret from the rendered Secret's data), resource limits and the emptyDir volume. A second
+release with two model pools plays its API and one worker Deployment per pool against the same
+mock pod. Where podman 4.3 cannot express what the chart says, the play file is translated, each
+time for a stated reason (see `playable`), and docs/deploy.md lists it:
 
 - no Services (and no cluster DNS): the pods use the host's network, so the API and the worker
   are rendered with `llm.baseUrl` at the mock pod's address instead of the mock's Service;
 - containerPorts would be published on the host, which podman refuses with host networking:
   they are dropped and the probes' named ports replaced by their numbers;
+- on the host's network the pods share one set of ports, where each pod of a cluster has an IP of
+  its own: a pod whose containerPort an earlier pod of the same play file listens on (the worker
+  of a second pool) gets a free port instead, set through the env variable that holds the number
+  (for a ConfigMap's variable, in a copy of the ConfigMap for that pod: podman 4.3 lets envFrom
+  win over env) and followed by its probes;
 - podman turns an emptyDir into a named volume shared by every pod that names it: each pod's
   gets a name of its own;
 - podman runs a liveness probe as `curl` inside the container (the images have none, and no
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +46,7 @@ from .runtime import (
     answer_of,
     broker_names,
     cpus,
+    find_one,
     free_port,
     isolation_values,
     podman,
@@ -64,24 +73,57 @@ def helm_render(release: str, values: list[str]) -> list[Manifest]:
     return load_all(run(args).stdout)
 
 
+def configmaps_read(deployment: Manifest) -> set[str]:
+    """The ConfigMaps the Deployment's containers read: envFrom, and env from a key."""
+    names = set()
+    for c in deployment["spec"]["template"]["spec"]["containers"]:
+        names |= {s["configMapRef"]["name"] for s in c.get("envFrom", []) if "configMapRef" in s}
+        names |= {
+            item["valueFrom"]["configMapKeyRef"]["name"]
+            for item in c.get("env", [])
+            if "configMapKeyRef" in item.get("valueFrom", {})
+        }
+    return names
+
+
+def move_port(objects: list[Manifest], pod: str, c: Manifest, number: int) -> tuple[int, list[Manifest]]:
+    """Give the container a free port instead of `number`, through the one env variable that
+    holds the number; the new port, and the ConfigMaps the container now reads besides the
+    rendered ones. A variable from a ConfigMap (envFrom) is changed in a copy of that ConfigMap
+    for this pod alone: an `env` entry would not override it, since podman 4.3 lets envFrom win
+    over env where a kubelet does the reverse."""
+    carriers = [k for k, v in resolve_env(objects, c).items() if v == str(number)]
+    assert len(carriers) == 1, f"{c['name']}: port {number} is set by {carriers or 'no env variable'}"
+    (name,) = carriers
+    port = free_port()
+    for item in c.get("env", []):
+        if item["name"] == name and "value" in item:
+            item["value"] = str(port)
+            return port, []
+    for source in c.get("envFrom", []):
+        ref = source.get("configMapRef")
+        data = find_one(objects, "ConfigMap", ref["name"])["data"] if ref else {}
+        if data.get(name) == str(number):
+            configmap = copy.deepcopy(find_one(objects, "ConfigMap", ref["name"]))
+            configmap["metadata"]["name"] = ref["name"] = f"{pod}-{ref['name']}"
+            configmap["data"][name] = str(port)
+            return port, [configmap]
+    raise AssertionError(f"{c['name']}: {name} comes from neither a value nor a ConfigMap")
+
+
 def playable(objects: list[Manifest], components: set[str]) -> list[Manifest]:
-    """The chosen Deployments and the ConfigMaps they read, translated where podman cannot
-    follow (above)."""
+    """The chosen Deployments (every one of a component: with pools, a worker Deployment each)
+    and the ConfigMaps they read, translated where podman cannot follow (above)."""
     chosen = [
         o
         for o in objects
         if o["kind"] == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] in components
     ]
-    referenced = {
-        source["configMapRef"]["name"]
-        for o in chosen
-        for c in o["spec"]["template"]["spec"]["containers"]
-        for source in c.get("envFrom", [])
-        if "configMapRef" in source
-    }
+    referenced = set().union(*map(configmaps_read, chosen))
     out = [
         copy.deepcopy(o) for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] in referenced
     ]
+    taken: set[int] = set()
     for o in chosen:
         d = copy.deepcopy(o)
         d["spec"]["replicas"] = 1
@@ -96,11 +138,18 @@ def playable(objects: list[Manifest], components: set[str]) -> list[Manifest]:
                             mount["name"] = volume["name"]
         for c in spec["containers"]:
             ports = {p["name"]: p["containerPort"] for p in c.pop("ports", [])}
+            moved = {}
+            for number in ports.values():
+                if number in taken:
+                    moved[number], configmaps = move_port(objects, d["metadata"]["name"], c, number)
+                    out += configmaps
+                taken.add(moved.get(number, number))
             for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
                 for handler in ("httpGet", "tcpSocket"):
                     probe = c.get(kind, {}).get(handler)
-                    if probe and isinstance(probe["port"], str):
-                        probe["port"] = ports[probe["port"]]
+                    if probe:
+                        number = ports[probe["port"]] if isinstance(probe["port"], str) else probe["port"]
+                        probe["port"] = moved.get(number, number)
         out.append(d)
     return out
 
@@ -113,16 +162,14 @@ class Played:
     base_url: str
     values: list[str]
     """The --set values the release was rendered with."""
+    llm_url: str
+    """The mock pod's OpenAI-compatible base URL."""
 
 
-@pytest.fixture(scope="module")
-def played(
-    images: dict[str, int], broker: BrokerURLs, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Played]:
-    release = unique("kp")
-    prefix = release
-    ports = {"mockllm": free_port(), "api": free_port(), "worker": free_port()}
-    common = [
+def chart_values(broker: BrokerURLs, prefix: str, ports: dict[str, int]) -> list[str]:
+    """What every release of the module is rendered with: the run's broker, broker names of its
+    own under `prefix`, no KEDA, the given ports, the local images."""
+    values = [
         f"rabbitmq.url={broker.amqp_url}",
         *isolation_values(prefix),
         "worker.keda.enabled=false",
@@ -136,9 +183,32 @@ def played(
         ),
     ]
     if broker.management_url:
-        common.append(f"rabbitmq.managementUrl={broker.management_url}")
+        values.append(f"rabbitmq.managementUrl={broker.management_url}")
+    return values
+
+
+def create_secret(objects: list[Manifest], directory: Path) -> str:
+    """The rendered Secret as a podman secret (what podman's secretKeyRef reads: a JSON map of
+    base64 values); its name."""
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    secret_file = directory / "secret.json"
+    secret_file.write_text(json.dumps(secret["data"]))
+    name = str(secret["metadata"]["name"])
+    podman("secret", "create", name, str(secret_file))
+    return name
+
+
+@pytest.fixture(scope="module")
+def played(
+    images: dict[str, int], broker: BrokerURLs, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Played]:
+    release = unique("kp")
+    prefix = release
+    ports = {"mockllm": free_port(), "api": free_port(), "worker": free_port()}
+    common = chart_values(broker, prefix, ports)
     # The release as configured for an OpenAI-compatible endpoint at the mock pod's address.
-    values = [*common, f"llm.baseUrl=http://127.0.0.1:{ports['mockllm']}/v1"]
+    llm_url = f"http://127.0.0.1:{ports['mockllm']}/v1"
+    values = [*common, f"llm.baseUrl={llm_url}"]
     objects = helm_render(release, values)
     # The mock's own Deployment, from the demo configuration that enables it.
     mock_objects = helm_render(release, [*common, "mockllm.enabled=true"])
@@ -147,11 +217,7 @@ def played(
     play_file.write_text(
         yaml.safe_dump_all(playable(mock_objects, {"mockllm"}) + playable(objects, {"api", "worker"}))
     )
-    (secret,) = [o for o in objects if o["kind"] == "Secret"]
-    secret_file = play_file.with_name("secret.json")
-    secret_file.write_text(json.dumps(secret["data"]))  # podman's secretKeyRef: a JSON map, base64 values
-    secret_name = secret["metadata"]["name"]
-    podman("secret", "create", secret_name, str(secret_file))
+    secret_name = create_secret(objects, play_file.parent)
     try:
         podman("kube", "play", str(play_file), timeout=180)
         containers = {}
@@ -167,7 +233,7 @@ def played(
             containers[component] = Container(name, spec)
         for component in ("mockllm", "worker", "api"):
             containers[component].wait_ready(90)
-        yield Played(objects, containers, f"http://127.0.0.1:{ports['api']}", values)
+        yield Played(objects, containers, f"http://127.0.0.1:{ports['api']}", values, llm_url)
     finally:
         podman("kube", "down", str(play_file), check=False, timeout=180)
         podman("secret", "rm", secret_name, check=False)
@@ -355,3 +421,173 @@ def test_network_policies_allow_every_connection_the_running_pods_made(
                 assert conn.raddr.port in egress, (
                     f"{component}: outbound to {conn.raddr.port}, allowed {egress}"
                 )
+
+
+# --- two model pools: a worker Deployment per pool --------------------------------------------
+
+POOLS = {"alpha": "alpha-1", "beta": "beta-1"}
+"""Each pool and its model; alpha is the default pool, with three lanes."""
+POOL_VALUES = [
+    "pools[0].name=alpha",
+    "pools[0].default=true",
+    "pools[0].models[0]=alpha-1",
+    "pools[0].lanes={priority,default,flex}",
+    "pools[1].name=beta",
+    "pools[1].models[0]=beta-1",
+]
+
+
+@dataclass
+class PoolsPlayed:
+    objects: list[Manifest]
+    """The chart as rendered (before translation)."""
+    play: list[Manifest]
+    """What was played: the translated Deployments and the ConfigMaps they read."""
+    api: Container
+    workers: dict[str, Container]
+    """Each pool's worker pod, by pool."""
+    base_url: str
+    pools_json: str
+    """LLM_POOLS as rendered into the pools ConfigMap."""
+
+
+def pod_container(deployment: Manifest) -> Container:
+    """The container of the pod `podman kube play` made of the (translated) Deployment: its
+    probes have the port numbers the pod listens on."""
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return Container(f"{deployment['metadata']['name']}-pod-0-{c['name']}", c)
+
+
+@pytest.fixture(scope="module")
+def pools_played(
+    played: Played, broker: BrokerURLs, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PoolsPlayed]:
+    """A release with two model pools, its API and each pool's worker Deployment played as pods
+    (the pool workers on one metrics port in the chart, so the second is moved), against the mock
+    pod of `played`, which is not started twice."""
+    release = unique("kpp")
+    ports = {"api": free_port(), "worker": free_port(), "mockllm": free_port()}
+    values = [*chart_values(broker, release, ports), f"llm.baseUrl={played.llm_url}", *POOL_VALUES]
+    objects = helm_render(release, values)
+    (pools_map,) = [
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-pools")
+    ]
+    pools_json = pools_map["data"]["pools.json"]
+    play = playable(objects, {"api", "worker"})
+    play_file = tmp_path_factory.mktemp("kube-pools") / "play.yaml"
+    play_file.write_text(yaml.safe_dump_all(play))
+    secret_name = create_secret(objects, play_file.parent)
+    try:
+        podman("kube", "play", str(play_file), timeout=180)
+        deployments = [o for o in play if o["kind"] == "Deployment"]
+        workers = {
+            d["metadata"]["labels"]["llm-stream.io/pool"]: pod_container(d)
+            for d in deployments
+            if d["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+        }
+        (api,) = [
+            pod_container(d)
+            for d in deployments
+            if d["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
+        ]
+        assert workers.keys() == POOLS.keys(), workers
+        for container in [*workers.values(), api]:
+            container.wait_ready(90)
+        yield PoolsPlayed(objects, play, api, workers, f"http://127.0.0.1:{ports['api']}", pools_json)
+    finally:
+        podman("kube", "down", str(play_file), check=False, timeout=180)
+        podman("secret", "rm", secret_name, check=False)
+        delete_topology(broker.amqp_url, release, pools_json)
+
+
+def container_env(container: Container) -> dict[str, str]:
+    """The environment of the container's PID 1 (a value may span lines, as LLM_POOLS does)."""
+    raw = container.exec("cat", "/proc/1/environ").stdout
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def pools_health(base_url: str, seconds: float = 30) -> dict[str, dict[str, Any]]:
+    """/health/full's pools once every pool counts a worker (heartbeats arrive every few
+    seconds), or as they are after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = httpx.get(f"{base_url}/health/full", timeout=5, trust_env=False)
+        assert response.status_code == 200, response.text
+        pools: dict[str, dict[str, Any]] = response.json()["pools"]
+        if all(pool["workers"] for pool in pools.values()) or time.monotonic() > deadline:
+            return pools
+        time.sleep(0.5)
+
+
+def test_each_pools_worker_pod_is_ready_with_its_pool_and_the_api_counts_one_worker_each(
+    pools_played: PoolsPlayed,
+) -> None:
+    # Every variable a kubelet would give each pod of the play file, as podman gave it; among
+    # them LLM_POOLS from the pools ConfigMap (configMapKeyRef).
+    secrets = [o for o in pools_played.objects if o["kind"] == "Secret"]
+    for c in [pools_played.api, *pools_played.workers.values()]:
+        expected = resolve_env([*pools_played.play, *secrets], c.spec)
+        env = container_env(c)
+        assert {k: env.get(k) for k in expected} == expected, c.name
+        assert json.loads(env["LLM_POOLS"]) == json.loads(pools_played.pools_json), c.name
+    for pool, worker in pools_played.workers.items():
+        env = container_env(worker)
+        assert (env["LLM_POOL"], env["LLM_MODEL"]) == (pool, POOLS[pool])
+        assert worker.probe("livenessProbe"), pool
+    metrics_ports = {env["METRICS_PORT"] for env in map(container_env, pools_played.workers.values())}
+    assert len(metrics_ports) == 2, metrics_ports  # the second pool's worker was moved off the first's
+
+    pools = pools_health(pools_played.base_url)
+    assert {name: (pool["workers"], pool["models"]) for name, pool in pools.items()} == {
+        "alpha": (1, ["alpha-1"]),
+        "beta": (1, ["beta-1"]),
+    }
+    assert pools["alpha"]["lanes"] == ["priority", "default", "flex"]
+    assert pools["beta"]["lanes"] == ["default"]
+
+
+def completed_tasks(worker: Container) -> float:
+    port = worker.port(worker.spec["livenessProbe"]["httpGet"]["port"])
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5, trust_env=False).text
+    found = re.search(r'^llmstream_worker_tasks_total\{outcome="completed"\} (\S+)$', metrics, re.M)
+    assert found, metrics[-2000:]
+    return float(found.group(1))
+
+
+def test_each_model_is_answered_by_its_pools_worker_pod_and_an_unknown_one_is_refused(
+    pools_played: PoolsPlayed, played: Played
+) -> None:
+    base_url = pools_played.base_url
+    messages = {pool: f"for pool {pool} {unique('m')}" for pool in POOLS}
+    sessions = {}
+    for pool, model in POOLS.items():
+        response = httpx.post(
+            f"{base_url}/chat/async",
+            json={"message": messages[pool], "model": model},
+            timeout=30,
+            trust_env=False,
+        )
+        assert response.status_code == 200, response.text
+        sessions[pool] = response.json()["session_id"]
+    for pool, session_id in sessions.items():
+        assert answer_of(read_stream(base_url, session_id)) == expected_answer(messages[pool], 50), pool
+
+    # Which pod served which: each worker's log names its own pool's session only, and each
+    # counts one completed task.
+    for pool, worker in pools_played.workers.items():
+        result = podman("logs", worker.name)
+        logs = result.stdout + result.stderr
+        for other, session_id in sessions.items():
+            assert (session_id in logs) == (other == pool), (pool, other, logs[-3000:])
+        assert completed_tasks(worker) == 1, pool
+    # The shared mock was asked for each pool's model.
+    mock_url = played.llm_url.removesuffix("/v1")
+    seen = httpx.get(f"{mock_url}/debug/streams", timeout=5, trust_env=False).json()["parameters"]
+    models = {p["prompt"]: p["model"] for p in seen}
+    assert {pool: models.get(messages[pool]) for pool in POOLS} == POOLS
+
+    refused = httpx.post(
+        f"{base_url}/chat/async", json={"message": "hi", "model": "gamma-1"}, timeout=30, trust_env=False
+    )
+    assert refused.status_code == 404, refused.text
+    assert refused.json()["error"] == "model_not_found"
