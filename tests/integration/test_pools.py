@@ -41,9 +41,17 @@ def beta_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         service.stop()
 
 
-def pooled(stack: Deployment, pools: str) -> Deployment:
+def start_pools(
+    stack: Deployment, mock_url: str, beta_mock: str, workers: dict[str, dict[str, str]], **api_env: str,
+) -> tuple[Deployment, str]:
+    """One API and a worker per entry of ``workers`` (its pool and extra env), started."""
+    pools = pools_json(mock_url, beta_mock)
     stack.names = stack.names.with_pools(pools)
-    return stack
+    api = stack.api(LLM_POOLS=pools, **api_env).base_url
+    for pool, env in workers.items():
+        stack.worker(LLM_POOLS=pools, LLM_POOL=pool, **env)
+    stack.start()
+    return stack, api
 
 
 def started_sessions(worker: Service) -> list[str]:
@@ -63,14 +71,9 @@ async def models_seen(client: httpx.AsyncClient, mock: str) -> dict[str, str]:
 async def test_each_model_is_answered_by_its_pools_workers_and_upstream_and_others_are_refused(
     client: httpx.AsyncClient, make_deployment: Callable[[], Deployment], mock_url: str, beta_mock: str,
 ) -> None:
-    pools = pools_json(mock_url, beta_mock)
-    stack = pooled(make_deployment(), pools)
-    api = stack.api(LLM_POOLS=pools)
-    stack.worker(LLM_POOLS=pools, LLM_POOL="alpha")
-    stack.worker(LLM_POOLS=pools, LLM_POOL="beta")
-    stack.start()
-    async with openai.AsyncOpenAI(base_url=f"{api.base_url}/v1", api_key="unused", max_retries=0) as sdk:
-        await _route_and_refuse(client, sdk, api.base_url, mock_url, beta_mock)
+    _, api = start_pools(make_deployment(), mock_url, beta_mock, {"alpha": {}, "beta": {}})
+    async with openai.AsyncOpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0) as sdk:
+        await _route_and_refuse(client, sdk, api, mock_url, beta_mock)
 
 
 async def _route_and_refuse(
@@ -139,12 +142,9 @@ async def _ttft(client: httpx.AsyncClient, api: str, model: str) -> float:
 async def test_a_backlog_on_one_pool_does_not_delay_another(
     client: httpx.AsyncClient, make_deployment: Callable[[], Deployment], mock_url: str, beta_mock: str,
 ) -> None:
-    pools = pools_json(mock_url, beta_mock)
-    stack = pooled(make_deployment(), pools)
-    api = stack.api(LLM_POOLS=pools).base_url
-    stack.worker(LLM_POOLS=pools, LLM_POOL="alpha", WORKER_CONCURRENCY="2")
-    stack.worker(LLM_POOLS=pools, LLM_POOL="beta")
-    stack.start()
+    _, api = start_pools(
+        make_deployment(), mock_url, beta_mock, {"alpha": {"WORKER_CONCURRENCY": "2"}, "beta": {}}
+    )
     alone = [await _ttft(client, api, BETA) for _ in range(10)]
 
     # 200 answers of 2 s each on alpha's two slots: 200 s of backlog.
@@ -170,11 +170,12 @@ async def test_a_backlog_on_one_pool_does_not_delay_another(
 async def test_a_priority_request_waits_for_one_free_slot_and_flex_keeps_its_minimum_share(
     client: httpx.AsyncClient, make_deployment: Callable[[], Deployment], mock_url: str, beta_mock: str,
 ) -> None:
-    pools = pools_json(mock_url, beta_mock)
-    stack = pooled(make_deployment(), pools)
-    api = stack.api(LLM_POOLS=pools, KEY_SERVICE_TIERS='{"*": {"default": "default"}}').base_url
-    worker = stack.worker(LLM_POOLS=pools, LLM_POOL="alpha", WORKER_CONCURRENCY="2", LANE_MIN_SHARE="0.25")
-    stack.start()
+    stack, api = start_pools(
+        make_deployment(), mock_url, beta_mock,
+        {"alpha": {"WORKER_CONCURRENCY": "2", "LANE_MIN_SHARE": "0.25"}},
+        KEY_SERVICE_TIERS='{"*": {"default": "default"}}',
+    )
+    (worker,) = stack.workers
 
     async def queue(label: str, tier: str, count: int, **directives: float) -> list[str]:
         answers = await asyncio.gather(*(
@@ -221,14 +222,11 @@ async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
 async def test_a_tier_the_key_may_not_use_is_refused_with_403(
     client: httpx.AsyncClient, make_deployment: Callable[[], Deployment], mock_url: str, beta_mock: str,
 ) -> None:
-    pools = pools_json(mock_url, beta_mock)
-    stack = pooled(make_deployment(), pools)
-    api = stack.api(
-        LLM_POOLS=pools, API_KEYS="batch:batch-key-0123456789,team:team-key-0123456789",
+    _, api = start_pools(
+        make_deployment(), mock_url, beta_mock, {"alpha": {}},
+        API_KEYS="batch:batch-key-0123456789,team:team-key-0123456789",
         KEY_SERVICE_TIERS='{"batch": {"default": "flex", "allowed": ["flex"]}}', API_KEYS_OPEN_PROBES="true",
-    ).base_url
-    stack.worker(LLM_POOLS=pools, LLM_POOL="alpha")
-    stack.start()
+    )
     batch_sdk = openai.AsyncOpenAI(base_url=f"{api}/v1", api_key="batch-key-0123456789", max_retries=0)
     async with batch_sdk as batch:
         with pytest.raises(openai.PermissionDeniedError) as refused:
