@@ -19,7 +19,8 @@ requests, checked word for word against the mock's deterministic answers:
 LiteLLM runs first, and is stopped before this system starts: neither idles beside the other.
 CPU per answer is that of the proxy's own processes (LiteLLM's process and its children; this
 system's API and workers), the broker's ``beam.smp`` on its own. Results:
-``bench/results/<out>.json``, ``.md`` and ``.png`` (``--out``, default ``peers``).
+``bench/results/peers.json``, ``peers.md`` and ``peers.png`` (``<out>.json``, ``<out>.md`` and
+``<out>-peers.png`` with another ``--out``).
 """
 
 from __future__ import annotations
