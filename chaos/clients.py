@@ -13,6 +13,9 @@ Three kinds, all judged by :mod:`oracle` afterwards (the clients decide nothing)
 
 A POST answered with anything but 200 is recorded as a :class:`oracle.Post`; users honour its
 ``Retry-After``. Each accepted session must end within ``deadline_s``.
+
+With pools, each POST names a :class:`pools.Target`: its pool's model (native ``model``, the
+SDK's ``model``) and a ``service_tier``; the session and the refusals record both.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,6 +33,7 @@ import orjson
 from llm_stream_mockllm.answer import expected_answer
 
 from oracle import DEADLINE, DROPPED, EOF, FINAL_TYPES, OPEN_AFTER_FINAL, Event, Post, Read, Session
+from pools import PLAIN, Target
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = {"Accept": "text/event-stream"}
@@ -120,6 +125,7 @@ class Clients:
         retry_s: float,
         max_reads: int,
         post_timeout_s: float,
+        pick: Callable[[], Target] = lambda: PLAIN,
     ) -> None:
         self.scenario = scenario
         self.run_id = run_id
@@ -129,6 +135,8 @@ class Clients:
         self.retry_s = retry_s
         self.max_reads = max_reads
         self.post_timeout_s = post_timeout_s
+        self.pick = pick
+        """The target of a POST that names none."""
         self.sessions: list[Session] = []
         self.posts: list[Post] = []
         self._numbers = itertools.count()
@@ -146,8 +154,18 @@ class Clients:
         """Seconds before the session's deadline."""
         return max(0.0, session.accepted_at + self.deadline_s - time.monotonic())
 
-    def in_flight(self) -> int:
-        return sum(1 for s in self.sessions if s.ended_at is None)
+    def in_flight(self, pool: str | None = None) -> int:
+        """Sessions accepted and not ended (of ``pool``, or of all)."""
+        return sum(1 for s in self.sessions if s.ended_at is None and (pool is None or s.pool == pool))
+
+    @staticmethod
+    def native_body(prompt: str, target: Target) -> bytes:
+        body: dict[str, str] = {"message": prompt}
+        if target.model is not None:
+            body["model"] = target.model
+        if target.tier is not None:
+            body["service_tier"] = target.tier
+        return orjson.dumps(body)
 
     async def close(self) -> None:
         for sdk in self._sdk.values():
@@ -157,53 +175,64 @@ class Clients:
 
     def _refused(
         self, client: str, url: str, sent: float, status: int | None, retry_after: str | None,
-        code: object, why: str, probe: bool = False,
+        code: object, why: str, probe: bool = False, target: Target = PLAIN,
     ) -> Post:
         post = Post(
             self.scenario, client, url, sent, status, retry_after, code if isinstance(code, str) else None,
-            why[:300], probe,
+            why[:300], probe, target.pool, target.tier,
         )
         self.posts.append(post)
         return post
 
-    def _broken(self, client: str, url: str, sent: float, exc: BaseException, probe: bool = False) -> Post:
-        return self._refused(client, url, sent, None, None, None, f"{type(exc).__name__}: {exc}", probe)
+    def _broken(
+        self, client: str, url: str, sent: float, exc: BaseException, probe: bool, target: Target
+    ) -> Post:
+        why = f"{type(exc).__name__}: {exc}"
+        return self._refused(client, url, sent, None, None, None, why, probe, target)
 
     def _native_refusal(
-        self, client: str, url: str, sent: float, response: aiohttp.ClientResponse, body: bytes, probe: bool
+        self, client: str, url: str, sent: float, response: aiohttp.ClientResponse, body: bytes, probe: bool,
+        target: Target,
     ) -> Post:
         text = body.decode("utf-8", "replace")
         code = None
         with contextlib.suppress(ValueError, AttributeError):
             code = orjson.loads(body).get("error")
         return self._refused(
-            client, url, sent, response.status, response.headers.get("Retry-After"), code, text, probe
+            client, url, sent, response.status, response.headers.get("Retry-After"), code, text, probe, target
         )
 
     # -- sse ----------------------------------------------------------------------------------
 
-    async def post_sse(self, url: str, *, probe: bool = False) -> Session | Post:
+    async def post_sse(
+        self, url: str, *, probe: bool = False, target: Target | None = None
+    ) -> Session | Post:
         """Queue a session (``POST /chat/async``) without reading it yet."""
+        target = target or self.pick()
         prompt, expected = self.prompt()
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self.post_timeout_s), self.http.post(
-                url + "/chat/async", data=orjson.dumps({"message": prompt}), headers=JSON_HEADERS
+                url + "/chat/async", data=self.native_body(prompt, target), headers=JSON_HEADERS
             ) as response:
                 body = await response.read()
                 if response.status != 200:
-                    return self._native_refusal("sse", url, sent, response, body, probe)
+                    return self._native_refusal("sse", url, sent, response, body, probe, target)
                 sid = orjson.loads(body)["session_id"]
         except (TimeoutError, *BROKEN, ValueError, KeyError, TypeError) as exc:
-            return self._broken("sse", url, sent, exc, probe)
-        session = Session(self.scenario, "sse", sid, prompt, expected, url, time.monotonic())
+            return self._broken("sse", url, sent, exc, probe, target)
+        session = Session(
+            self.scenario, "sse", sid, prompt, expected, url, time.monotonic(),
+            pool=target.pool, tier=target.tier,
+        )
         self.sessions.append(session)
         return session
 
     async def sse(
-        self, url: str, read_urls: list[str] | None = None, *, probe: bool = False
+        self, url: str, read_urls: list[str] | None = None, *, probe: bool = False,
+        target: Target | None = None,
     ) -> Session | Post:
-        outcome = await self.post_sse(url, probe=probe)
+        outcome = await self.post_sse(url, probe=probe, target=target)
         if isinstance(outcome, Session):
             await self.read(outcome, read_urls or [url])
         return outcome
@@ -261,23 +290,24 @@ class Clients:
 
     # -- sync ---------------------------------------------------------------------------------
 
-    async def sync(self, url: str) -> Session | Post:
+    async def sync(self, url: str, *, target: Target | None = None) -> Session | Post:
+        target = target or self.pick()
         prompt, expected = self.prompt()
         sent = time.monotonic()
         session: Session | None = None
         try:
             async with asyncio.timeout(self.post_timeout_s):
                 response = await self.http.post(
-                    url + "/chat", data=orjson.dumps({"message": prompt}), headers=JSON_HEADERS
+                    url + "/chat", data=self.native_body(prompt, target), headers=JSON_HEADERS
                 )
         except (TimeoutError, *BROKEN) as exc:
-            return self._broken("sync", url, sent, exc)
+            return self._broken("sync", url, sent, exc, False, target)
         async with response:
             if response.status != 200:
-                return self._native_refusal("sync", url, sent, response, await response.read(), False)
+                return self._native_refusal("sync", url, sent, response, await response.read(), False, target)
             session = Session(
                 self.scenario, "sync", response.headers.get("X-Session-ID", "?"), prompt, expected, url,
-                time.monotonic(),
+                time.monotonic(), pool=target.pool, tier=target.tier,
             )
             self.sessions.append(session)
             body = bytearray()
@@ -305,24 +335,26 @@ class Clients:
             )
         return self._sdk[url]
 
-    async def openai(self, url: str) -> Session | Post:
+    async def openai(self, url: str, *, target: Target | None = None) -> Session | Post:
+        target = target or self.pick()
         prompt, expected = self.prompt()
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self.post_timeout_s):
                 stream = await self._client(url).chat.completions.create(
-                    model=MODEL, messages=[{"role": "user", "content": prompt}], stream=True
+                    model=target.model or MODEL, messages=[{"role": "user", "content": prompt}], stream=True,
+                    **({"service_tier": target.tier} if target.tier is not None else {}),  # type: ignore[arg-type]
                 )
         except openai.APIStatusError as exc:
             return self._refused(
                 "openai", url, sent, exc.status_code, exc.response.headers.get("Retry-After"), exc.code,
-                str(exc),
+                str(exc), False, target,
             )
         except (TimeoutError, openai.APIError) as exc:
-            return self._broken("openai", url, sent, exc)
+            return self._broken("openai", url, sent, exc, False, target)
         session = Session(
             self.scenario, "openai", stream.response.headers.get("X-Session-ID", "?"), prompt, expected, url,
-            time.monotonic(),
+            time.monotonic(), pool=target.pool, tier=target.tier,
         )
         self.sessions.append(session)
         try:

@@ -4,6 +4,9 @@
   new one in its place (same environment), as long as another worker is ready and a session is
   under way. On a busy machine restarts are slower than the interval, and so are the kills:
   :meth:`due` tells the load how far the kills have come, so that it keeps pace with them.
+  With pools (a worker's ``LLM_POOL``) all of that holds per pool: the victim's pool keeps
+  another ready worker, has a session of its own under way, and is the pool with the fewest
+  kills so far among those that can lose one, so the kills alternate between the pools.
 - :class:`BrokerOutage`: ``rabbitmqctl stop_app`` on the run's private node, hold it down,
   ``start_app``; a probe of the AMQP port says when the broker really went away and came back.
   It stays down until a POST has been seen refused, however slow the machine.
@@ -39,7 +42,8 @@ class Kill:
     pid: int
     returncode: int | None
     in_flight: int
-    """Sessions accepted and not finished when the worker was killed."""
+    """Sessions accepted and not finished when the worker was killed (of its pool)."""
+    pool: str = ""
 
 
 @dataclass
@@ -48,8 +52,12 @@ class WorkerKiller:
     workers: list[Service]
     rng: random.Random
     in_flight: Any
-    """``() -> int``: sessions under way (to show that the kills land mid-answer)."""
+    """``(pool | None) -> int``: sessions under way, of a pool or of all (to show that the kills
+    land mid-answer)."""
     interval: tuple[float, float] = (1.0, 2.0)
+    settle_s: float = 0.5
+    """How long a session (of the victim's pool) has been under way at the least when the kill
+    comes: the mock's first token comes 0.1 s after a worker is given the task."""
     kills: list[Kill] = field(default_factory=list)
     restart_failures: list[str] = field(default_factory=list)
     replacements: list[Service] = field(default_factory=list)
@@ -60,9 +68,29 @@ class WorkerKiller:
     started_at: float = field(default_factory=time.monotonic)
     waiting_for_load: bool = False
     """Ready to kill, waiting for a session under way (the load then lets one through)."""
+    waiting_for: str | None = None
+    """With pools: the pool of that session (None: any)."""
 
     def __post_init__(self) -> None:
         self._ready = {id(w) for w in self.workers}
+
+    @staticmethod
+    def pool_of(worker: Service) -> str:
+        return worker.env.get("LLM_POOL", "")
+
+    def _target_pool(self) -> str | None:
+        """The pool to kill in next: one with two ready workers (one keeps serving), the fewest
+        kills so far among them; None while no pool can lose a worker."""
+        ready: dict[str, int] = {}
+        for worker in self.workers:
+            if id(worker) in self._ready:
+                ready[self.pool_of(worker)] = ready.get(self.pool_of(worker), 0) + 1
+        candidates = sorted(pool for pool, count in ready.items() if count >= 2)
+        if not candidates:
+            return None
+        kills = {pool: sum(1 for k in self.kills if k.pool == pool) for pool in candidates}
+        fewest = min(kills.values())
+        return self.rng.choice([pool for pool in candidates if kills[pool] == fewest])
 
     def due(self, k: float) -> bool:
         """Whether ``int(k)`` kills have happened: the kills themselves, not a clock, pace the
@@ -77,28 +105,41 @@ class WorkerKiller:
                 await asyncio.wait_for(stop.wait(), self.rng.uniform(*self.interval))
             if stop.is_set():
                 break
-            # Keep one worker serving (a crash loop that kills every worker as soon as it is
-            # ready lets nothing finish): wait for a restarted one rather than skip the kill.
-            while len(ready := [w for w in self.workers if id(w) in self._ready]) < 2:
+            # Keep one worker (of each pool) serving (a crash loop that kills every worker as
+            # soon as it is ready lets nothing finish): wait for a restarted one rather than skip.
+            while (pool := self._target_pool()) is None:
                 if stop.is_set():
                     break
                 await asyncio.sleep(READY_POLL_S)
-            # A kill lands mid-answer: wait for a session under way (the load lets one through
-            # whenever none is, so this wait ends).
+            if pool is None:
+                break
+            # A kill lands mid-answer: wait for a session under way (of the pool; the load lets
+            # some through whenever none is, so this wait ends), then ``settle_s`` more, so that
+            # its generation has begun: killed the moment a session is accepted, a worker has
+            # not been given its task yet.
+            self.waiting_for = pool or None
             self.waiting_for_load = True
-            while self.in_flight() == 0 and not stop.is_set():  # noqa: ASYNC110 (a count, not an event)
-                await asyncio.sleep(READY_POLL_S)
-            self.waiting_for_load = False
+            while not stop.is_set():
+                while self.in_flight(self.waiting_for) == 0 and not stop.is_set():  # noqa: ASYNC110 (a count)
+                    await asyncio.sleep(READY_POLL_S)
+                self.waiting_for_load = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settle_s)
+                if self.in_flight(self.waiting_for) > 0:
+                    break
+                self.waiting_for_load = True
             if stop.is_set():
                 break
-            victim = self.rng.choice(ready)
-            in_flight = self.in_flight()
+            victim = self.rng.choice(
+                [w for w in self.workers if id(w) in self._ready and self.pool_of(w) == pool]
+            )
+            in_flight = self.in_flight(self.waiting_for)
             self.stack.kill(victim)
             self._ready.discard(id(victim))
             self.workers.remove(victim)
-            self.kills.append(
-                Kill(time.monotonic(), victim.name, victim.popen.pid, victim.popen.returncode, in_flight)
-            )
+            self.kills.append(Kill(
+                time.monotonic(), victim.name, victim.popen.pid, victim.popen.returncode, in_flight, pool
+            ))
             generation += 1
             base = victim.name.split(".", 1)[0]
             replacement = self.stack.restart(victim, f"{base}.{generation}")
@@ -119,13 +160,21 @@ class WorkerKiller:
         self._ready.add(id(worker))
 
     def facts(self) -> dict[str, Any]:
-        return {
+        facts: dict[str, Any] = {
             "worker_kills": len(self.kills),
             "killed_by_sigkill": sum(1 for k in self.kills if k.returncode == -9),
             "kills_mid_answer": sum(1 for k in self.kills if k.in_flight > 0),
             "in_flight_at_kills": [k.in_flight for k in self.kills],
             "restart_failures": self.restart_failures,
         }
+        pools = sorted({self.pool_of(w) for w in self.workers} | {k.pool for k in self.kills})
+        if any(pools):
+            facts["kills_by_pool"] = {pool: sum(1 for k in self.kills if k.pool == pool) for pool in pools}
+        return facts
+
+    def pool_facts(self, pool: str) -> dict[str, Any]:
+        mine = [k for k in self.kills if k.pool == pool]
+        return {"worker_kills": len(mine), "kills_mid_answer": sum(1 for k in mine if k.in_flight > 0)}
 
 
 def amqp_answers(port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:

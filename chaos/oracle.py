@@ -86,6 +86,10 @@ class Session:
     """``sync`` and ``openai``: how the response ended (``EOF``, ``DROPPED``, ``DEADLINE``)."""
     why: str = ""
     ended_at: float | None = None
+    pool: str = ""
+    """With pools: the pool whose model it asked for (``""`` without pools)."""
+    tier: str | None = None
+    """With pools: the ``service_tier`` it sent (None: none)."""
 
 
 @dataclass
@@ -103,6 +107,8 @@ class Post:
     why: str = ""
     probe: bool = False
     """Sent by the intake probe of the broker scenario, not by a user."""
+    pool: str = ""
+    tier: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,17 @@
 """llm-stream under faults: load, SIGKILLed workers, a broker restart, a killed API process.
 
     uv run python chaos/run.py                      # all three scenarios, full size (make chaos)
-    uv run python chaos/run.py --short              # small numbers, about a minute (make test)
+    uv run python chaos/run.py --short              # small numbers, about a minute
+    uv run python chaos/run.py --pools              # the three with two model pools
+    uv run python chaos/run.py --short --scenario all,workers-pools   # what make test runs
     uv run python chaos/run.py --scenario broker --sessions 300 --outage-s 5
     uv run python chaos/run.py --help
 
 It starts a private RabbitMQ node (never the machine's broker), a mock LLM, and for each
 scenario API and worker processes of its own; every accepted session is judged by the oracle
-(chaos/oracle.py). It prints a table of counts per scenario and exits 1 when any session or
-refusal failed, or when a fault did not happen as planned. chaos/README.md explains the output.
+(chaos/oracle.py). It prints a table of counts per scenario (and per pool) and exits 1 when any
+session or refusal failed, when a fault did not happen as planned, or when a scenario left a
+queue or an exchange on the broker. chaos/README.md explains the output.
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "bench"), str(ROOT / "tests")]
 
 from clients import Answer  # noqa: E402
+from pools import Pools  # noqa: E402
 from scenarios import SCENARIOS, Options, Outcome, Run  # noqa: E402
 from stack import Stack, free_port  # noqa: E402
 
 ORDER = ("workers", "api", "broker")
-"""The broker scenario last: it restarts the node the others run on."""
+"""The broker scenarios last: they restart the node the others run on."""
+POOLS = "-pools"
+"""The suffix of a scenario's variant with two model pools (``workers-pools``)."""
+NAMES = (*ORDER, *(f"{kind}{POOLS}" for kind in ORDER))
 MOCK_TTFT_MS = 100
 
 # (full, short) sizes per scenario.
@@ -54,6 +61,17 @@ DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
         "workers": (2, 2), "deadline_s": (60, 120), "time_limit_s": (120, 300),
     },
 }
+# The -pools variants: the same, except these. Workers: two per pool, so that a kill in either
+# pool leaves it one serving; short: 4 kills, two per pool (the kills alternate).
+POOL_DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "workers": {"workers": (4, 4), "min_kills": (26, 4)},
+    "broker": {},
+    "api": {},
+}
+
+
+def kind_of(scenario: str) -> str:
+    return scenario.removesuffix(POOLS)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,7 +79,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="chaos/run.py",
         description="Drive load through llm-stream while killing its processes; judge every session.",
     )
-    p.add_argument("--scenario", choices=(*ORDER, "all"), default="all")
+    p.add_argument(
+        "--scenario", default="all",
+        help=f"comma-separated, of {', '.join(NAMES)} and all (the first three) (default: all)",
+    )
+    p.add_argument(
+        "--pools", action="store_true",
+        help="run each chosen scenario with two model pools (its -pools variant) instead of none",
+    )
     p.add_argument("--short", action="store_true", help="small numbers (the version make test runs)")
     p.add_argument(
         "--sessions", type=int, help="accepted sessions per scenario (api: half read the killed process)"
@@ -91,12 +116,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--mix: expected kind=weight,..., got {args.mix!r}")
     if unknown := set(args.mix) - {"sse", "sync", "openai"}:
         p.error(f"--mix: unknown client kinds {sorted(unknown)}")
+    chosen: list[str] = []
+    for name in (item.strip() for item in args.scenario.split(",") if item.strip()):
+        if name not in (*NAMES, "all"):
+            p.error(f"--scenario: unknown scenario {name!r} (of {', '.join(NAMES)}, all)")
+        for scenario in ORDER if name == "all" else (name,):
+            if args.pools and not scenario.endswith(POOLS):
+                scenario += POOLS
+            if scenario not in chosen:
+                chosen.append(scenario)
+    if not chosen:
+        p.error("--scenario: no scenario")
+    # Stable: the broker scenarios after the others, each group in the order given.
+    args.scenarios = sorted(chosen, key=lambda s: kind_of(s) == "broker")
+    if "workers" + POOLS in chosen and args.workers is not None and args.workers < 4:
+        p.error("--workers: workers-pools needs at least 4 (two per pool: a kill leaves one serving)")
     return args
 
 
 def options(scenario: str, args: argparse.Namespace) -> Options:
     size = 1 if args.short else 0
-    chosen = {name: values[size] for name, values in DEFAULTS[scenario].items()}
+    kind = kind_of(scenario)
+    pools = scenario.endswith(POOLS)
+    defaults = {**DEFAULTS[kind], **(POOL_DEFAULTS[kind] if pools else {})}
+    chosen = {name: values[size] for name, values in defaults.items()}
     for name in ("sessions", "users", "tokens", "tps", "workers", "min_kills", "outage_s", "deadline_s"):
         if getattr(args, name, None) is not None and name in chosen:
             chosen[name] = getattr(args, name)
@@ -107,11 +150,12 @@ def options(scenario: str, args: argparse.Namespace) -> Options:
         deadline_s=chosen["deadline_s"],
         time_limit_s=chosen["time_limit_s"],
         workers=chosen["workers"],
-        mix=args.mix if scenario != "api" else {"sse": 1},
+        mix=args.mix if kind != "api" else {"sse": 1},
         retry_s=args.retry_s,
         kill_every=args.kill_every,
         min_kills=chosen.get("min_kills", 1),
         outage_s=chosen.get("outage_s", 10.0),
+        pools=Pools() if pools else None,
     )
 
 
@@ -120,12 +164,14 @@ def options(scenario: str, args: argparse.Namespace) -> Options:
 
 def fault_line(outcome: Outcome) -> str:
     f = outcome.facts
-    if outcome.scenario == "workers":
+    if outcome.kind == "workers":
+        by_pool = f.get("kills_by_pool")
+        split = f" ({', '.join(f'{p} {n}' for p, n in by_pool.items())})" if by_pool else ""
         return (
-            f"{f.get('worker_kills', 0)} worker SIGKILLs ({f.get('kills_mid_answer', 0)} with answers "
+            f"{f.get('worker_kills', 0)} worker SIGKILLs{split} ({f.get('kills_mid_answer', 0)} with answers "
             f"under way) among {f.get('workers')} workers"
         )
-    if outcome.scenario == "broker":
+    if outcome.kind == "broker":
         back = f.get("intake_back_s")
         return (
             f"broker down {f.get('broker_down_s')} s; {f.get('refused', 0)} POSTs refused with 503 "
@@ -139,24 +185,38 @@ def fault_line(outcome: Outcome) -> str:
     )
 
 
+def pool_line(pool: str, t: Any, facts: dict[str, Any]) -> str:
+    lanes = ", ".join(f"{lane} {n}" for lane, n in facts.get("lanes", {}).items())
+    kills = f"; {facts['worker_kills']} of the kills" if "worker_kills" in facts else ""
+    return (
+        f"  pool {pool}: {t.accepted} judged (lanes: {lanes or 'none'}), {t.correct} correct, "
+        f"{t.error_count} error, {len(t.failures)} failed{kills}; "
+        f"generations started again: {facts.get('redelivered_generations', 0)}"
+    )
+
+
 def print_report(outcomes: list[Outcome], show: int) -> None:
+    width = max(9, *(len(o.scenario) for o in outcomes)) if outcomes else 9
     header = (
-        f"{'scenario':<9} {'accepted':>8} {'correct':>8} {'error':>6} {'failed':>7} {'resumed':>8} "
+        f"{'scenario':<{width}} {'accepted':>8} {'correct':>8} {'error':>6} {'failed':>7} {'resumed':>8} "
         f"{'refused':>8}"
     )
     print("\n" + header)
     print("-" * len(header))
     for o in outcomes:
-        t = o.tally
-        print(
-            f"{o.scenario:<9} {t.accepted:>8} {t.correct:>8} {t.error_count:>6} {len(t.failures):>7} "
-            f"{t.resumed:>8} {sum(t.refused.values()):>8}"
-        )
+        rows = [(o.scenario, o.tally), *((f"  {pool}", t) for pool, t in o.pools.items())]
+        for label, t in rows:
+            print(
+                f"{label:<{width}} {t.accepted:>8} {t.correct:>8} {t.error_count:>6} {len(t.failures):>7} "
+                f"{t.resumed:>8} {sum(t.refused.values()):>8}"
+            )
     print()
     for o in outcomes:
         t = o.tally
         clients = ", ".join(f"{n} {k}" for k, n in sorted(t.by_client.items()))
         print(f"{o.scenario}: {fault_line(o)}; {o.wall_s:.0f} s; sessions: {clients or 'none'}")
+        for pool, counts in o.pools.items():
+            print(pool_line(pool, counts, o.pool_facts.get(pool, {})))
         for message, count in t.errors.most_common():
             print(f"  error event x{count}: {message}")
         for sid, what in t.failures[:show]:
@@ -165,6 +225,8 @@ def print_report(outcomes: list[Outcome], show: int) -> None:
             print(f"  ... and {len(t.failures) - show} more failures (see the JSON)")
         for problem in o.problems:
             print(f"  FAULT NOT AS PLANNED: {problem}")
+        for left in o.leftovers:
+            print(f"  LEFT ON THE BROKER: {left}")
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -174,12 +236,14 @@ async def run_all(args: argparse.Namespace, run: Run, chosen: list[str]) -> list
     outcomes = []
     for scenario in chosen:
         opts = options(scenario, args)
-        print(f"{scenario}: {opts.sessions} sessions ...", flush=True)
-        outcome = await SCENARIOS[scenario](run, opts)
+        pools = f" over pools {', '.join(opts.pools.names)}" if opts.pools else ""
+        print(f"{scenario}: {opts.sessions} sessions{pools} ...", flush=True)
+        outcome = await SCENARIOS[kind_of(scenario)](run, opts, scenario)
         t = outcome.tally
+        split = "; ".join(f"{p} {c.accepted}" for p, c in outcome.pools.items())
         print(
             f"{scenario}: {t.correct} correct, {t.error_count} error, {len(t.failures)} failed of "
-            f"{t.accepted} accepted in {outcome.wall_s:.0f} s",
+            f"{t.accepted} accepted{f' ({split})' if split else ''} in {outcome.wall_s:.0f} s",
             flush=True,
         )
         outcomes.append(outcome)
@@ -202,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from integration.support.restartable_broker import NodeError, RestartableNode
 
-    chosen = list(ORDER) if args.scenario == "all" else [args.scenario]
+    chosen: list[str] = args.scenarios
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     run_id = secrets.token_hex(3)
     log_dir = Path(tempfile.mkdtemp(prefix=f"llm-stream-chaos-{run_id}-"))
@@ -239,15 +303,18 @@ def main(argv: list[str] | None = None) -> int:
     print_report(outcomes, args.show)
     failed = sum(len(o.tally.failures) for o in outcomes)
     problems = sum(len(o.problems) for o in outcomes)
+    left = sum(len(o.leftovers) for o in outcomes)
     results = {
         "run_id": run_id, "seed": seed, "short": args.short, "wall_s": round(time.monotonic() - began, 1),
         "log_dir": str(log_dir), "scenarios": {o.scenario: o.as_dict() for o in outcomes},
     }
+    if any(s.endswith(POOLS) for s in chosen):
+        results["llm_pools"] = json.loads(Pools().llm_pools("<mock>/v1"))
     for path in filter(None, (log_dir / "chaos.json", args.json)):
         path.write_text(json.dumps(results, indent=2) + "\n")
-    verdict = "PASS" if not failed and not problems else "FAIL"
+    verdict = "PASS" if not failed and not problems and not left else "FAIL"
     print(
-        f"\n{verdict}: {failed} failures, {problems} faults not as planned; "
+        f"\n{verdict}: {failed} failures, {problems} faults not as planned, {left} left on the broker; "
         f"{time.monotonic() - began:.0f} s; details in {log_dir / 'chaos.json'}"
     )
     return 0 if verdict == "PASS" else 1

@@ -5,14 +5,20 @@ private RabbitMQ node, with queue and exchange names of its own (``chaos.<run id
 drives load with :mod:`clients`, injects its fault (:mod:`faults`), waits until every accepted
 session has ended or passed its deadline, stops its processes and hands the observations to
 :mod:`oracle`. ``problems`` lists the ways the fault itself did not happen as planned (then the
-run proves nothing, and fails).
+run proves nothing, and fails). At the end the scenario's queues and exchanges are deleted
+(:mod:`topology`); anything left under its prefix fails the run too.
+
+With ``Options.pools`` (the ``<scenario>-pools`` variants) the same scenario runs with two
+model pools (:mod:`pools`): the workers are split between them, each session asks for one
+pool's model and a service tier, every session is judged as without pools and, besides, on
+where it went (the line its task waited in, the pool of the workers that generated it), and
+the counts are given per pool as well as in all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import re
 import time
@@ -20,18 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
-import httpx
 
+import topology
 from clients import Answer, Clients, finished, position
 from faults import BrokerOutage, WorkerKiller
 from oracle import Post, Session, Tally, tally
+from pools import Picker, Pools, misrouted
 from stack import Service, Stack, broker_names, free_port
 
 KINDS = ("sse", "sync", "openai")
 UNDER_WAY_TIMEOUT_S = 60.0
+LET_THROUGH_S = 1.0
+"""workers: while a kill waits for a session under way, a group of sessions goes through a second."""
 PROBE_LIMIT_S = 600.0
 POLL_S = 0.05
 
@@ -58,6 +66,8 @@ class Options:
     outage_after: float = 0.3
     """Fraction of the sessions accepted before the broker is stopped."""
     probe_every_s: float = 0.1
+    pools: Pools | None = None
+    """Two model pools instead of none (the ``-pools`` variants)."""
 
 
 @dataclass
@@ -83,33 +93,50 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     logs: list[str] = field(default_factory=list)
+    kind: str = ""
+    """``workers``, ``broker`` or ``api`` (``scenario`` may be a ``-pools`` variant)."""
+    pools: dict[str, Tally] = field(default_factory=dict)
+    """With pools: the counts of each pool's sessions and refusals (their sum is ``tally``)."""
+    pool_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leftovers: list[str] = field(default_factory=list)
+    """Queues and exchanges of the scenario still on the broker after its clean-up."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        result = {
             **self.tally.as_dict(),
             "facts": self.facts,
             "problems": self.problems,
+            "leftovers": self.leftovers,
             "wall_s": round(self.wall_s, 1),
             "logs": self.logs,
         }
+        if self.pools:
+            result["pools"] = {
+                pool: {**counts.as_dict(), **self.pool_facts.get(pool, {})}
+                for pool, counts in self.pools.items()
+            }
+        return result
 
 
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _env(run: Run, names: dict[str, str]) -> dict[str, str]:
-    return {
+def _env(run: Run, names: topology.Names) -> dict[str, str]:
+    env = {
         "RABBIT_MQ": run.amqp_url,
         "RABBITMQ_MANAGEMENT_URL": run.management_url,
         "OPENAI_BASE_URL": f"{run.mock_url}/v1",
         "OPENAI_API_KEY": "chaos",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "console",
-        **names,
+        **names.env,
     }
+    if names.pools is not None:
+        env["LLM_POOLS"] = names.pools.llm_pools(f"{run.mock_url}/v1")
+    return env
 
 
-def start_api(run: Run, scenario: str, names: dict[str, str], index: int) -> Service:
+def start_api(run: Run, scenario: str, names: topology.Names, index: int) -> Service:
     port = free_port()
     return run.stack.start(
         f"{scenario}-api{index}", "llm-stream-api",
@@ -118,72 +145,69 @@ def start_api(run: Run, scenario: str, names: dict[str, str], index: int) -> Ser
     )
 
 
-def start_worker(run: Run, scenario: str, names: dict[str, str], index: int) -> Service:
+def start_worker(run: Run, scenario: str, names: topology.Names, index: int) -> Service:
+    """Worker ``index``; with pools, of pool ``index mod 2`` (its ``LLM_POOL``, in its name)."""
     port = free_port()
-    return run.stack.start(
-        f"{scenario}-worker{index}", "llm-stream-worker",
-        {
-            **_env(run, names), "METRICS_HOST": "127.0.0.1", "METRICS_PORT": str(port),
-            "SHUTDOWN_GRACE_S": "2",
-        },
-        f"http://127.0.0.1:{port}/health",
-    )
+    env = {
+        **_env(run, names), "METRICS_HOST": "127.0.0.1", "METRICS_PORT": str(port), "SHUTDOWN_GRACE_S": "2",
+    }
+    name = f"{scenario}-worker{index}"
+    if names.pools is not None:
+        env["LLM_POOL"] = names.pools.worker_pool(index)
+        name += f"-{env['LLM_POOL']}"
+    return run.stack.start(name, "llm-stream-worker", env, f"http://127.0.0.1:{port}/health")
 
 
 def base_url(api: Service) -> str:
     return api.health_url.rsplit("/health", 1)[0]
 
 
-def scenario_names(run: Run, scenario: str) -> dict[str, str]:
-    return broker_names(f"{run.run_id}-{scenario}", tool="chaos")
+def scenario_names(run: Run, scenario: str, opts: Options) -> topology.Names:
+    return topology.Names.of(broker_names(f"{run.run_id}-{scenario}", tool="chaos"), opts.pools)
 
 
 async def start_processes(
-    run: Run, scenario: str, apis: int, workers: int
+    run: Run, scenario: str, opts: Options, apis: int
 ) -> tuple[list[Service], list[Service]]:
-    names = scenario_names(run, scenario)
+    names = scenario_names(run, scenario, opts)
     started_apis = [start_api(run, scenario, names, i) for i in range(apis)]
-    started_workers = [start_worker(run, scenario, names, i) for i in range(workers)]
+    started_workers = [start_worker(run, scenario, names, i) for i in range(opts.workers)]
     await run.stack.wait_ready([*started_apis, *started_workers], timeout=120)
     return started_apis, started_workers
 
 
 # -- evidence ----------------------------------------------------------------------------------
 
-ATTEMPT = re.compile(rb"generation started.*?attempt=(\d+)")
+GENERATION = re.compile(rb"generation started[^\n]*")
+ATTEMPT = re.compile(rb"attempt=(\d+)")
+SESSION = re.compile(rb"session_id=(\w+)")
 
 
-def redelivered_generations(workers: list[Service]) -> int:
-    """Generations the workers started on a task's second or later delivery (their logs)."""
-    count = 0
-    for worker in workers:
-        with contextlib.suppress(OSError):
-            count += sum(1 for m in ATTEMPT.finditer(worker.log.read_bytes()) if int(m.group(1)) > 1)
-    return count
+@dataclass
+class Generations:
+    """What the workers' logs say they generated."""
 
+    redelivered: dict[str, int] = field(default_factory=dict)
+    """Pool -> generations started on a task's second or later delivery."""
+    pools_of: dict[str, set[str]] = field(default_factory=dict)
+    """Session id -> the pools of the workers that started generating it."""
 
-async def dead_lettered(run: Run, scenario: str) -> list[str]:
-    """Session ids of the tasks in the scenario's dead-letter queue (read back, left in place)."""
-    queue = scenario_names(run, scenario)["DEAD_LETTER_QUEUE"]
-    url = httpx.URL(run.management_url)
-    try:
-        async with httpx.AsyncClient(
-            base_url=str(url.copy_with(username=None, password=None)), auth=(url.username, url.password),
-            timeout=10, trust_env=False,
-        ) as management:
-            response = await management.post(
-                f"/api/queues/%2F/{quote(queue, safe='')}/get",
-                json={"count": 10_000, "ackmode": "ack_requeue_true", "encoding": "auto"},
-            )
-    except httpx.HTTPError as exc:
-        return [f"(could not read {queue}: {exc})"]
-    if response.status_code != 200:
-        return [f"(could not read {queue}: {response.status_code} {response.text[:100]})"]
-    sids = []
-    for message in response.json():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            sids.append(json.loads(message["payload"])["session_id"])
-    return sids
+    @classmethod
+    def read(cls, workers: list[Service]) -> Generations:
+        found = cls()
+        for worker in workers:
+            pool = WorkerKiller.pool_of(worker)
+            try:
+                log = worker.log.read_bytes()
+            except OSError:
+                continue
+            for line in GENERATION.finditer(log):
+                attempt, sid = ATTEMPT.search(line.group()), SESSION.search(line.group())
+                if attempt and int(attempt.group(1)) > 1:
+                    found.redelivered[pool] = found.redelivered.get(pool, 0) + 1
+                if sid:
+                    found.pools_of.setdefault(sid.group(1).decode(), set()).add(pool)
+        return found
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -275,9 +299,11 @@ async def until(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 def new_clients(run: Run, scenario: str, http: aiohttp.ClientSession, opts: Options) -> Clients:
+    """With pools, the sessions take the pools and their tiers in turn (:class:`pools.Picker`)."""
     return Clients(
         scenario, run.run_id, http, opts.answer, deadline_s=opts.deadline_s, retry_s=opts.retry_s,
         max_reads=opts.max_reads, post_timeout_s=opts.post_timeout_s,
+        **({"pick": Picker(opts.pools)} if opts.pools is not None else {}),
     )
 
 
@@ -291,45 +317,109 @@ def http_session(connections: int) -> aiohttp.ClientSession:
 
 
 async def _finish(
-    run: Run, scenario: str, clients: Clients, services: list[Service], began: float,
-    facts: dict[str, Any], problems: list[str],
+    run: Run, kind: str, scenario: str, opts: Options, clients: Clients, services: list[Service],
+    began: float, facts: dict[str, Any], problems: list[str], killer: WorkerKiller | None = None,
 ) -> Outcome:
     await clients.close()
-    facts["dead_lettered"] = await dead_lettered(run, scenario)
+    names = scenario_names(run, scenario, opts)
+    dead = sorted({names.env["DEAD_LETTER_QUEUE"], *names.dead_letters.values()})
+    facts["dead_lettered"] = await topology.dead_lettered(run.management_url, dead)
     logs = [str(s.log) for s in services]
     run.stack.stop([s for s in services if s in run.stack.services])
-    facts["redelivered_generations"] = redelivered_generations([s for s in services if "worker" in s.name])
-    counts = tally(scenario, clients.sessions, clients.posts)
+    generations = Generations.read([s for s in services if "worker" in s.name])
+    facts["redelivered_generations"] = sum(generations.redelivered.values())
+    queued: dict[str, set[str]] = {}
+    if opts.pools is not None:
+        queued = await topology.queued_in(run.amqp_url, names.task_queues)
+    cleanup = await topology.delete(run.amqp_url, names)
+    left = [*cleanup, *await topology.leftovers(run.management_url, names.prefix)]
+
     lost = set(facts["dead_lettered"])
-    counts.failures = [
-        (sid, f"{what} (its task is in the dead-letter queue)" if sid.split()[-1] in lost else what)
-        for sid, what in counts.failures
-    ]
-    return Outcome(scenario, counts, facts, problems, time.monotonic() - began, logs)
+
+    def judged(label: str, sessions: list[Session], posts: list[Post]) -> Tally:
+        counts = tally(label, sessions, posts)
+        counts.failures = [
+            (sid, f"{what} (its task is in the dead-letter queue)" if sid.split()[-1] in lost else what)
+            for sid, what in counts.failures
+        ]
+        return counts
+
+    counts = judged(scenario, clients.sessions, clients.posts)
+    outcome = Outcome(
+        scenario, counts, facts, problems, time.monotonic() - began, logs, kind=kind, leftovers=left
+    )
+    if opts.pools is not None:
+        _judge_pools(outcome, opts.pools, names, clients, queued, generations, judged, killer)
+    return outcome
+
+
+def _judge_pools(
+    outcome: Outcome, pools: Pools, names: topology.Names, clients: Clients, queued: dict[str, set[str]],
+    generations: Generations, judged: Callable[[str, list[Session], list[Post]], Tally],
+    killer: WorkerKiller | None,
+) -> None:
+    """Each pool's counts, and a failure for every session that went elsewhere than its pool's
+    line for its tier, or that a worker of another pool generated."""
+    tasks = names.env["TASK_QUEUE"]
+    for pool in pools.names:
+        sessions = [s for s in clients.sessions if s.pool == pool]
+        counts = judged(f"{outcome.scenario} {pool}", sessions, [p for p in clients.posts if p.pool == pool])
+        spec = pools.spec(pool)
+        lanes = dict.fromkeys(spec.lanes, 0)
+        for session in sessions:
+            lane = spec.lane(session.tier)
+            lanes[lane] += 1
+            wrong = misrouted(
+                pool, pools.line(tasks, pool, lane), queued.get(session.sid, set()),
+                generations.pools_of.get(session.sid, set()), names.lines,
+            )
+            if wrong is not None:
+                failure = (f"{session.client} {session.sid}", wrong)
+                counts.failures.append(failure)
+                outcome.tally.failures.append(failure)
+        outcome.pools[pool] = counts
+        outcome.pool_facts[pool] = {
+            "lanes": lanes,
+            "tiers": {t or "none": sum(1 for s in sessions if s.tier == t) for t in spec.tiers},
+            "redelivered_generations": generations.redelivered.get(pool, 0),
+            "not_seen_generated": sum(1 for s in sessions if s.sid not in generations.pools_of),
+            **(killer.pool_facts(pool) if killer is not None else {}),
+        }
 
 
 # -- workers: SIGKILL a worker every 1-2 s -----------------------------------------------------
 
 
-async def workers(run: Run, opts: Options) -> Outcome:
+async def workers(run: Run, opts: Options, name: str = "workers") -> Outcome:
     began = time.monotonic()
-    apis, workers = await start_processes(run, "workers", 1, opts.workers)
+    apis, workers = await start_processes(run, name, opts, 1)
     urls = [base_url(a) for a in apis]
     problems: list[str] = []
     all_started = list(workers)
     async with http_session(opts.users * 2) as http:
-        clients = new_clients(run, "workers", http, opts)
+        clients = new_clients(run, name, http, opts)
         tickets = Tickets(opts.sessions)
         killer = WorkerKiller(run.stack, workers, run.rng, clients.in_flight, opts.kill_every)
         stop = asyncio.Event()
         kills = asyncio.create_task(killer.run(stop))
 
+        # The sessions are spread over the kills, whatever their pace: session n is of group
+        # int((min_kills + 0.5) * n / sessions) and starts once that many kills are behind us, so
+        # the last ones see the last kill. When the next kill waits for a session under way (of
+        # its pool) and none is, the next group goes through at once (and the one after it a
+        # second later, if that was not enough), the later groups keeping their turn.
+        pace = (opts.min_kills + 0.5) / opts.sessions
+        released, released_at = 0, -LET_THROUGH_S
+
         def keeps_pace(n: int) -> bool:
-            # The sessions are spread over the kills, whatever their pace: the n-th starts once
-            # kill (min_kills + 0.5) * n / sessions is behind us, so the last ones see the last kill.
-            # When the next kill waits for a session under way and none is, one goes through.
-            due = killer.due((opts.min_kills + 0.5) * n / opts.sessions)
-            return due or (killer.waiting_for_load and clients.in_flight() == 0)
+            nonlocal released, released_at
+            group = int(pace * n)
+            if killer.due(group) or group <= released:
+                return True
+            starved = killer.waiting_for_load and clients.in_flight(killer.waiting_for) == 0
+            if starved and time.monotonic() - released_at >= LET_THROUGH_S:
+                released, released_at = max(released, len(killer.kills)) + 1, time.monotonic()
+            return group <= released
 
         try:
             async with time_limit(opts.time_limit_s, tickets, problems):
@@ -347,7 +437,14 @@ async def workers(run: Run, opts: Options) -> Outcome:
         if killer.kills and facts["kills_mid_answer"] == 0:
             problems.append("no kill landed while answers were under way")
         problems += [f"a restarted worker never became ready: {f}" for f in killer.restart_failures]
-        outcome = await _finish(run, "workers", clients, [*apis, *all_started], began, facts, problems)
+        if opts.pools is not None:
+            killed = facts.get("kills_by_pool", {})
+            problems += [
+                f"no worker of pool {pool} was killed" for pool in opts.pools.names if not killed.get(pool)
+            ]
+        outcome = await _finish(
+            run, "workers", name, opts, clients, [*apis, *all_started], began, facts, problems, killer
+        )
     if killer.kills and not outcome.facts["redelivered_generations"]:
         outcome.problems.append("no kill interrupted a generation (no task was delivered again)")
     return outcome
@@ -356,14 +453,14 @@ async def workers(run: Run, opts: Options) -> Outcome:
 # -- broker: stop_app, hold it down, start_app --------------------------------------------------
 
 
-async def broker(run: Run, opts: Options) -> Outcome:
+async def broker(run: Run, opts: Options, name: str = "broker") -> Outcome:
     began = time.monotonic()
-    apis, workers = await start_processes(run, "broker", 1, opts.workers)
+    apis, workers = await start_processes(run, name, opts, 1)
     urls = [base_url(a) for a in apis]
     problems: list[str] = []
     facts: dict[str, Any] = {}
     async with http_session(opts.users * 2) as http:
-        clients = new_clients(run, "broker", http, opts)
+        clients = new_clients(run, name, http, opts)
         tickets = Tickets(opts.sessions)
         outage = BrokerOutage(run.node, opts.outage_s)
         async with time_limit(opts.time_limit_s, tickets, problems):
@@ -395,7 +492,7 @@ async def broker(run: Run, opts: Options) -> Outcome:
             problems.append("no POST was refused while the broker was down")
         if facts["intake_back_s"] is None:
             problems.append("no POST was accepted after the broker came back")
-        return await _finish(run, "broker", clients, [*apis, *workers], began, facts, problems)
+        return await _finish(run, "broker", name, opts, clients, [*apis, *workers], began, facts, problems)
 
 
 async def intake_probe(
@@ -433,17 +530,17 @@ def _intake(sessions: list[Session], posts: list[Post], outage: BrokerOutage) ->
 # -- api: SIGKILL one of two API processes mid-answer ------------------------------------------
 
 
-async def api(run: Run, opts: Options) -> Outcome:
+async def api(run: Run, opts: Options, name: str = "api") -> Outcome:
     """Every session is POSTed to one of the two processes and read from one of them (each of
     the four combinations a quarter of the time); the process that is killed is read by half."""
     began = time.monotonic()
-    apis, workers = await start_processes(run, "api", 2, opts.workers)
+    apis, workers = await start_processes(run, name, opts, 2)
     urls = [base_url(a) for a in apis]
     victim, survivor = urls
     problems: list[str] = []
     facts: dict[str, Any] = {}
     async with http_session(opts.sessions * 2 + 10) as http:
-        clients = new_clients(run, "api", http, opts)
+        clients = new_clients(run, name, http, opts)
         queued = await asyncio.gather(*(clients.post_sse(urls[i % 2]) for i in range(opts.sessions)))
         readers: dict[str, list[Session]] = {victim: [], survivor: []}
         reads = []
@@ -478,7 +575,7 @@ async def api(run: Run, opts: Options) -> Outcome:
             problems.append(f"the API process ended with {facts['api_killed_returncode']}, not SIGKILL")
         if not mid_answer:
             problems.append("no reader of the killed process was mid-answer at the kill")
-        return await _finish(run, "api", clients, [*apis, *workers], began, facts, problems)
+        return await _finish(run, "api", name, opts, clients, [*apis, *workers], began, facts, problems)
 
 
 def _resumed_on(session: Session, url: str) -> bool:

@@ -1,10 +1,19 @@
-"""``chaos/run.py --short``: the three fault scenarios with small numbers, judged by the oracle.
+"""``chaos/run.py --short``: the three fault scenarios with small numbers, judged by the oracle,
+and the worker kills again with two model pools (``workers-pools``).
 
 The run starts its own RabbitMQ node (it restarts it), mock LLM, API and worker processes; this
 test checks its JSON results: no session or refusal failed, and every fault really happened
 (workers died of SIGKILL mid-answer and their tasks were generated again elsewhere, the broker
 was seen down and back with POSTs refused meanwhile, the API process died of SIGKILL with
-readers mid-answer who resumed on the other one). ``make chaos`` is the full-size run.
+readers mid-answer who resumed on the other one). With pools, every session is also judged on
+where it went (its pool's line for its tier, its pool's workers), both pools and every lane had
+sessions, and the kills hit workers of both pools. No scenario left a queue or an exchange on
+the broker. ``make chaos`` is the full-size run (``CHAOS_ARGS=--pools``: the three with pools).
+
+Only the workers scenario runs with pools here, to keep ``make test`` short: it adds 20 to 35 s
+on a 2-core machine, and it is the one where the pools change the fault (kills in both pools,
+tasks delivered again within a pool, every lane under kills). ``api-pools`` would add 12 to
+16 s and ``broker-pools`` 20 to 30 s more; ``chaos/run.py --short --pools`` runs all three.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 # Generous: a busy machine slows the run (its faults wait for events), it must not fail it.
 RUN_TIMEOUT_S = 1500
+SCENARIOS = "all,workers-pools"
+POOLED = ["workers-pools"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +40,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("chaos") / "chaos.json"
     try:
         done = subprocess.run(
-            [sys.executable, str(ROOT / "chaos" / "run.py"), "--short", "--json", str(out)],
+            [sys.executable, str(ROOT / "chaos" / "run.py"), "--short", "--scenario", SCENARIOS,
+             "--json", str(out)],
             cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired as exc:
@@ -49,7 +61,7 @@ def scenario(results: dict, name: str) -> dict:
     return results["scenarios"][name]
 
 
-@pytest.mark.parametrize("name", ["workers", "api", "broker"])
+@pytest.mark.parametrize("name", ["workers", "api", "broker", *POOLED])
 def test_every_accepted_session_is_exact_or_ends_with_an_error(results: dict, name: str) -> None:
     counts = scenario(results, name)
     assert counts["accepted"] > 0, results["output"]
@@ -60,15 +72,36 @@ def test_every_accepted_session_is_exact_or_ends_with_an_error(results: dict, na
     )
     assert counts["correct"] + sum(counts["errors"].values()) == counts["accepted"]
     assert not counts["problems"], counts["problems"]
+    assert not counts["leftovers"], f"left on the broker: {counts['leftovers']}"
 
 
-def test_workers_were_killed_mid_answer(results: dict) -> None:
-    facts = scenario(results, "workers")["facts"]
+@pytest.mark.parametrize("name", POOLED)
+def test_each_pool_and_lane_had_sessions_and_each_is_judged(results: dict, name: str) -> None:
+    counts = scenario(results, name)
+    pools = counts["pools"]
+    assert set(pools) == {"alpha", "beta"}, pools.keys()
+    assert sum(p["accepted"] for p in pools.values()) == counts["accepted"]
+    for pool, each in pools.items():
+        assert each["accepted"] > 0, (pool, each)
+        assert not each["failures"], (pool, each["failures"][:10])
+        assert each["correct"] + sum(each["errors"].values()) == each["accepted"], (pool, each)
+    assert all(pools["alpha"]["lanes"][lane] > 0 for lane in ("priority", "default", "flex")), pools["alpha"]
+    assert set(pools["beta"]["lanes"]) == {"default"}, pools["beta"]
+
+
+@pytest.mark.parametrize("name", ["workers", "workers-pools"])
+def test_workers_were_killed_mid_answer(results: dict, name: str) -> None:
+    facts = scenario(results, name)["facts"]
     assert facts["worker_kills"] >= 3, facts
     assert facts["killed_by_sigkill"] == facts["worker_kills"], facts
     assert facts["kills_mid_answer"] >= 1, facts
     # The kills interrupted generations: their tasks were delivered again to another worker.
     assert facts["redelivered_generations"] >= 1, facts
+    if name.endswith("-pools"):
+        assert facts["kills_by_pool"].keys() == {"alpha", "beta"}, facts
+        pools = scenario(results, name)["pools"]
+        # Each pool lost a worker while a session of its own was under way.
+        assert all(pools[p]["kills_mid_answer"] >= 1 for p in ("alpha", "beta")), pools
 
 
 def test_the_broker_was_down_and_new_work_was_refused_meanwhile(results: dict) -> None:
@@ -92,5 +125,5 @@ def test_readers_of_the_killed_api_process_resumed_on_the_other(results: dict) -
 
 
 def test_the_run_exits_non_zero_only_on_failures(results: dict) -> None:
-    failed = any(s["failures"] or s["problems"] for s in results["scenarios"].values())
+    failed = any(s["failures"] or s["problems"] or s["leftovers"] for s in results["scenarios"].values())
     assert results["returncode"] == (1 if failed else 0), results["output"]
