@@ -63,7 +63,7 @@ bench-peers: install ## LiteLLM's proxy (pinned, its own virtualenv) and this sy
 bench-charts: install ## Redraw the PNG charts from bench/results/latest.json (and peers.json), without running anything
 	$(UV) run python bench/charts.py bench/results/latest.json
 
-chaos: install ## Load while workers are SIGKILLed, the broker restarts and an API process dies; every session judged
+chaos: install ## Load while workers are SIGKILLed, the broker restarts and an API process dies; every session judged (CHAOS_ARGS=--pools: with two model pools)
 	$(UV) run python chaos/run.py $(CHAOS_ARGS)
 
 lint: install typecheck ## Static checks: ruff, then the type checker
