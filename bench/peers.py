@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import shlex
@@ -41,6 +42,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psutil
 
 import charts
 import loadgen
@@ -216,6 +218,10 @@ class Peers:
             "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
             "--num_workers", str(self.args.litellm_workers), "--telemetry", "False",
         ]
+        if self.args.litellm_workers > 1:
+            # uvicorn kills a worker that does not answer its ping within 5 s: one still importing
+            # LiteLLM on a busy machine is killed and started again, over and over.
+            args += ["--timeout_worker_healthcheck", str(START_TIMEOUT_S)]
         proxy = self.stack.start(
             "litellm", str(VENV / "bin" / "litellm"), {**LITELLM_ENV, "LITELLM_MASTER_KEY": self.key},
             f"http://127.0.0.1:{port}/health/liveliness", args,
@@ -254,11 +260,15 @@ class Peers:
         meters = bench.meters  # only the proxy under test runs: the other is stopped or not started
         prompts = [f"bench peers {mode}-c{c} {i}" for i in range(c * self.args.requests_per_user)]
         before = cpu_seconds(meters)
+        family = _family(meters.get("litellm"))
         done = await loadgen.closed_loop(
             session, self.request_fn(mode), prompts, c, request_timeout=bench.args.request_timeout,
             deadline=bench.args.scenario_timeout, ramp=bench.args.ramp,
         )
         cpu = {k: v - before[k] for k, v in cpu_seconds(meters).items()}
+        if family != _family(meters.get("litellm")):
+            # A process that started and ended between two readings is missing from the figures.
+            self.notes.append(f"{mode} C={c}: LiteLLM's worker processes changed (one restarted)")
         s = report.summarise(f"{mode} C={c}", mode, c, done.results, done.wall, bench.n_tokens, cpu)
         if direct is not None:
             report.compare(s, direct)
@@ -267,6 +277,14 @@ class Peers:
         bench.check_alive(s["name"])
         await asyncio.sleep(1)  # let the proxy drain between scenarios, as bench/run.py does
         return s
+
+
+def _family(meter: CpuMeter | None) -> set[int]:
+    found: set[int] = set()
+    for root in meter.roots if meter else []:
+        with contextlib.suppress(psutil.Error):
+            found |= {p.pid for p in root.children(recursive=True)}
+    return found
 
 
 async def _settle(meter: CpuMeter, limit_s: float = 90.0) -> None:
