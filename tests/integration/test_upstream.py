@@ -23,8 +23,9 @@ MAX_DELIVERIES = 3
 
 @pytest.fixture(scope="module")
 def stack(module_deployment: Deployment) -> Deployment:
-    module_deployment.api(PRESENCE_INTERVAL_S="0.5")
-    module_deployment.api(PRESENCE_INTERVAL_S="0.5")
+    # Every process declares the task queue: all with the same delivery limit, whichever is first.
+    module_deployment.api(PRESENCE_INTERVAL_S="0.5", TASK_MAX_DELIVERIES=str(MAX_DELIVERIES))
+    module_deployment.api(PRESENCE_INTERVAL_S="0.5", TASK_MAX_DELIVERIES=str(MAX_DELIVERIES))
     module_deployment.worker(
         LLM_MAX_RETRIES="0",
         ABANDON_TIMEOUT_S=str(ABANDON_TIMEOUT_S),

@@ -120,7 +120,9 @@ async def test_a_task_whose_every_delivery_dies_ends_with_an_error_at_once(
     """The broker dead-letters a task at its delivery limit with no worker to end its session:
     a worker takes the dead-letter notice and every reader gets an error end, not a hang."""
     deployment = make_deployment()
-    api = deployment.api().base_url
+    # The API declares the task queue too: with the workers' limit, whichever process starts
+    # first (a slow machine decides that), the queue has a delivery limit of one.
+    api = deployment.api(TASK_MAX_DELIVERIES="1").base_url
     first = deployment.worker(TASK_MAX_DELIVERIES="1")
     deployment.start()
     ask = prompt("dies-every-time", tokens=200, tps=20)
