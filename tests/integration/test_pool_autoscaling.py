@@ -160,7 +160,9 @@ async def _scenario(http: httpx.AsyncClient, api: str, controllers: dict[str, Po
         return news, time.monotonic() - posted
 
     # 1. alpha's burst scales alpha out, and only alpha.
-    burst = [asyncio.create_task(answer("alpha-1", f"burst {i}", tokens=30, tps=10)) for i in range(12)]
+    # Answers of 8 s: longer than the management API's statistics interval (5 s), which is what
+    # the scaler reads.
+    burst = [asyncio.create_task(answer("alpha-1", f"burst {i}", tokens=80, tps=10)) for i in range(12)]
     await _until(lambda: len(alpha.running) > 1, "alpha scaled out under its burst", timeout=60)
     assert beta.running == [] and set(beta.replicas_seen) == {0}
 
