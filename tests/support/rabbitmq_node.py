@@ -8,6 +8,11 @@ cookie (``HOME``). Stopping it stops the node and its epmd, then removes the dir
     with RabbitMQNode() as broker:
         broker.amqp_url        # amqp://guest:guest@127.0.0.1:<port>/
         broker.management_url  # http://guest:guest@127.0.0.1:<port>
+
+Nodes of one cluster (``rabbitmq_cluster``) are given a name, a shared Erlang cookie, the port
+of an epmd they share (started by the cluster) and extra ``rabbitmq.conf`` lines. A node's VM
+can be signalled (``kill``: SIGKILL, ``signal_vm(SIGSTOP)``: a hang), started again on the
+same directory and ports (``restart``), and driven with ``rabbitmqctl`` (``ctl``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -44,6 +50,7 @@ STALE_AFTER_S = float(os.environ.get("RABBITMQ_NODE_STALE_AFTER_S", "1800"))
 # Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user when run as root, which
 # would lose this environment; the scripts it wraps run as whoever calls them.
 SERVER_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
+CTL_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmqctl",)
 
 INSTALL_HINT = (
     "RabbitMQ is not installed, and the tests start a RabbitMQ node of their own from it.\n"
@@ -67,10 +74,20 @@ def server_program() -> str:
     return found
 
 
+def ctl_program() -> str:
+    for candidate in CTL_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("rabbitmqctl")
+    if found is None:
+        raise NodeError(INSTALL_HINT)
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def _free_port_in(low: int, high: int) -> int:
@@ -99,13 +116,32 @@ def _die_with_parent() -> None:  # in the child, between fork and exec
 class RabbitMQNode:
     """One RabbitMQ node in a temporary directory; a context manager yielding its ``Broker``."""
 
-    def __init__(self, plugins: tuple[str, ...] = PLUGINS, start_timeout: float = START_TIMEOUT_S):
+    def __init__(
+        self,
+        plugins: tuple[str, ...] = PLUGINS,
+        start_timeout: float = START_TIMEOUT_S,
+        *,
+        nodename: str | None = None,
+        cookie: str | None = None,
+        epmd_port: int | None = None,
+        extra_config: Sequence[str] = (),
+        erl_args: str = "",
+    ):
+        """``epmd_port``: an epmd already running there (the node then starts none of its own);
+        ``extra_config``: lines added to ``rabbitmq.conf``; ``erl_args``: added to the VM's
+        arguments (``RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS``)."""
         self.plugins = plugins
         self.start_timeout = start_timeout
-        self.nodename = f"llmstream-test-{uuid.uuid4().hex[:10]}@localhost"
+        self.nodename = nodename or f"llmstream-test-{uuid.uuid4().hex[:10]}@localhost"
+        self.cookie = cookie
+        self.shared_epmd = epmd_port is not None
+        self.extra_config = list(extra_config)
+        self.erl_args = erl_args
         self.dir: Path | None = None
         self.amqp_port = self.management_port = self.prometheus_port = 0
-        self.dist_port = self.epmd_port = 0
+        self.dist_port = 0
+        self.epmd_port = epmd_port or 0
+        self._env: dict[str, str] = {}
         self._epmd: subprocess.Popen[bytes] | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self.broker: Broker | None = None
@@ -126,13 +162,10 @@ class RabbitMQNode:
         self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
         try:
             self._allocate_ports()
-            env = self._write_files()
-            self._start_epmd(env)
-            with (self.dir / "log" / "server.out").open("wb") as out:
-                self._server = subprocess.Popen(
-                    [program], env=env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
-                )
+            env = self._env = self._write_files()
+            if not self.shared_epmd:
+                self._start_epmd(env)
+            self._spawn(program, "w")
             version = self._wait_ready()
         except BaseException:
             log = self.log_tail()
@@ -151,15 +184,25 @@ class RabbitMQNode:
         )
         return self.broker
 
+    def _spawn(self, program: str, mode: str) -> None:
+        assert self.dir is not None
+        with (self.dir / "log" / "server.out").open(mode + "b") as out:
+            self._server = subprocess.Popen(
+                [program], env=self._env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+
     def _allocate_ports(self) -> None:
-        taken: set[int] = set()
-        ports = []
-        while len(ports) < 4:
+        taken: set[int] = {self.epmd_port} if self.shared_epmd else set()
+        ports: list[int] = []
+        while len(ports) < (3 if self.shared_epmd else 4):
             port = _free_port()
             if port not in taken:
                 taken.add(port)
                 ports.append(port)
-        self.amqp_port, self.management_port, self.prometheus_port, self.epmd_port = ports
+        self.amqp_port, self.management_port, self.prometheus_port = ports[:3]
+        if not self.shared_epmd:
+            self.epmd_port = ports[3]
         while (dist := _free_port_in(*DIST_PORT_RANGE)) in taken:
             pass
         self.dist_port = dist
@@ -170,7 +213,7 @@ class RabbitMQNode:
         for path in (home, log, data):
             path.mkdir()
         cookie = home / ".erlang.cookie"
-        cookie.write_text(uuid.uuid4().hex)
+        cookie.write_text(self.cookie or uuid.uuid4().hex)
         cookie.chmod(0o400)
         (self.dir / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (self.dir / "rabbitmq-env.conf").write_text("")  # not the machine's /etc/rabbitmq one
@@ -184,12 +227,15 @@ class RabbitMQNode:
                     "prometheus.tcp.ip = 127.0.0.1",
                     "log.console = false",
                     "log.file.level = info",
+                    *self.extra_config,
                     "",
                 ]
             )
         )
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        extra = {"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": self.erl_args} if self.erl_args else {}
         return {
+            **extra,
             **keep,
             "HOME": str(home),
             "RABBITMQ_NODENAME": self.nodename,
@@ -253,6 +299,72 @@ class RabbitMQNode:
                         f"(RABBITMQ_NODE_START_TIMEOUT_S); its log:\n{self.log_tail()}"
                     )
                 time.sleep(0.2)
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def vm_pid(self) -> int | None:
+        """The pid of the node's Erlang VM (``beam.smp``, under the server script), if it runs."""
+        if self._server is None or self._server.poll() is not None:
+            return None
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self._server.pid).children(recursive=True):
+                if child.name().startswith("beam"):
+                    return int(child.pid)
+        return None
+
+    def signal_vm(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the VM alone (SIGSTOP: the node hangs; SIGCONT: it goes on)."""
+        pid = self.vm_pid()
+        if pid is None:
+            raise NodeError(f"{self.nodename} has no running VM to signal")
+        os.kill(pid, sig)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the VM, as a crash or an OOM kill would; return once the server script is gone."""
+        pid = self.vm_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self._server is not None:
+            try:
+                self._server.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _stop(self._server, 5)
+
+    def restart(self) -> Broker:
+        """Start the node again (after ``kill``) on the same directory, name and ports."""
+        if self.dir is None or self.broker is None:
+            raise NodeError("the node was never started, or it was stopped")
+        if self._server is not None and self._server.poll() is None:
+            raise NodeError(f"{self.nodename} is still running")
+        began = time.monotonic()
+        self._spawn(server_program(), "a")
+        self._wait_ready()
+        self.started_in_s = time.monotonic() - began
+        return self.broker
+
+    def ctl(self, *args: str, timeout: float = 240.0) -> str:
+        """Run ``rabbitmqctl -n <node> <args>``; return its output (NodeError if it fails).
+
+        The CLI boots a VM of its own (seconds, more on a busy machine)."""
+        if self.dir is None:
+            raise NodeError("the node is not running")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            HOME=str(self.dir / "home"),  # the node's Erlang cookie
+            ERL_EPMD_PORT=str(self.epmd_port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),  # the CLI takes a port 10000 above it
+            RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
+        )
+        done = subprocess.run(
+            [ctl_program(), "-n", self.nodename, *args],
+            env=env, capture_output=True, text=True, timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise NodeError(
+                f"rabbitmqctl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+            )
+        return done.stdout
 
     # -- stop -------------------------------------------------------------------------------
 
