@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .rabbitmq_node import _die_with_parent, _free_port, _listening, _stop
+from .rabbitmq_node import _free_port, _listening, _stop, spawn
 
 READY_TIMEOUT_S = 20.0
 DIR_PREFIX = "llm-stream-haproxy-"
@@ -111,13 +111,12 @@ backend nodes
             if check.returncode != 0:
                 raise RuntimeError(f"haproxy refuses its configuration:\n{check.stdout}{check.stderr}")
             with (self.dir / "haproxy.log").open("wb") as log:
-                self._proc = subprocess.Popen(
+                self._proc = spawn(
                     [program, "-db", "-f", str(config_path)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
                 )
             deadline = time.monotonic() + READY_TIMEOUT_S
             while not _listening(port):

@@ -26,10 +26,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 import psutil
@@ -113,6 +116,29 @@ def _die_with_parent() -> None:  # in the child, between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+_spawner: ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def spawn(args: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``Popen`` of a child that gets SIGTERM when this process dies.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so a child started
+    from a short-lived thread (a pool's, ``asyncio.to_thread``'s) would be stopped with it.
+    Outside the main thread, children are forked from one thread that lives as long as the
+    process."""
+    def fork() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, preexec_fn=_die_with_parent, **options)
+
+    if threading.current_thread() is threading.main_thread():
+        return fork()
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(1, thread_name_prefix="child-spawner")
+    return _spawner.submit(fork).result()
+
+
 class RabbitMQNode:
     """One RabbitMQ node in a temporary directory; a context manager yielding its ``Broker``."""
 
@@ -126,10 +152,12 @@ class RabbitMQNode:
         epmd_port: int | None = None,
         extra_config: Sequence[str] = (),
         erl_args: str = "",
+        ctl_erl_args: str = "",
     ):
         """``epmd_port``: an epmd already running there (the node then starts none of its own);
         ``extra_config``: lines added to ``rabbitmq.conf``; ``erl_args``: added to the VM's
-        arguments (``RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS``)."""
+        arguments (``RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS``); ``ctl_erl_args``: to those of
+        ``rabbitmqctl``'s VM (a node with a short ``net_ticktime`` drops a CLI ticking slower)."""
         self.plugins = plugins
         self.start_timeout = start_timeout
         self.nodename = nodename or f"llmstream-test-{uuid.uuid4().hex[:10]}@localhost"
@@ -137,11 +165,13 @@ class RabbitMQNode:
         self.shared_epmd = epmd_port is not None
         self.extra_config = list(extra_config)
         self.erl_args = erl_args
+        self.ctl_erl_args = ctl_erl_args
         self.dir: Path | None = None
         self.amqp_port = self.management_port = self.prometheus_port = 0
         self.dist_port = 0
         self.epmd_port = epmd_port or 0
         self._env: dict[str, str] = {}
+        self._began = 0.0
         self._epmd: subprocess.Popen[bytes] | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self.broker: Broker | None = None
@@ -156,8 +186,14 @@ class RabbitMQNode:
     # -- start ------------------------------------------------------------------------------
 
     def start(self) -> Broker:
+        self.launch()
+        return self.wait_started()
+
+    def launch(self) -> None:
+        """The first half of ``start``: files, ports and processes, without waiting (nodes of
+        a cluster boot side by side)."""
         program = server_program()
-        began = time.monotonic()
+        self._began = time.monotonic()
         _sweep_stale(Path(tempfile.gettempdir()))
         self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
         try:
@@ -166,14 +202,16 @@ class RabbitMQNode:
             if not self.shared_epmd:
                 self._start_epmd(env)
             self._spawn(program, "w")
+        except BaseException as exc:
+            self._failed(exc)
+
+    def wait_started(self) -> Broker:
+        """The second half of ``start``: until the node serves, then its ``Broker``."""
+        try:
             version = self._wait_ready()
-        except BaseException:
-            log = self.log_tail()
-            self.stop()
-            if isinstance(log, str) and log:
-                raise NodeError(f"the test RabbitMQ node did not start; its log:\n{log}") from None
-            raise
-        self.started_in_s = time.monotonic() - began
+        except BaseException as exc:
+            self._failed(exc)
+        self.started_in_s = time.monotonic() - self._began
         prometheus = "rabbitmq_prometheus" in self.plugins
         self.broker = Broker(
             description=f"RabbitMQ {version}, private node {self.nodename}",
@@ -184,12 +222,20 @@ class RabbitMQNode:
         )
         return self.broker
 
+    def _failed(self, exc: BaseException) -> NoReturn:
+        """Stop what was started; raise ``exc``, or a NodeError with the log if there is one."""
+        log = self.log_tail()
+        self.stop()
+        if isinstance(log, str) and log:
+            raise NodeError(f"the test RabbitMQ node did not start; its log:\n{log}") from None
+        raise exc
+
     def _spawn(self, program: str, mode: str) -> None:
         assert self.dir is not None
         with (self.dir / "log" / "server.out").open(mode + "b") as out:
-            self._server = subprocess.Popen(
+            self._server = spawn(
                 [program], env=self._env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
 
     def _allocate_ports(self) -> None:
@@ -259,10 +305,10 @@ class RabbitMQNode:
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         assert self.dir is not None
         with (self.dir / "log" / "epmd.out").open("wb") as out:
-            self._epmd = subprocess.Popen(
+            self._epmd = spawn(
                 [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 10
         while not _listening(self.epmd_port):
@@ -356,6 +402,8 @@ class RabbitMQNode:
             RABBITMQ_DIST_PORT=str(self.dist_port),  # the CLI takes a port 10000 above it
             RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
         )
+        if self.ctl_erl_args:
+            env["RABBITMQ_CTL_ERL_ARGS"] = self.ctl_erl_args
         done = subprocess.run(
             [ctl_program(), "-n", self.nodename, *args],
             env=env, capture_output=True, text=True, timeout=timeout,
