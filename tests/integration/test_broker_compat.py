@@ -3,14 +3,22 @@
 RabbitMQ 4 changed defaults that matter here: quorum queues get a delivery limit of 20 unless
 one is set, and transient non-exclusive queues (among others) are deprecated. The topology must
 set its own limit, and use no deprecated feature while the system runs.
+
+Replication is given when a queue is created; queues an earlier release created without it
+keep working (the broker refuses a redeclaration with arguments they were not created with).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from urllib.parse import quote
 
+import aio_pika
 import httpx
 import pytest
+from mqcommon.settings import BrokerSettings
+from mqcommon.topology import Topology, declare_queue
 from support.brokers import Broker
 
 from .support.deployment import Deployment, prompt
@@ -51,8 +59,12 @@ async def test_queues_have_the_types_and_limits_the_topology_sets(
         # Explicit, so RabbitMQ 4's default limit of 20 never applies.
         assert tasks["arguments"]["x-delivery-limit"] == MAX_DELIVERIES
         assert tasks["arguments"]["x-dead-letter-exchange"] == names.dead_letter_exchange
+        # Created replicated, leaders spread (capped by the broker at the cluster's size).
+        assert tasks["arguments"]["x-quorum-initial-group-size"] == 3
+        assert tasks["arguments"]["x-queue-leader-locator"] == "balanced"
         events = await queue(names.events_stream)
         assert events["type"] == "stream"
+        assert events["arguments"]["x-initial-cluster-size"] == 3
         dead = await queue(names.dead_letter_queue)
         assert dead["type"] == "quorum"
         # Every queue llm-stream declares is durable, or exclusive to the connection that made it.
@@ -71,3 +83,26 @@ async def test_no_deprecated_broker_feature_is_in_use(
         response = await api.get("/api/deprecated-features/used")
     assert response.status_code == 200, response.text
     assert response.json() == [], response.json()
+
+
+async def test_queues_created_without_replication_arguments_keep_working(
+    make_deployment: Callable[[], Deployment], broker: Broker, client: httpx.AsyncClient
+) -> None:
+    stack = make_deployment()
+    env = {name.lower(): value for name, value in stack.names.env().items()}
+    earlier = Topology.from_settings(BrokerSettings(rabbit_mq=broker.amqp_url, **env))
+    connection = await aio_pika.connect(broker.amqp_url)
+    try:  # as a release before the replication settings declared them
+        channel = await connection.channel()
+        for name in Topology.QUEUES:
+            await declare_queue(channel, replace(getattr(earlier, name), replication={}))
+    finally:
+        await connection.close()
+    stack.api()
+    stack.worker()
+    stack.start()
+    await answer_one(client, stack)
+    async with broker.management(timeout=10) as api:
+        response = await api.get(f"/api/queues/%2F/{quote(stack.names.task_queue, safe='')}")
+    assert response.status_code == 200, response.text
+    assert "x-quorum-initial-group-size" not in response.json()["arguments"]  # kept as it was

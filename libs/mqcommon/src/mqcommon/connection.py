@@ -1,17 +1,49 @@
-"""Robust, named broker connections.
+"""Robust, named broker connections, to one address or to a list of cluster nodes.
 
 The connection name (shown in the management UI) says which process holds it; the reconnect
 interval is shortened from aio-pika's fixed 5 s so a broker blip costs about a second.
+
+``RABBIT_MQ`` is one AMQP URL (a load-balanced address such as a Kubernetes Service, the
+preferred setup) or several, separated by commas: the nodes of a cluster, for users without a
+balancer. With several, each process starts on a node picked at random (so processes spread
+over the nodes) and every reconnect, and every failed attempt, moves on to the next node.
+
+A node can hang (a GC pause, a frozen VM, a saturated disk) with its TCP connections open:
+AMQP heartbeats notice only after three missed intervals. ``watch_for_stalls`` asks the node
+a cheap question every second on a channel of its own; a node that does not answer within
+``stall_s`` has its connection closed, and the robust connection reconnects elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import random
 import socket
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractRobustConnection
+from aio_pika.robust_connection import RobustConnection
+from yarl import URL
+
+log = structlog.get_logger(__name__)
+
+STALL_PROBE_INTERVAL_S = 1.0
+
+
+def node_urls(urls: str) -> list[str]:
+    """The AMQP URLs of ``RABBIT_MQ``: one, or several separated by commas."""
+    return [url.strip() for url in urls.split(",") if url.strip()]
+
+
+def redacted(urls: str) -> str:
+    """``RABBIT_MQ`` for a log line: each node's address without its credentials."""
+    return ",".join(url.rsplit("@", 1)[-1] for url in node_urls(urls))
 
 
 def connection_url(url: str, name: str, *, heartbeat_s: int = 30) -> str:
@@ -39,13 +71,100 @@ def process_name(role: str) -> str:
     return f"llm-stream-{role}@{socket.gethostname()}:{os.getpid()}"
 
 
-async def connect(url: str, role: str, *, reconnect_interval_s: float = 1.0) -> AbstractRobustConnection:
-    """Open a robust connection; raises if the broker is unreachable right now."""
-    return await aio_pika.connect_robust(
-        connection_url(url, process_name(role)),
-        reconnect_interval=reconnect_interval_s,
-        fail_fast=True,
-    )
+class NodeListConnection(RobustConnection):
+    """A robust connection that moves to the next node of its list on every reconnect."""
+
+    def __init__(self, urls: list[str], first: int, **kwargs: Any) -> None:
+        self._nodes = [URL(url) for url in urls]
+        self._node = first % len(self._nodes)
+        super().__init__(self._nodes[self._node], **kwargs)
+
+    # aio-pika reads ``url`` for every attempt; it is the current node's.
+    @property
+    def url(self) -> URL:
+        return self._nodes[self._node]
+
+    @url.setter
+    def url(self, value: URL | str) -> None:  # aio-pika sets it (at start, on a new secret)
+        self._nodes[self._node] = URL(value)
+
+    def next_node(self) -> None:
+        self._node = (self._node + 1) % len(self._nodes)
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        self.next_node()
+        await super()._on_connection_close(closing)
+
+    async def _RobustConnection__connect_transport(self) -> None:  # a failed attempt moves on too
+        try:
+            await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+        except BaseException:
+            self.next_node()
+            raise
+
+
+async def connect(
+    urls: str,
+    role: str,
+    *,
+    reconnect_interval_s: float = 1.0,
+    heartbeat_s: int = 30,
+) -> AbstractRobustConnection:
+    """Open a robust connection to ``urls`` (``RABBIT_MQ``: one URL, or a cluster's nodes);
+    raises if no node is reachable right now."""
+    name = process_name(role)
+    nodes = [connection_url(url, name, heartbeat_s=heartbeat_s) for url in node_urls(urls)]
+    if len(nodes) == 1:
+        return await aio_pika.connect_robust(
+            nodes[0], reconnect_interval=reconnect_interval_s, fail_fast=True
+        )
+    first = random.randrange(len(nodes))
+    error: BaseException | None = None
+    for attempt in range(len(nodes)):
+        connection = NodeListConnection(
+            nodes, first + attempt, reconnect_interval=reconnect_interval_s, fail_fast=True
+        )
+        try:
+            await connection.connect()
+            return connection
+        except (ConnectionError, OSError, aio_pika.exceptions.AMQPError) as exc:
+            error = exc
+            with contextlib.suppress(Exception):
+                await connection.close()
+    assert error is not None
+    raise error
+
+
+async def watch_for_stalls(
+    connection: AbstractRobustConnection,
+    stall_s: float,
+    *,
+    on_stall: Callable[[], None] = lambda: None,
+) -> None:
+    """Close ``connection`` when its node stops answering for ``stall_s`` (runs until cancelled).
+
+    The question is a passive declaration of ``amq.direct``: the node answers it from its own
+    metadata, whatever the state of queue leaders elsewhere in the cluster."""
+    probe: Any = None  # one channel per transport, kept open
+    while True:
+        await asyncio.sleep(STALL_PROBE_INTERVAL_S)
+        transport = connection.transport
+        if connection.is_closed or transport is None or not connection.connected.is_set():
+            continue  # reconnecting: nothing to watch yet
+        underlay = transport.connection
+        try:
+            async with asyncio.timeout(stall_s):
+                if probe is None or probe.connection is not underlay or probe.is_closed:
+                    probe = await underlay.channel()
+                await probe.exchange_declare("amq.direct", exchange_type="direct", passive=True)
+        except TimeoutError:
+            log.warning("the broker node stopped answering; reconnecting", stall_s=stall_s)
+            on_stall()
+            # Closing the transport (not the robust connection) makes aio-pika reconnect; the
+            # close waits a bounded while (aiormq's) for the hung node's Close-Ok.
+            await underlay.close(ConnectionError("the broker node stalled"))
+        except Exception as exc:  # a closing connection: the robust connection handles it
+            log.debug("stall probe failed", error=str(exc) or type(exc).__name__)
 
 
 def broker_version(connection: AbstractRobustConnection) -> tuple[int, ...]:

@@ -6,6 +6,8 @@ Names are part of the public contract (the old proof of concept used ``RABBIT_MQ
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -18,7 +20,37 @@ class BrokerSettings(BaseSettings):
     rabbit_mq: str = Field(
         default="amqp://guest:guest@localhost:5672/",
         validation_alias=AliasChoices("RABBIT_MQ", "RABBITMQ_URL"),
-        description="AMQP URL of the broker.",
+        description="AMQP URL of the broker: one address (a load balancer or Service in front of a "
+        "cluster, preferred), or the URLs of a cluster's nodes separated by commas.",
+    )
+    queue_replicas: int = Field(
+        default=3,
+        ge=1,
+        description="Members of each quorum queue (task queues, dead letters) when it is created: "
+        "x-quorum-initial-group-size. The broker caps it at the cluster's size; 3 survives a node.",
+    )
+    stream_replicas: int = Field(
+        default=3,
+        ge=1,
+        description="Replicas of each stream (history, cancels, queue logs) when it is created: "
+        "x-initial-cluster-size, capped at the cluster's size.",
+    )
+    queue_leader_locator: Literal["balanced", "client-local"] = Field(
+        default="balanced",
+        description="Where a new queue's or stream's leader goes: 'balanced' spreads leaders over "
+        "the nodes, 'client-local' puts it on the declaring connection's node.",
+    )
+    amqp_heartbeat_s: int = Field(
+        default=30,
+        ge=0,
+        le=600,
+        description="AMQP heartbeat: a dead peer is noticed after about three intervals (0: none).",
+    )
+    broker_stall_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="A broker node that does not answer a probe for this long is left: the "
+        "connection is closed and made again, to another node (0: never).",
     )
     rabbitmq_management_url: str = Field(
         default="http://guest:guest@localhost:15672",
@@ -41,7 +73,8 @@ class BrokerSettings(BaseSettings):
         "aliases, lanes and upstream. Empty: one pool, 'default', serving every model on TASK_QUEUE.",
     )
     max_queued_tasks: int = Field(
-        default=10_000, ge=1,
+        default=10_000,
+        ge=1,
         description="Most tasks waiting in the task queue (tasks being generated do not count): "
         "past it a POST is refused with 503. It is also the queue's x-max-length (reject-publish), "
         "which counts ready messages only, so the API and the broker bound the same thing.",
@@ -94,8 +127,9 @@ class BrokerSettings(BaseSettings):
     @field_validator("rabbit_mq")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("RABBIT_MQ must be an amqp:// or amqps:// URL")
+        urls = [url.strip() for url in value.split(",") if url.strip()]
+        if not urls or not all(url.startswith(("amqp://", "amqps://")) for url in urls):
+            raise ValueError("RABBIT_MQ must be an amqp:// or amqps:// URL, or several separated by commas")
         return value
 
     @field_validator("log_format")
@@ -124,7 +158,8 @@ class LLMSettings(BaseSettings):
         default=2, ge=0, le=10, description="SDK retries of a failed request before any token."
     )
     llm_max_tokens: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Ceiling on generated tokens: what a request naming no max_tokens gets (the "
         "workers), and more than a request may ask for (the API refuses it).",
     )

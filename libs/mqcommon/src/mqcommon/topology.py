@@ -2,13 +2,19 @@
 
 Both services declare the same objects with the same arguments, so whichever starts first
 creates them and the other's declaration is a no-op (a mismatch would be a channel error).
+
+Replication (``QUEUE_REPLICAS``, ``STREAM_REPLICAS``, ``QUEUE_LEADER_LOCATOR``) is given when a
+queue is created. The broker compares those arguments on every later declaration, so a queue
+created before they were set, or with other values, would refuse them: it is then declared
+without them, or used as it is, and keeps the replication it has (``rabbitmq-queues grow``
+or ``rabbitmq-streams add_replica`` change that; docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import structlog
@@ -28,6 +34,12 @@ class QueueSpec:
     auto_delete: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
     passive: bool = False  # use it as it exists (declared before with other arguments)
+    # Given only when the queue is created (replication, leader placement): see the docstring.
+    replication: dict[str, Any] = field(default_factory=dict)
+
+    def declared_as(self) -> dict[str, Any] | None:
+        """The arguments sent in a declaration: None for a passive one."""
+        return None if self.passive else {**self.arguments, **self.replication}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +68,14 @@ class Topology:
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> Topology:
+        quorum = {
+            "x-quorum-initial-group-size": settings.queue_replicas,
+            "x-queue-leader-locator": settings.queue_leader_locator,
+        }
+        stream = {
+            "x-initial-cluster-size": settings.stream_replicas,
+            "x-queue-leader-locator": settings.queue_leader_locator,
+        }
         return cls(
             # Quorum: replicated when the broker is a cluster, and it counts deliveries
             # (x-delivery-limit) so a task that crashes every worker ends in the DLQ.
@@ -71,6 +91,7 @@ class Topology:
                     "x-max-length": settings.max_queued_tasks,
                     "x-overflow": "reject-publish",
                 },
+                replication=quorum,
             ),
             # One publish reaches the task queue and the queue log in the same order.
             intake_exchange=ExchangeSpec(name=settings.intake_exchange, type=aio_pika.ExchangeType.FANOUT),
@@ -79,9 +100,12 @@ class Topology:
             queue_log_stream=QueueSpec(
                 name=settings.queue_log_stream,
                 arguments={
-                    "x-queue-type": "stream", "x-max-age": "1h", "x-max-length-bytes": 500_000_000,
+                    "x-queue-type": "stream",
+                    "x-max-age": "1h",
+                    "x-max-length-bytes": 500_000_000,
                     "x-stream-max-segment-size-bytes": 8_000_000,
                 },
+                replication=stream,
             ),
             # The history of every session (acceptance and final transcript), read on demand by
             # session id; see docs/adr/0002-scale-out-return-path.md. The largest Bloom filter
@@ -96,12 +120,14 @@ class Topology:
                     "x-stream-max-segment-size-bytes": 16_000_000,
                     "x-stream-filter-size-bytes": 255,
                 },
+                replication=stream,
             ),
             # Cancels: few and small, so a worker reads all of the last hour when it starts and
             # drops a queued task whose session was cancelled before it arrived.
             cancels_stream=QueueSpec(
                 name=settings.cancels_stream,
                 arguments={"x-queue-type": "stream", "x-max-age": "1h", "x-max-length-bytes": 100_000_000},
+                replication=stream,
             ),
             # Live frames, routed by replica id to the one queue of each API replica.
             live_exchange=ExchangeSpec(name=settings.live_exchange, type=aio_pika.ExchangeType.DIRECT),
@@ -109,12 +135,14 @@ class Topology:
                 name=settings.dead_letter_exchange, type=aio_pika.ExchangeType.DIRECT
             ),
             dead_letter_queue=QueueSpec(
-                name=settings.dead_letter_queue, arguments={"x-queue-type": "quorum"}
+                name=settings.dead_letter_queue, arguments={"x-queue-type": "quorum"}, replication=quorum
             ),
             # A copy of every dead-lettered task, for the workers: a task the broker gave up on
             # (its delivery limit) has no worker to end its session (llm_stream_worker.dead_letters).
             dead_letter_notices=QueueSpec(
-                name=f"{settings.dead_letter_queue}.notices", arguments={"x-queue-type": "quorum"}
+                name=f"{settings.dead_letter_queue}.notices",
+                arguments={"x-queue-type": "quorum"},
+                replication=quorum,
             ),
             presence_exchange=ExchangeSpec(
                 name=settings.presence_exchange, type=aio_pika.ExchangeType.FANOUT, durable=False
@@ -133,33 +161,38 @@ class Topology:
             watermarks_stream=QueueSpec(
                 name=f"{settings.task_queue}.watermarks",
                 arguments={
-                    "x-queue-type": "stream", "x-max-age": "1h", "x-max-length-bytes": 5_000_000,
+                    "x-queue-type": "stream",
+                    "x-max-age": "1h",
+                    "x-max-length-bytes": 5_000_000,
                     "x-stream-max-segment-size-bytes": 500_000,
                 },
+                replication=stream,
             ),
             # The keeper is the replica whose connection holds this exclusive queue.
             keeper_lock=f"{settings.task_queue}.keeper",
         )
 
+    QUEUES = (
+        "task_queue",
+        "queue_log_stream",
+        "events_stream",
+        "cancels_stream",
+        "dead_letter_queue",
+        "dead_letter_notices",
+        "watermarks_stream",
+    )
+
     async def declare(self, connection: AbstractConnection) -> Topology:
         """Declare the durable shared objects (idempotent); returns the topology in effect.
 
-        A task queue declared by an older release without the backlog bound cannot be
-        redeclared with it (the broker refuses other arguments): it is then used as it is, and
-        the log says so; the API still refuses past ``MAX_QUEUED_TASKS``.
+        A queue that exists with other replication arguments keeps its own (see the module's
+        docstring). A task queue declared by an older release without the backlog bound
+        cannot be redeclared with it (the broker refuses other arguments): it is then used as
+        it is, and the log says so; the API still refuses past ``MAX_QUEUED_TASKS``.
         """
-        topology = self
+        in_effect = {name: await _settle(connection, getattr(self, name)) for name in self.QUEUES}
+        topology = replace(self, **cast(dict[str, Any], in_effect))
         channel = await connection.channel()
-        try:
-            await declare_queue(channel, self.task_queue)
-        except ChannelPreconditionFailed as exc:
-            log.warning(
-                "task queue exists with other arguments; using it as it is (delete it, or set a "
-                "max-length policy with overflow reject-publish, to bound it at the broker)",
-                queue=self.task_queue.name, error=str(exc),
-            )
-            topology = replace(self, task_queue=replace(self.task_queue, passive=True))
-            channel = await connection.channel()
         try:
             await topology._declare_rest(channel)
         finally:
@@ -194,9 +227,44 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQu
         durable=spec.durable,
         exclusive=spec.exclusive,
         auto_delete=spec.auto_delete,
-        arguments=None if spec.passive else spec.arguments,
+        arguments=spec.declared_as(),
         passive=spec.passive,
     )
+
+
+async def _settle(connection: AbstractConnection, spec: QueueSpec) -> QueueSpec:
+    """Declare ``spec``'s queue and return the spec that declares it from now on: with its
+    replication (created so, or so before), without (it existed without), or passive (it
+    exists with other arguments). A refused declaration closes its channel: one per try."""
+    tries = [spec]
+    if spec.replication:
+        tries.append(replace(spec, replication={}))
+    tries.append(replace(spec, replication={}, passive=True))
+    refused = ""
+    for attempt in tries:
+        channel = await connection.channel()
+        try:
+            await declare_queue(channel, attempt)
+        except ChannelPreconditionFailed as exc:
+            refused = str(exc)
+            continue
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        if attempt.passive:
+            only_replication = any(arg in refused for arg in spec.replication)
+            if only_replication:
+                log.info("queue exists with other replication; using it as it is", queue=spec.name)
+            else:
+                log.warning(
+                    "queue exists with other arguments; using it as it is (delete it, or set a "
+                    "max-length policy with overflow reject-publish, to bound it at the broker)",
+                    queue=spec.name,
+                    error=refused,
+                )
+        return attempt
+    raise AssertionError("unreachable: a passive declaration of an existing queue succeeds")
 
 
 async def declare_exchange(channel: AbstractChannel, spec: ExchangeSpec) -> AbstractExchange:

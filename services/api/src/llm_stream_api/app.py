@@ -80,7 +80,7 @@ def build(
         assert connection is not None and channel is not None
         await history.start(
             channel, await connection.channel(publisher_confirms=False), await connection.channel(),
-            filtering=broker.version >= STREAM_FILTERING_SINCE,
+            filtering=broker.version >= STREAM_FILTERING_SINCE, stream=broker.topology.events_stream,
         )
         await live.start(await connection.channel())
         await lines.start(await connection.channel())

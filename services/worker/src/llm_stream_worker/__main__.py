@@ -9,6 +9,7 @@ import sys
 import structlog
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
+from mqcommon.connection import redacted
 from mqcommon.gc import freeze_startup_heap
 from mqcommon.logging import setup_logging
 
@@ -43,7 +44,7 @@ async def run(settings: WorkerSettings) -> None:
             break
         except (OSError, AMQPException, AMQPError) as exc:
             log.error("broker unreachable; retrying", error=str(exc) or type(exc).__name__,
-                      url_host=settings.rabbit_mq.rsplit("@", 1)[-1], retry_s=BROKER_RETRY_S)
+                      url_host=redacted(settings.rabbit_mq), retry_s=BROKER_RETRY_S)
             try:
                 await asyncio.wait_for(stop.wait(), BROKER_RETRY_S)
             except TimeoutError:

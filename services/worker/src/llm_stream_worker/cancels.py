@@ -36,9 +36,12 @@ class CancelFeed:
         self._caught_up = asyncio.Event()
 
     async def start(
-        self, read: AbstractChannel, publish: AbstractChannel, *, confirm_timeout_s: float
+        self, read: AbstractChannel, publish: AbstractChannel, *, confirm_timeout_s: float,
+        stream: QueueSpec | None = None,
     ) -> None:
-        """Follow the stream; return once what it held at start-up has been read."""
+        """Follow the stream (as the topology in effect declares it, when given); return once
+        what it held at start-up has been read."""
+        self._stream = stream or self._stream
         await read.set_qos(prefetch_count=PREFETCH)
         queue = await declare_queue(read, self._stream)
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._window)

@@ -17,7 +17,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiormq.exceptions import AMQPError
-from mqcommon.connection import connect, process_age_s, process_name
+from mqcommon.connection import connect, process_age_s, process_name, watch_for_stalls
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.llm import make_client
 from mqcommon.pools import DEFAULT_LANE
@@ -58,6 +58,7 @@ class Worker:
             self.topology.cancels_stream, window_s=settings.cancel_keep_s, on_cancel=self._cancel
         )
         self._connection: AbstractRobustConnection | None = None
+        self._stall_watch: asyncio.Task[None] | None = None
         self._history_channel: AbstractChannel | None = None
         self._live_exchange: aio_pika.abc.AbstractExchange | None = None
         self._log_channel: AbstractChannel | None = None
@@ -86,13 +87,19 @@ class Worker:
 
     async def start(self) -> None:
         """Connect, declare the topology and start consuming; on failure nothing stays open."""
-        self._connection = await connect(self.settings.rabbit_mq, "worker")
+        self._connection = await connect(
+            self.settings.rabbit_mq, "worker", heartbeat_s=self.settings.amqp_heartbeat_s
+        )
         try:
             await self._consume()
         except BaseException:
             await self._connection.close()
             self._connection = None
             raise
+        if self.settings.broker_stall_s > 0:
+            self._stall_watch = asyncio.create_task(
+                watch_for_stalls(self._connection, self.settings.broker_stall_s), name="broker-stalls"
+            )
 
     async def _consume(self) -> None:
         assert self._connection is not None
@@ -109,7 +116,7 @@ class Worker:
         # Before the first task: a task cancelled while queued must never reach the LLM.
         await self.cancels.start(
             await self._connection.channel(), self._history_channel,
-            confirm_timeout_s=self.settings.confirm_timeout_s,
+            confirm_timeout_s=self.settings.confirm_timeout_s, stream=self.topology.cancels_stream,
         )
 
         presence_channel = await self._connection.channel()
@@ -179,6 +186,8 @@ class Worker:
             if still_running:
                 await asyncio.wait(still_running, timeout=10)
         await self.outbox.drain()
+        if self._stall_watch is not None:
+            self._stall_watch.cancel()
         if self._connection is not None:
             await self._connection.close()
         await self.llm.close()

@@ -19,7 +19,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import AMQPException
 from aiormq.exceptions import AMQPError
-from mqcommon.connection import broker_version, connect
+from mqcommon.connection import broker_version, connect, redacted, watch_for_stalls
 from mqcommon.errors import BrokerUnavailable
 from mqcommon.schemas import LINE_HEADER, MESSAGE_KIND_HEADER
 from mqcommon.topology import Topology, declare_exchange
@@ -60,6 +60,8 @@ class BrokerConnection:
             self._ready.is_set()
             and self.connection is not None
             and not self.connection.is_closed
+            # False while reconnecting: a POST is refused at once rather than waiting for it.
+            and self.connection.connected.is_set()
             and self.channel is not None
             and not self.channel.is_closed
         )
@@ -139,7 +141,9 @@ class BrokerConnection:
     async def _connect_forever(self) -> None:
         while True:
             try:
-                connection = await connect(self.settings.rabbit_mq, "api")
+                connection = await connect(
+                    self.settings.rabbit_mq, "api", heartbeat_s=self.settings.amqp_heartbeat_s
+                )
                 for name, topology in list(self._lines.items()):
                     self._lines[name] = await topology.declare(connection)
                 self.topology = self._lines[self.topology.task_queue.name]
@@ -153,6 +157,10 @@ class BrokerConnection:
                 for hook in self._on_connect:
                     await hook(self)
                 connection.reconnect_callbacks.add(self._reconnected)
+                if self.settings.broker_stall_s > 0:
+                    self.run_in_background(
+                        "broker-stalls", watch_for_stalls(connection, self.settings.broker_stall_s)
+                    )
                 self._ready.set()
                 metrics.BROKER_CONNECTED.set(1)
                 log.info(
@@ -164,7 +172,7 @@ class BrokerConnection:
                 log.error(
                     "broker unreachable; retrying",
                     error=str(exc) or type(exc).__name__,
-                    broker=self.settings.rabbit_mq.rsplit("@", 1)[-1],
+                    broker=redacted(self.settings.rabbit_mq),
                     retry_s=CONNECT_RETRY_S,
                 )
                 await asyncio.sleep(CONNECT_RETRY_S)

@@ -52,9 +52,12 @@ class History:
         self.filtering = False
 
     async def start(
-        self, publish: AbstractChannel, markers: AbstractChannel, read: AbstractChannel, *, filtering: bool
+        self, publish: AbstractChannel, markers: AbstractChannel, read: AbstractChannel, *, filtering: bool,
+        stream: QueueSpec | None = None,
     ) -> None:
-        """``publish`` confirms (probes); ``markers`` does not; ``read`` carries lookups."""
+        """``publish`` confirms (probes); ``markers`` does not; ``read`` carries lookups;
+        ``stream``: the stream as the topology in effect declares it (``Topology.declare``)."""
+        self._stream = stream or self._stream
         self._publish = publish
         self._markers = markers
         self.filtering = filtering

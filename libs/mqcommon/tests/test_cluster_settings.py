@@ -1,0 +1,52 @@
+"""Settings and topology for a cluster: node lists, replication given at creation, rotation."""
+
+from __future__ import annotations
+
+import pytest
+from mqcommon.connection import NodeListConnection, node_urls, redacted
+from mqcommon.settings import BrokerSettings
+from mqcommon.topology import Topology
+from pydantic import ValidationError
+
+
+def test_rabbit_mq_is_one_url_or_a_list_of_node_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RABBIT_MQ", "amqp://u:p@a:5672/, amqp://u:p@b:5672/,amqps://u:p@c:5671/")
+    urls = BrokerSettings().rabbit_mq
+    assert node_urls(urls) == ["amqp://u:p@a:5672/", "amqp://u:p@b:5672/", "amqps://u:p@c:5671/"]
+    assert redacted(urls) == "a:5672/,b:5672/,c:5671/"  # no credentials in a log line
+    monkeypatch.setenv("RABBIT_MQ", "amqp://u:p@a:5672/,http://b")
+    with pytest.raises(ValidationError, match="separated by commas"):
+        BrokerSettings()
+
+
+def test_queues_and_streams_are_created_replicated_with_spread_leaders() -> None:
+    topo = Topology.from_settings(BrokerSettings(queue_replicas=5, stream_replicas=3))
+    for quorum in (topo.task_queue, topo.dead_letter_queue, topo.dead_letter_notices):
+        assert quorum.replication == {"x-quorum-initial-group-size": 5, "x-queue-leader-locator": "balanced"}
+    for stream in (topo.events_stream, topo.cancels_stream, topo.queue_log_stream, topo.watermarks_stream):
+        assert stream.replication == {"x-initial-cluster-size": 3, "x-queue-leader-locator": "balanced"}
+    declared = topo.task_queue.declared_as()
+    assert declared is not None and declared["x-quorum-initial-group-size"] == 5
+    assert declared["x-delivery-limit"] == 3  # the queue's own arguments stay
+
+
+def test_replication_settings_refuse_nonsense() -> None:
+    with pytest.raises(ValidationError):
+        BrokerSettings(queue_replicas=0)
+    with pytest.raises(ValidationError):
+        BrokerSettings(queue_leader_locator="random")
+
+
+async def test_a_node_list_connection_moves_to_the_next_node_and_wraps() -> None:
+    urls = ["amqp://g:g@a:1/", "amqp://g:g@b:2/", "amqp://g:g@c:3/"]
+    connection = NodeListConnection(urls, 1)
+    assert connection.url.host == "b"
+    connection.next_node()
+    assert connection.url.host == "c"
+    connection.next_node()
+    assert connection.url.host == "a"
+    connection.url = "amqp://g:new@a:1/"  # aio-pika sets it on a new secret: this node's only
+    assert connection.url.password == "new"
+    connection.next_node()
+    assert connection.url.host == "b" and connection.url.password == "g"
+    await connection.close()  # never connected: nothing to close but the object
