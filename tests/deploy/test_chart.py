@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -39,6 +40,8 @@ def test_ci_values_cover_the_main_combinations() -> None:
         "ingress-values.yaml",
         "existing-secret-values.yaml",
         "pools-values.yaml",
+        "operator-broker-values.yaml",
+        "managed-broker-values.yaml",
     } <= names
 
 
@@ -260,9 +263,22 @@ def test_secrets_never_reach_configmaps_or_plain_env() -> None:
                 assert key not in cm.get("data", {}), f"{values.name}: {key} in a ConfigMap"
         for kind in ("Deployment", "StatefulSet"):
             for workload in find(objects, kind):
+                from_secrets: set[str] = set()
                 for e in container(workload).get("env", []):
+                    if "secretKeyRef" in e.get("valueFrom", {}):
+                        from_secrets.add(e["name"])
                     if e["name"] in ("RABBIT_MQ", "RABBITMQ_MANAGEMENT_URL", "OPENAI_API_KEY"):
-                        assert "valueFrom" in e, f"{values.name}: {e['name']} given in plain text"
+                        if "valueFrom" in e:
+                            continue
+                        # A URL assembled by $(VAR) expansion: its credentials are variables
+                        # from a Secret, listed before it (Kubernetes expands only those).
+                        url = urlsplit(e["value"])
+                        assert url.username and url.password, f"{values.name}: {e['name']} in plain text"
+                        for part in (url.username, url.password):
+                            match = re.fullmatch(r"\$\(([A-Z_]+)\)", part)
+                            assert match and match.group(1) in from_secrets, (
+                                f"{values.name}: {e['name']} given in plain text"
+                            )
 
 
 def test_api_gets_the_llm_key_only_in_direct_mode() -> None:

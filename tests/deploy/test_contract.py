@@ -86,14 +86,39 @@ def config_map_data(objects: Iterable[Manifest], name: str) -> dict[str, str] | 
     return None
 
 
+def expand(value: str, defined: dict[str, str]) -> str:
+    """Kubernetes' expansion of `$(VAR)` in an env value: a variable defined before it is
+    replaced, any other reference is left as it is (and `$$` is a literal `$`)."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return defined.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, value)
+
+
+def expansion_helpers(workload: Manifest) -> set[str]:
+    """Env variables of the container that only feed `$(VAR)` references of later entries
+    (the operator mode's RABBITMQ_USERNAME and RABBITMQ_PASSWORD): no setting reads them."""
+    entries = container(workload).get("env", [])
+    helpers = set()
+    for i, e in enumerate(entries):
+        later = [x.get("value", "") for x in entries[i + 1 :]]
+        if any(f"$({e['name']})" in value for value in later):
+            helpers.add(e["name"])
+    return helpers
+
+
 def pod_env(objects: tuple[Manifest, ...], workload: Manifest) -> dict[str, str]:
     """The environment a pod of the workload gets: its ConfigMaps, then its env entries with
-    their ConfigMap and Secret references resolved (where the chart holds the data)."""
+    their ConfigMap and Secret references resolved (where the chart holds the data) and their
+    `$(VAR)` references expanded as the kubelet does."""
     env = dict(config_map_for(objects, workload))
     for e in container(workload).get("env", []):
         source = e.get("valueFrom", {})
         if "value" in e:
-            env[e["name"]] = e["value"]
+            env[e["name"]] = expand(e["value"], env)
         elif "secretKeyRef" in source:
             data = secret_data(objects, source["secretKeyRef"]["name"]) or {}
             if source["secretKeyRef"]["key"] in data:
@@ -191,6 +216,24 @@ KEDA_VARIANTS: dict[str, tuple[str, ...]] = {
     ),
     "helm:amqp protocol": (*EXTERNAL, "--set", "worker.keda.protocol=amqp"),
     "helm:pools-values.yaml": (),
+    "helm:operator-broker-values.yaml": (),
+    "helm:managed-broker-values.yaml": (),
+    "helm:operator, amqp protocol": (
+        "--set",
+        "rabbitmq.mode=operator",
+        "--set",
+        "llm.apiKey=k",
+        "--set",
+        "worker.keda.protocol=amqp",
+    ),
+    "helm:operator with pools": (
+        "--set",
+        "rabbitmq.mode=operator",
+        "--set",
+        "llm.apiKey=k",
+        "--set-json",
+        "pools=" + json.dumps([{"name": "default", "models": ["m1"], "lanes": ["default", "flex"]}]),
+    ),
     "helm:pool default with lanes, a pool with one": (
         *EXTERNAL,
         "--set-json",
@@ -270,6 +313,9 @@ def check_trigger(
     auth = one(objects, "TriggerAuthentication")
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    if find(objects, "RabbitmqCluster"):
+        check_operator_trigger(objects, meta, refs, worker, env)
+        return
     env_for_host = "RABBIT_MQ" if meta["protocol"] == "amqp" else "RABBITMQ_MANAGEMENT_URL"
     assert refs["host"] == secret_ref(worker, env_for_host)
     api = component(objects, "Deployment", "api")
@@ -292,6 +338,63 @@ def check_trigger(
     else:
         # An existing Secret the chart cannot read: the vhost is the one stated in the values.
         assert meta["vhostName"] == ci_values(variant)["rabbitmq"]["vhost"]
+
+
+def operator_secret(
+    cluster: Manifest, username: str = "default_user_x-Y_z", password: str = "p4_ss-w0rd"
+) -> Manifest:
+    """The Secret the RabbitMQ Cluster Operator creates for a cluster's default user (its keys,
+    as internal/resource/default_user_secret.go writes them)."""
+    name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    data = {
+        "username": username,
+        "password": password,
+        "host": f"{name}.{namespace}.svc",
+        "port": "5672",
+        "provider": "rabbitmq",
+        "type": "rabbitmq",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{name}-default-user", "namespace": namespace},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def check_operator_trigger(
+    objects: tuple[Manifest, ...],
+    meta: dict[str, str],
+    refs: dict[str, tuple[str, str]],
+    worker: Manifest,
+    env: dict[str, str],
+) -> None:
+    """Operator mode: KEDA asks the cluster's Service with the operator's default user, as the
+    workers do; with the operator's Secret in place, the workers' URLs reach the same Service
+    with those credentials, on the vhost KEDA watches."""
+    cluster = one(objects, "RabbitmqCluster")
+    name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    secret = f"{name}-default-user"
+    assert refs == {"username": (secret, "username"), "password": (secret, "password")}
+    assert secret_ref(worker, "RABBITMQ_USERNAME") == refs["username"]
+    assert secret_ref(worker, "RABBITMQ_PASSWORD") == refs["password"]
+    host = urlsplit(meta["host"])
+    assert host.hostname == f"{name}.{namespace}.svc.cluster.local"
+    assert not host.username and not host.password, "the credentials come from the Secret"
+    if meta["protocol"] == "amqp":
+        assert (host.scheme, host.port) == ("amqp", 5672)
+    else:
+        assert (host.scheme, host.port) == ("http", 15672)
+    # Unresolved until the operator has made its Secret: the pods wait for it.
+    assert "$(RABBITMQ_USERNAME)" in env["RABBIT_MQ"]
+
+    resolved = pod_env((*objects, operator_secret(cluster)), worker)
+    amqp, http = urlsplit(resolved["RABBIT_MQ"]), urlsplit(resolved["RABBITMQ_MANAGEMENT_URL"])
+    assert (amqp.username, amqp.password) == ("default_user_x-Y_z", "p4_ss-w0rd")
+    assert (http.username, http.password) == (amqp.username, amqp.password)
+    assert amqp.hostname == http.hostname == host.hostname
+    assert (amqp.scheme, amqp.port, http.scheme, http.port) == ("amqp", 5672, "http", 15672)
+    assert meta["vhostName"] == amqp_vhost(resolved["RABBIT_MQ"]) == "/"
 
 
 def test_scale_down_is_slow_and_scale_to_zero_allowed() -> None:
@@ -333,7 +436,7 @@ def test_env_names_match_the_services_settings(variant: str) -> None:
         if name != "mockllm":
             assert workloads, f"{variant}: no {name} Deployment"
         for workload in workloads:
-            unknown = env_names(workload, objects) - known
+            unknown = env_names(workload, objects) - known - expansion_helpers(workload)
             assert not unknown, f"{variant}: {name} gets env vars no setting reads: {unknown}"
 
 

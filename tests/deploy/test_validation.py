@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from .manifests import (
+    CHART,
     CI_VALUES,
     KUBERNETES_VERSIONS,
     OVERLAYS,
@@ -70,6 +71,7 @@ def test_every_custom_resource_kind_rendered_has_a_schema() -> None:
         "ServiceMonitor",
         "PodMonitor",
         "PrometheusRule",
+        "RabbitmqCluster",
     }
 
 
@@ -86,6 +88,15 @@ def test_validation_rejects_unknown_and_mistyped_fields() -> None:
     scaled = copy.deepcopy(find(objects, "ScaledObject")[0])
     scaled["spec"]["maxReplicas"] = 3  # the field is maxReplicaCount
     assert any("maxReplicas" in e for e in validation_errors(scaled))
+
+    (rendered,) = find(render_ci(CHART / "ci" / "operator-broker-values.yaml"), "RabbitmqCluster")
+    assert not validation_errors(rendered)
+    cluster = copy.deepcopy(rendered)
+    cluster["spec"]["rabbitmq"]["additionalPlugin"] = ["rabbitmq_shovel"]  # additionalPlugins
+    assert any("additionalPlugin" in e for e in validation_errors(cluster))
+    cluster = copy.deepcopy(rendered)
+    cluster["spec"]["replicas"] = "3"
+    assert validation_errors(cluster)
     assert len(KUBERNETES_VERSIONS) == 2
 
 

@@ -147,8 +147,9 @@ async def test_a_backlog_on_one_pool_does_not_delay_another(
     )
     alone = [await _ttft(client, api, BETA) for _ in range(10)]
 
-    # 200 answers of 2 s each on alpha's two slots: 200 s of backlog.
-    slow = [prompt(f"backlog {i}", tokens=20, tps=10).text for i in range(200)]
+    # 200 answers of 10 s each on alpha's two slots: 1,000 s of backlog, which stands however
+    # slowly a busy machine takes the POSTs and the measurements.
+    slow = [prompt(f"backlog {i}", tokens=20, tps=2).text for i in range(200)]
     posted = await asyncio.gather(*(
         client.post(f"{api}/chat/async", json={"message": text, "model": ALPHA}) for text in slow
     ))

@@ -14,6 +14,12 @@ ConfigMap starts with these.
 {{- include "llm-stream.setEnv" (list $data "DEAD_LETTER_QUEUE" $c.deadLetterQueue) }}
 {{- include "llm-stream.setEnv" (list $data "TASK_MAX_DELIVERIES" $c.taskMaxDeliveries) }}
 {{- include "llm-stream.setEnv" (list $data "MAX_QUEUED_TASKS" $c.maxQueuedTasks) }}
+{{- with $root.Values.rabbitmq.topology }}
+{{- include "llm-stream.setEnv" (list $data "QUEUE_REPLICAS" .queueReplicas) }}
+{{- include "llm-stream.setEnv" (list $data "STREAM_REPLICAS" .streamReplicas) }}
+{{- include "llm-stream.setEnv" (list $data "QUEUE_LEADER_LOCATOR" .queueLeaderLocator) }}
+{{- include "llm-stream.setEnv" (list $data "AMQP_HEARTBEAT_S" .heartbeatSeconds) }}
+{{- end }}
 {{- include "llm-stream.setEnv" (list $data "LOG_LEVEL" $c.logLevel) }}
 {{- include "llm-stream.setEnv" (list $data "LOG_FORMAT" $c.logFormat) }}
 {{- with include "llm-stream.openaiBaseUrl" $root }}
@@ -87,8 +93,30 @@ ConfigMap starts with these.
 {{- end }}
 {{- end }}
 
-{{/* Broker credentials, from the chart's Secret or an existing one. */}}
+{{/*
+Broker credentials, from the chart's Secret or an existing one. With the Cluster Operator, from
+the Secret it generates for the cluster's default user: its username and password come first,
+and the URLs are assembled from them by Kubernetes' $(VAR) expansion (a variable may refer to
+the ones listed before it), so no credential is written into the manifests.
+*/}}
 {{- define "llm-stream.brokerEnv" -}}
+{{- if include "llm-stream.brokerOperator" . -}}
+{{- $secret := include "llm-stream.rabbitmq.defaultUserSecret" . -}}
+- name: RABBITMQ_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: username
+- name: RABBITMQ_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: password
+- name: RABBIT_MQ
+  value: {{ printf "amqp://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@%s:5672/" (include "llm-stream.rabbitmq.host" .) | quote }}
+- name: RABBITMQ_MANAGEMENT_URL
+  value: {{ printf "http://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@%s:15672" (include "llm-stream.rabbitmq.host" .) | quote }}
+{{- else -}}
 - name: RABBIT_MQ
   valueFrom:
     secretKeyRef:
@@ -99,6 +127,7 @@ ConfigMap starts with these.
     secretKeyRef:
       name: {{ include "llm-stream.brokerSecretName" . }}
       key: {{ include "llm-stream.brokerManagementUrlKey" . }}
+{{- end }}
 {{- end }}
 
 {{- define "llm-stream.llmKeyEnv" -}}

@@ -80,9 +80,64 @@ app.kubernetes.io/component: {{ index . 1 }}
 Broker. One source of truth for the AMQP URL, the management URL and the vhost: the workers'
 RABBIT_MQ, the API's, and the KEDA trigger all read the same Secret keys, and the ScaledObject's
 queue and vhost come from the same values as the workers' TASK_QUEUE and URL.
+
+The mode (rabbitmq.mode) says where the broker is: `embedded` (the single-node StatefulSet of
+templates/rabbitmq/), `operator` (a RabbitmqCluster the RabbitMQ Cluster Operator runs) or
+`external` (a URL or an existing Secret). Empty: chosen by the keys that predate the modes, so
+older values files keep working: internal.enabled is embedded, url or existingSecret.name is
+external; none of them is "" (no broker, which validate refuses).
 */}}
+{{- define "llm-stream.brokerMode" -}}
+{{- $r := .Values.rabbitmq }}
+{{- if $r.mode }}{{ $r.mode }}
+{{- else if $r.internal.enabled }}embedded
+{{- else if or $r.url $r.existingSecret.name }}external
+{{- end }}
+{{- end }}
+
+{{- define "llm-stream.brokerEmbedded" -}}
+{{- if eq (include "llm-stream.brokerMode" .) "embedded" }}true{{ end }}
+{{- end }}
+
+{{- define "llm-stream.brokerOperator" -}}
+{{- if eq (include "llm-stream.brokerMode" .) "operator" }}true{{ end }}
+{{- end }}
+
+{{/* Name of the RabbitmqCluster, which is also its Service's. The operator names its
+StatefulSet `<name>-server`, so the name stays within 45 characters. */}}
+{{- define "llm-stream.rabbitmq.clusterName" -}}
+{{- with .Values.rabbitmq.operator.name }}{{ . }}
+{{- else }}{{ printf "%s-rabbitmq" (include "llm-stream.fullname" . | trunc 36 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's Secret of the cluster's default user (keys username, password, host, port). */}}
+{{- define "llm-stream.rabbitmq.defaultUserSecret" -}}
+{{- printf "%s-default-user" (include "llm-stream.rabbitmq.clusterName" .) }}
+{{- end }}
+
+{{/* Name of the Service of a broker in the release (embedded or operator). */}}
+{{- define "llm-stream.rabbitmq.serviceName" -}}
+{{- if include "llm-stream.brokerOperator" . }}{{ include "llm-stream.rabbitmq.clusterName" . }}
+{{- else }}{{ include "llm-stream.componentName" (list . "rabbitmq") }}
+{{- end }}
+{{- end }}
+
+{{/* Selector of the broker pods in the release (the operator labels its pods with the
+cluster's name). */}}
+{{- define "llm-stream.rabbitmq.podSelector" -}}
+{{- if include "llm-stream.brokerOperator" . -}}
+app.kubernetes.io/name: {{ include "llm-stream.rabbitmq.clusterName" . }}
+app.kubernetes.io/component: rabbitmq
+{{- else -}}
+{{ include "llm-stream.componentSelectorLabels" (list . "rabbitmq") }}
+{{- end }}
+{{- end }}
+
+{{/* Fully-qualified name of the Service of a broker in the release: KEDA resolves it from its
+own namespace. */}}
 {{- define "llm-stream.rabbitmq.host" -}}
-{{- printf "%s.%s.svc.%s" (include "llm-stream.componentName" (list . "rabbitmq")) .Release.Namespace .Values.clusterDomain }}
+{{- printf "%s.%s.svc.%s" (include "llm-stream.rabbitmq.serviceName" .) .Release.Namespace .Values.clusterDomain }}
 {{- end }}
 
 {{- define "llm-stream.brokerSecretName" -}}
@@ -97,6 +152,21 @@ queue and vhost come from the same values as the workers' TASK_QUEUE and URL.
 {{- if .Values.rabbitmq.existingSecret.name }}{{ .Values.rabbitmq.existingSecret.managementUrlKey }}{{ else }}RABBITMQ_MANAGEMENT_URL{{ end }}
 {{- end }}
 
+{{/* The URLs of rabbitmq.url, a JSON list: one, or one per node when it is a comma-separated
+list of node URLs (for brokers without a load-balanced address). */}}
+{{- define "llm-stream.brokerUrls" -}}
+{{- $urls := list }}
+{{- range splitList "," .Values.rabbitmq.url }}
+{{- with trim . }}{{ $urls = append $urls . }}{{ end }}
+{{- end }}
+{{- toJson $urls }}
+{{- end }}
+
+{{/* The first URL of rabbitmq.url: the host the management URL is derived from. */}}
+{{- define "llm-stream.firstBrokerUrl" -}}
+{{- with include "llm-stream.brokerUrls" . | fromJsonArray }}{{ first . }}{{ end }}
+{{- end }}
+
 {{/* The vhost of an AMQP URL, read as the AMQP client does: empty path or "/" is "/". */}}
 {{- define "llm-stream.urlVhost" -}}
 {{- $path := (urlParse .).path | trimPrefix "/" }}
@@ -104,8 +174,8 @@ queue and vhost come from the same values as the workers' TASK_QUEUE and URL.
 {{- end }}
 
 {{- define "llm-stream.vhost" -}}
-{{- if .Values.rabbitmq.internal.enabled }}/
-{{- else if .Values.rabbitmq.url }}{{ include "llm-stream.urlVhost" .Values.rabbitmq.url }}
+{{- if or (include "llm-stream.brokerEmbedded" .) (include "llm-stream.brokerOperator" .) }}/
+{{- else if .Values.rabbitmq.url }}{{ include "llm-stream.urlVhost" (include "llm-stream.firstBrokerUrl" .) }}
 {{- else }}{{ default "/" .Values.rabbitmq.vhost }}
 {{- end }}
 {{- end }}
@@ -139,29 +209,45 @@ queue and vhost come from the same values as the workers' TASK_QUEUE and URL.
 {{/* Changes when a credential given in the values changes, so that pods pick it up. */}}
 {{- define "llm-stream.secretChecksum" -}}
 {{- $r := .Values.rabbitmq }}
-{{- list $r.url $r.managementUrl $r.managementPort $r.existingSecret $r.internal.enabled $r.internal.auth.username $r.internal.auth.password .Values.llm.apiKey .Values.llm.existingSecret | toJson | sha256sum }}
+{{- list $r.url $r.managementUrl $r.managementPort $r.existingSecret $r.internal.enabled $r.internal.auth.username $r.internal.auth.password .Values.llm.apiKey .Values.llm.existingSecret (include "llm-stream.brokerMode" .) (include "llm-stream.rabbitmq.clusterName" .) | toJson | sha256sum }}
+{{- end }}
+
+{{/* The chart's Secret holds the broker URLs: the embedded broker's, or an external one's
+given by rabbitmq.url. */}}
+{{- define "llm-stream.brokerUrlsInChart" -}}
+{{- if or (include "llm-stream.brokerEmbedded" .) (and (eq (include "llm-stream.brokerMode" .) "external") (not .Values.rabbitmq.existingSecret.name)) }}true{{ end }}
 {{- end }}
 
 {{- define "llm-stream.brokerUrl" -}}
-{{- if .Values.rabbitmq.internal.enabled }}
+{{- if include "llm-stream.brokerEmbedded" . }}
 {{- printf "amqp://%s:%s@%s:5672/" .Values.rabbitmq.internal.auth.username (include "llm-stream.rabbitmq.password" .) (include "llm-stream.rabbitmq.host" .) }}
 {{- else }}
-{{- .Values.rabbitmq.url }}
+{{- join "," (include "llm-stream.brokerUrls" . | fromJsonArray) }}
 {{- end }}
 {{- end }}
 
 {{- define "llm-stream.brokerManagementUrl" -}}
-{{- if .Values.rabbitmq.internal.enabled }}
+{{- if include "llm-stream.brokerEmbedded" . }}
 {{- printf "http://%s:%s@%s:15672" .Values.rabbitmq.internal.auth.username (include "llm-stream.rabbitmq.password" .) (include "llm-stream.rabbitmq.host" .) }}
 {{- else if .Values.rabbitmq.managementUrl }}
 {{- .Values.rabbitmq.managementUrl }}
 {{- else }}
-{{- $u := urlParse .Values.rabbitmq.url }}
+{{- $u := urlParse (include "llm-stream.firstBrokerUrl" .) }}
 {{- $hostname := regexReplaceAll ":[0-9]+$" $u.host "" }}
 {{- $scheme := ternary "https" "http" (eq $u.scheme "amqps") }}
 {{- $auth := ternary (printf "%s@" $u.userinfo) "" (ne $u.userinfo "") }}
 {{- printf "%s://%s%s:%v" $scheme $auth $hostname .Values.rabbitmq.managementPort }}
 {{- end }}
+{{- end }}
+
+{{/* The management API of the operator's cluster, without credentials (KEDA gets them from
+the operator's Secret through the TriggerAuthentication). */}}
+{{- define "llm-stream.rabbitmq.operatorManagementHost" -}}
+{{- printf "http://%s:15672" (include "llm-stream.rabbitmq.host" .) }}
+{{- end }}
+
+{{- define "llm-stream.rabbitmq.operatorAmqpHost" -}}
+{{- printf "amqp://%s:5672/" (include "llm-stream.rabbitmq.host" .) }}
 {{- end }}
 
 {{/*

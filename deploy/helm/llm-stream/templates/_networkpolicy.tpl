@@ -16,11 +16,11 @@
     - port: {{ . }}
       protocol: TCP
     {{- end }}
-  {{- if $root.Values.rabbitmq.internal.enabled }}
+  {{- if or (include "llm-stream.brokerEmbedded" $root) (include "llm-stream.brokerOperator" $root) }}
   to:
     - podSelector:
         matchLabels:
-          {{- include "llm-stream.componentSelectorLabels" (list $root "rabbitmq") | nindent 10 }}
+          {{- include "llm-stream.rabbitmq.podSelector" $root | nindent 10 }}
   {{- else if $root.Values.networkPolicy.broker.to }}
   to:
     {{- toYaml $root.Values.networkPolicy.broker.to | nindent 4 }}

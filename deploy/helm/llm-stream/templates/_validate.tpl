@@ -4,33 +4,76 @@ Rendered by templates/validate.yaml, so `helm template`, `helm install` and `hel
 */}}
 {{- define "llm-stream.validate" -}}
 {{- $r := .Values.rabbitmq }}
-{{- $sources := 0 }}
-{{- if $r.internal.enabled }}{{ $sources = add1 $sources }}{{ end }}
-{{- if $r.url }}{{ $sources = add1 $sources }}{{ end }}
-{{- if $r.existingSecret.name }}{{ $sources = add1 $sources }}{{ end }}
-{{- if eq $sources 0 }}
-{{- fail "\n\nllm-stream: no broker. Set rabbitmq.url (production), rabbitmq.existingSecret.name, or rabbitmq.internal.enabled=true (demo)." }}
+{{- $mode := include "llm-stream.brokerMode" . }}
+{{- $sources := list }}
+{{- if $r.internal.enabled }}{{ $sources = append $sources "rabbitmq.internal.enabled" }}{{ end }}
+{{- if $r.url }}{{ $sources = append $sources "rabbitmq.url" }}{{ end }}
+{{- if $r.existingSecret.name }}{{ $sources = append $sources "rabbitmq.existingSecret.name" }}{{ end }}
+{{- if eq $mode "" }}
+{{- fail "\n\nllm-stream: no broker. Set rabbitmq.mode: embedded (one node, for development), operator (a RabbitmqCluster of the RabbitMQ Cluster Operator) or external (rabbitmq.url or rabbitmq.existingSecret.name). docs/deploy.md, \"The broker in production\"." }}
 {{- end }}
-{{- if gt $sources 1 }}
-{{- fail "\n\nllm-stream: choose one broker: rabbitmq.url, rabbitmq.existingSecret.name or rabbitmq.internal.enabled, not several." }}
+{{- if and (not $r.mode) (gt (len $sources) 1) }}
+{{- fail (printf "\n\nllm-stream: choose one broker: rabbitmq.url, rabbitmq.existingSecret.name or rabbitmq.internal.enabled, not several (set: %s)." (join ", " $sources)) }}
+{{- end }}
+{{- if eq $mode "embedded" }}
+{{- if or $r.url $r.existingSecret.name $r.managementUrl }}
+{{- fail "\n\nllm-stream: choose one broker: rabbitmq.mode=embedded runs the broker in the release; leave rabbitmq.url, rabbitmq.managementUrl and rabbitmq.existingSecret.name empty." }}
+{{- end }}
+{{- else if eq $mode "operator" }}
+{{- if or $r.internal.enabled $r.url $r.existingSecret.name $r.managementUrl }}
+{{- fail "\n\nllm-stream: choose one broker: rabbitmq.mode=operator connects to the RabbitmqCluster of the release (credentials from the operator's Secret); leave rabbitmq.internal.enabled false and rabbitmq.url, rabbitmq.managementUrl and rabbitmq.existingSecret.name empty." }}
+{{- end }}
+{{- if and $r.vhost (ne $r.vhost "/") }}
+{{- fail (printf "\n\nllm-stream: rabbitmq.vhost %q: with rabbitmq.mode=operator the services use the default vhost, /, on which the operator's default user has its permissions; leave rabbitmq.vhost empty." $r.vhost) }}
+{{- end }}
+{{- $o := $r.operator }}
+{{- if eq (mod (int $o.replicas) 2) 0 }}
+{{- fail (printf "\n\nllm-stream: rabbitmq.operator.replicas is %d; use an odd number (1, 3, 5). A quorum queue or stream needs a majority of its members: %d nodes survive the loss of %d, no more than %d would, and on a partition into two halves pause_minority stops every node." (int $o.replicas) (int $o.replicas) (sub (div (int $o.replicas) 2) 1) (sub (int $o.replicas) 1)) }}
+{{- end }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]{0,43}[a-z0-9])?$" (include "llm-stream.rabbitmq.clusterName" .)) }}
+{{- fail (printf "\n\nllm-stream: rabbitmq.operator.name %q must be a lower-case DNS label of at most 45 characters starting with a letter (the operator names its StatefulSet <name>-server)." (include "llm-stream.rabbitmq.clusterName" .)) }}
+{{- end }}
+{{- else if eq $mode "external" }}
+{{- if $r.internal.enabled }}
+{{- fail "\n\nllm-stream: choose one broker: rabbitmq.mode=external uses a broker outside the release; set rabbitmq.internal.enabled=false (or rabbitmq.mode=embedded)." }}
+{{- end }}
+{{- if not (or $r.url $r.existingSecret.name) }}
+{{- fail "\n\nllm-stream: rabbitmq.mode=external needs the broker's URL: rabbitmq.existingSecret.name (a Secret with the AMQP and management URLs) or rabbitmq.url." }}
+{{- end }}
+{{- if and $r.url $r.existingSecret.name }}
+{{- fail "\n\nllm-stream: choose one broker: rabbitmq.url or rabbitmq.existingSecret.name, not both." }}
+{{- end }}
 {{- end }}
 {{- if $r.url }}
-{{- $u := urlParse $r.url }}
+{{- $urls := include "llm-stream.brokerUrls" . | fromJsonArray }}
+{{- $vhosts := list }}
+{{- range $urls }}
+{{- $u := urlParse . }}
 {{- if not (has $u.scheme (list "amqp" "amqps")) }}
-{{- fail (printf "\n\nllm-stream: rabbitmq.url must be an amqp:// or amqps:// URL, got scheme %q." $u.scheme) }}
+{{- fail (printf "\n\nllm-stream: rabbitmq.url must be an amqp:// or amqps:// URL (or a comma-separated list of them), got scheme %q." $u.scheme) }}
 {{- end }}
-{{- if and $r.vhost (ne $r.vhost (include "llm-stream.urlVhost" $r.url)) }}
-{{- fail (printf "\n\nllm-stream: rabbitmq.vhost %q differs from the vhost of rabbitmq.url %q; the workers consume on the URL's, so leave rabbitmq.vhost empty." $r.vhost (include "llm-stream.urlVhost" $r.url)) }}
+{{- $vhosts = append $vhosts (include "llm-stream.urlVhost" .) }}
+{{- end }}
+{{- if gt (len (uniq $vhosts)) 1 }}
+{{- fail (printf "\n\nllm-stream: the node URLs of rabbitmq.url name different vhosts (%s); they are nodes of one broker, with one vhost." (join ", " (uniq $vhosts))) }}
+{{- end }}
+{{- if and $r.vhost (ne $r.vhost (first $vhosts)) }}
+{{- fail (printf "\n\nllm-stream: rabbitmq.vhost %q differs from the vhost of rabbitmq.url %q; the workers consume on the URL's, so leave rabbitmq.vhost empty." $r.vhost (first $vhosts)) }}
+{{- end }}
+{{- if and (gt (len $urls) 1) .Values.worker.keda.enabled (eq .Values.worker.keda.protocol "amqp") }}
+{{- fail "\n\nllm-stream: rabbitmq.url is a list of node URLs, and KEDA's amqp protocol reads one URL: keep worker.keda.protocol=http (the management URL), or give one load-balanced URL." }}
 {{- end }}
 {{- end }}
 {{- if and $r.managementUrl (not (hasPrefix "http" $r.managementUrl)) }}
 {{- fail "\n\nllm-stream: rabbitmq.managementUrl must be an http:// or https:// URL." }}
 {{- end }}
-{{- if and $r.internal.enabled $r.internal.auth.password (not (regexMatch "^[A-Za-z0-9._~-]+$" $r.internal.auth.password)) }}
+{{- if eq $mode "embedded" }}
+{{- if and $r.internal.auth.password (not (regexMatch "^[A-Za-z0-9._~-]+$" $r.internal.auth.password)) }}
 {{- fail "\n\nllm-stream: rabbitmq.internal.auth.password may hold only letters, digits and -._~ (it is written into URLs)." }}
 {{- end }}
-{{- if and $r.internal.enabled (not (regexMatch "^[A-Za-z0-9._~-]+$" $r.internal.auth.username)) }}
+{{- if not (regexMatch "^[A-Za-z0-9._~-]+$" $r.internal.auth.username) }}
 {{- fail "\n\nllm-stream: rabbitmq.internal.auth.username may hold only letters, digits and -._~ (it is written into URLs)." }}
+{{- end }}
 {{- end }}
 
 {{- $l := .Values.llm }}
