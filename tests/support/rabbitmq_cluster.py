@@ -5,7 +5,7 @@ AMQP URL (HAProxy, ``amqp_balancer``, standing in for a Kubernetes Service), the
 URLs, faults (SIGKILL, SIGSTOP/SIGCONT, ``rabbitmqctl stop_app``/``start_app``) and questions
 to the management API (which node leads a queue, which node a connection sits on).
 ``HostCluster`` runs it from the machine's RabbitMQ (3.10 on Debian bookworm); the podman
-cluster of RabbitMQ 4.0 lives in ``rabbitmq_container_cluster``. ``cluster_for(kind)`` picks one.
+cluster of RabbitMQ 4.0 lives in ``rabbitmq_container_cluster``; ``clusters.cluster_for(kind)`` picks one.
 
     with host_cluster() as cluster:
         cluster.balanced_url             # amqp://guest:guest@127.0.0.1:<haproxy port>/
@@ -482,18 +482,3 @@ def host_cluster(**options: Any) -> Iterator[HostCluster]:
     """A started ``HostCluster`` (``options`` go to its constructor), closed on the way out."""
     with HostCluster(**options) as cluster:
         yield cluster
-
-
-@contextlib.contextmanager
-def cluster_for(kind: str) -> Iterator[BrokerCluster]:
-    """``node``: the host cluster (RabbitMQ 3.10); ``container``: RabbitMQ 4.0 in podman."""
-    if kind == "node":
-        with host_cluster() as cluster:
-            yield cluster
-    elif kind == "container":
-        from .rabbitmq_container_cluster import container_cluster
-
-        with container_cluster() as containers:
-            yield containers
-    else:
-        raise ValueError(f"cluster kind {kind!r}: choose node or container")
