@@ -356,7 +356,9 @@ class HostCluster:
                 continue
             with contextlib.suppress(httpx.HTTPError):
                 with _client(node.management_url) as client:
-                    if client.get("/api/overview", timeout=2.0).status_code == 200:
+                    # whoami is answered by the node alone; overview waits for every peer,
+                    # a hung one included, until it is declared down.
+                    if client.get("/api/whoami", timeout=2.0).status_code == 200:
                         return node.management_url
         raise NodeError("no node of the cluster answers on its management API")
 
