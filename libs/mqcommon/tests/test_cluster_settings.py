@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
-from mqcommon.connection import NodeListConnection, node_urls, redacted
+from mqcommon.connection import NodeListConnection, _answers_within, node_urls, redacted
 from mqcommon.settings import BrokerSettings
 from mqcommon.topology import Topology
 from pydantic import ValidationError
@@ -50,3 +53,21 @@ async def test_a_node_list_connection_moves_to_the_next_node_and_wraps() -> None
     connection.next_node()
     assert connection.url.host == "b" and connection.url.password == "g"
     await connection.close()  # never connected: nothing to close but the object
+
+
+async def test_a_stall_is_the_node_silent_while_this_process_listens() -> None:
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(answered.set_result, None)
+    assert await _answers_within(answered, 0.6)
+    assert not await _answers_within(loop.create_future(), 0.6)  # never answered: a stall
+    # The process itself stops listening for a second (a busy loop); the answer, due meanwhile,
+    # is read as soon as it listens again: the node did not stall.
+    late: asyncio.Future[None] = loop.create_future()
+    loop.call_later(0.05, time.sleep, 1.0)
+    loop.call_later(0.1, late.set_result, None)
+    assert await _answers_within(late, 0.6)
+    failing: asyncio.Future[None] = loop.create_future()
+    failing.set_exception(ConnectionError("closed"))
+    with pytest.raises(ConnectionError):
+        await _answers_within(failing, 0.6)

@@ -21,7 +21,7 @@ import contextlib
 import os
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -34,6 +34,7 @@ from yarl import URL
 log = structlog.get_logger(__name__)
 
 STALL_PROBE_INTERVAL_S = 1.0
+STALL_STEP_S = 0.25
 
 
 def node_urls(urls: str) -> list[str]:
@@ -153,18 +154,39 @@ async def watch_for_stalls(
             continue  # reconnecting: nothing to watch yet
         underlay = transport.connection
         try:
-            async with asyncio.timeout(stall_s):
-                if probe is None or probe.connection is not underlay or probe.is_closed:
-                    probe = await underlay.channel()
-                await probe.exchange_declare("amq.direct", exchange_type="direct", passive=True)
-        except TimeoutError:
+            if probe is None or probe.connection is not underlay or probe.is_closed:
+                probe = await asyncio.wait_for(underlay.channel(), stall_s)
+            answered = await _answers_within(
+                probe.exchange_declare("amq.direct", exchange_type="direct", passive=True), stall_s
+            )
+        except Exception as exc:  # a closing connection: the robust connection handles it
+            log.debug("stall probe failed", error=str(exc) or type(exc).__name__)
+            continue
+        if not answered:
             log.warning("the broker node stopped answering; reconnecting", stall_s=stall_s)
             on_stall()
             # Closing the transport (not the robust connection) makes aio-pika reconnect; the
             # close waits a bounded while (aiormq's) for the hung node's Close-Ok.
-            await underlay.close(ConnectionError("the broker node stalled"))
-        except Exception as exc:  # a closing connection: the robust connection handles it
-            log.debug("stall probe failed", error=str(exc) or type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await underlay.close(ConnectionError("the broker node stalled"))
+
+
+async def _answers_within(question: Awaitable[Any], stall_s: float) -> bool:
+    """Whether ``question`` is answered within ``stall_s`` of this process's own attention:
+    time the event loop itself was late (a busy process, a long GC) does not count against the
+    node, so a slow client never leaves a healthy node."""
+    asked = asyncio.ensure_future(question)
+    loop = asyncio.get_running_loop()
+    waited = 0.0
+    while not asked.done():
+        began = loop.time()
+        await asyncio.wait({asked}, timeout=STALL_STEP_S)
+        waited += min(loop.time() - began, 2 * STALL_STEP_S)
+        if waited >= stall_s and not asked.done():
+            asked.cancel()
+            return False
+    asked.result()  # a failure, not a silence: raised
+    return True
 
 
 def broker_version(connection: AbstractRobustConnection) -> tuple[int, ...]:
