@@ -158,9 +158,15 @@ def pool_queues(task_queue: str, dead_letter_queue: str, env: dict[str, str]) ->
     """(the task queues the worker consumes, other queue names of the release), by the names
     of docs/adr/0006: pool `default` has TASK_QUEUE, pool `large` `<TASK_QUEUE>.large`, and a
     lane other than `default` adds `.<lane>`; a pool's dead letters are `<base>.dead`
-    (DEAD_LETTER_QUEUE for pool `default`)."""
+    (DEAD_LETTER_QUEUE for pool `default`); with TASK_SHARDS, each lane's queue `<q>` is also
+    `<q>.s1`, ... (docs/adr/0007)."""
+    shards = int(env.get("TASK_SHARDS", "1"))
+
+    def sharded(queues: list[str]) -> list[str]:
+        return [f"{q}{f'.s{i}' if i else ''}" for q in queues for i in range(shards)]
+
     if "LLM_POOLS" not in env:
-        return [task_queue], [dead_letter_queue]
+        return sharded([task_queue]), [dead_letter_queue, f"{task_queue}.s{shards}", f"{task_queue}.log"]
     pools = json.loads(env["LLM_POOLS"])["pools"]
 
     def base(pool: str) -> str:
@@ -174,8 +180,9 @@ def pool_queues(task_queue: str, dead_letter_queue: str, env: dict[str, str]) ->
     others = [q for p in pools if p is not mine for q in queues(p)]
     others += [f"{base(p['name'])}.{lane}" for p in pools for lane in LANES if lane != "default"]
     others += [dead_letter_queue if p["name"] == "default" else f"{base(p['name'])}.dead" for p in pools]
-    others += [f"{q}.{suffix}" for q in queues(mine) for suffix in ("log", "intake", "dead")]
-    return queues(mine), sorted(set(others) - set(queues(mine)))
+    others += [f"{q}.{suffix}" for q in queues(mine) for suffix in ("log", "intake", "dead", f"s{shards}")]
+    others = sharded(others) if shards > 1 else others
+    return sharded(queues(mine)), sorted(set(others) - set(sharded(queues(mine))))
 
 
 def amqp_vhost(url: str) -> str:
@@ -241,6 +248,17 @@ KEDA_VARIANTS: dict[str, tuple[str, ...]] = {
         + json.dumps([
             {"name": "default", "models": ["m1"], "lanes": ["default", "priority"]},
             {"name": "solo", "models": ["m2"], "concurrency": 8},
+        ]),
+    ),
+    "helm:three shards": (*EXTERNAL, "--set", "rabbitmq.topology.taskShards=3"),
+    "helm:pools over three shards": (
+        *EXTERNAL,
+        "--set", "rabbitmq.topology.taskShards=3",
+        "--set-json",
+        "pools="
+        + json.dumps([
+            {"name": "default", "models": ["m1"], "lanes": ["default", "flex"]},
+            {"name": "solo", "models": ["m2"]},
         ]),
     ),
 }

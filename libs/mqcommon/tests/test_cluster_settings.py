@@ -71,3 +71,24 @@ async def test_a_stall_is_the_node_silent_while_this_process_listens() -> None:
     failing.set_exception(ConnectionError("closed"))
     with pytest.raises(ConnectionError):
         await _answers_within(failing, 0.6)
+
+
+def test_a_sharded_line_has_one_queue_per_shard_bounded_by_its_share() -> None:
+    topo = Topology.from_settings(BrokerSettings(task_queue="t", task_shards=3, max_queued_tasks=100))
+    assert [spec.name for spec in topo.task_queues] == ["t", "t.s1", "t.s2"]
+    assert {spec.arguments["x-max-length"] for spec in topo.task_queues} == {34}
+    assert all(spec.replication == topo.task_queue.replication for spec in topo.shards)
+    assert topo.shard_exchange is not None and topo.shard_exchange.name == "t.shards"
+    keys = {topo.shard_key(f"session-{i}") for i in range(300)}
+    assert keys == {"s0", "s1", "s2"}  # every shard is used
+    assert topo.shard_key("abc") == topo.shard_key("abc")  # the same on every replica
+    single = Topology.from_settings(BrokerSettings(task_queue="t"))
+    assert single.shards == () and single.shard_exchange is None
+    assert single.task_queue.arguments["x-max-length"] == 10_000  # today's queue, unchanged
+
+
+def test_pool_names_that_would_be_a_shard_are_refused() -> None:
+    from mqcommon.pools import PoolsError, parse
+
+    with pytest.raises(PoolsError, match="reserved"):
+        parse('[{"name": "s2", "models": ["m"]}]')

@@ -47,6 +47,7 @@ class Names:
     # Task queues of the pools and lanes other than the default line, and their dead letters.
     lines: tuple[str, ...] = ()
     dead_letters: tuple[str, ...] = ()
+    shards: int = 1  # TASK_SHARDS: each line's task queue is spread over this many queues
 
     def with_pools(self, pools_json: str) -> Names:
         """The same names with every line and dead-letter queue ``LLM_POOLS`` adds."""
@@ -86,6 +87,7 @@ class Names:
             "WORKERS_EXCHANGE": self.workers_exchange,
             "DEAD_LETTER_EXCHANGE": self.dead_letter_exchange,
             "DEAD_LETTER_QUEUE": self.dead_letter_queue,
+            **({"TASK_SHARDS": str(self.shards)} if self.shards > 1 else {}),
         }
 
 
@@ -94,8 +96,9 @@ async def delete_topology(url: str, names: Names) -> None:
     connection = await aio_pika.connect(url)
     try:
         lines = (names.task_queue, *names.lines)
+        shards = tuple(f".s{index}" for index in range(1, names.shards))
         queues = (
-            *(f"{line}{suffix}" for line in lines for suffix in ("", ".log", ".watermarks")),
+            *(f"{line}{suffix}" for line in lines for suffix in ("", ".log", ".watermarks", *shards)),
             names.events_stream, names.cancels_stream,
             *(
                 f"{dead}{suffix}" for dead in (names.dead_letter_queue, *names.dead_letters)
@@ -113,7 +116,7 @@ async def delete_topology(url: str, names: Names) -> None:
                     await channel.close()
         for exchange in (
             names.live_exchange, names.presence_exchange, names.workers_exchange, names.dead_letter_exchange,
-            *(f"{line}{suffix}" for line in lines for suffix in (".intake", ".positions")),
+            *(f"{line}{suffix}" for line in lines for suffix in (".intake", ".positions", ".shards")),
         ):
             channel = await connection.channel()
             try:

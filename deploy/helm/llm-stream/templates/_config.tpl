@@ -16,6 +16,9 @@ ConfigMap starts with these.
 {{- include "llm-stream.setEnv" (list $data "MAX_QUEUED_TASKS" $c.maxQueuedTasks) }}
 {{- with $root.Values.rabbitmq.topology }}
 {{- include "llm-stream.setEnv" (list $data "QUEUE_REPLICAS" .queueReplicas) }}
+{{- if gt (int (default 1 .taskShards)) 1 }}
+{{- include "llm-stream.setEnv" (list $data "TASK_SHARDS" .taskShards) }}
+{{- end }}
 {{- include "llm-stream.setEnv" (list $data "STREAM_REPLICAS" .streamReplicas) }}
 {{- include "llm-stream.setEnv" (list $data "QUEUE_LEADER_LOCATOR" .queueLeaderLocator) }}
 {{- include "llm-stream.setEnv" (list $data "AMQP_HEARTBEAT_S" .heartbeatSeconds) }}

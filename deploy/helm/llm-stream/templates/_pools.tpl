@@ -105,12 +105,28 @@ A field a pool leaves out (or sets to null) is the worker.* one (worker.keda.* f
 {{- $queues = append $queues (include "llm-stream.laneQueue" (list $root $p.name .)) }}
 {{- if ne . "default" }}{{ $others = append $others . }}{{ end }}
 {{- end }}
-{{- $_ := set $e "queues" $queues }}
+{{- /* TASK_SHARDS: every lane's queue <q> is spread over <q>, <q>.s1 ... <q>.s<N-1>. */}}
+{{- $shards := int (default 1 ($root.Values.rabbitmq.topology).taskShards) }}
+{{- $sharded := list }}
+{{- range $queues }}
+{{- $q := . }}
+{{- $sharded = append $sharded $q }}
+{{- range $i := untilStep 1 $shards 1 }}{{ $sharded = append $sharded (printf "%s.s%d" $q $i) }}{{ end }}
+{{- end }}
+{{- $_ := set $e "queues" $sharded }}
 {{- $base := include "llm-stream.laneQueue" (list $root $p.name "default") }}
-{{- $_ := set $e "regex" (not (empty $others)) }}
+{{- $_ := set $e "regex" (or (not (empty $others)) (gt $shards 1)) }}
 {{- $_ := set $e "queueName" $base }}
-{{- if $others }}
-{{- $_ := set $e "queueName" (printf "^%s(\\.(%s))?$" (regexQuoteMeta $base) (join "|" $others)) }}
+{{- if $e.regex }}
+{{- $lanePart := "" }}
+{{- if $others }}{{ $lanePart = printf "(\\.(%s))?" (join "|" $others) }}{{ end }}
+{{- $shardPart := "" }}
+{{- if gt $shards 1 }}
+{{- $keys := list }}
+{{- range $i := untilStep 1 $shards 1 }}{{ $keys = append $keys (printf "s%d" $i) }}{{ end }}
+{{- $shardPart = printf "(\\.(%s))?" (join "|" $keys) }}
+{{- end }}
+{{- $_ := set $e "queueName" (printf "^%s%s%s$" (regexQuoteMeta $base) $lanePart $shardPart) }}
 {{- end }}
 {{- $scaling := dict }}
 {{- range $key := list "minReplicas" "maxReplicas" "tasksPerReplica" "activationValue" "cooldownPeriod" "pollingInterval" }}

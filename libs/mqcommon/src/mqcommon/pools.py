@@ -30,6 +30,7 @@ RESERVED_NAMES = frozenset({
 })
 S = TypeVar("S", bound=BrokerSettings)
 POOL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+SHARD_SUFFIX = re.compile(r"^s[0-9]+$")  # shard i > 0 of a line is '<queue>.s<i>' (TASK_SHARDS)
 
 
 class PoolsError(ValueError):
@@ -54,8 +55,8 @@ class Pool(BaseModel):
     def _name(cls, value: str) -> str:
         if not POOL_NAME.match(value):
             raise ValueError(f"pool name {value!r} is not a lower-case DNS label of at most 32 characters")
-        if value in RESERVED_NAMES:
-            raise ValueError(f"pool name {value!r} is reserved (a lane or a queue suffix)")
+        if value in RESERVED_NAMES or SHARD_SUFFIX.match(value):
+            raise ValueError(f"pool name {value!r} is reserved (a lane, a shard or a queue suffix)")
         return value
 
     @field_validator("lanes")
@@ -116,7 +117,7 @@ class PoolMap:
     """Every pool of a release, and which one serves which model."""
 
     def __init__(self, pools: list[Pool], *, configured: bool, task_queue: str = "llm.tasks",
-                 dead_letter_queue: str = "llm.tasks.dead") -> None:
+                 dead_letter_queue: str = "llm.tasks.dead", shards: int = 1) -> None:
         if not pools:
             raise PoolsError("LLM_POOLS names no pool")
         names = [pool.name for pool in pools]
@@ -131,6 +132,7 @@ class PoolMap:
         self.default = self.pools[defaults[0]] if defaults else pools[0]
         self._task_queue = task_queue
         self._dead_letter_queue = dead_letter_queue
+        self.shards = shards
         self._models: dict[str, tuple[Pool, str]] = {}
         for pool in pools:
             for name, model in [(m, m) for m in pool.models] + list(pool.aliases.items()):
@@ -146,13 +148,17 @@ class PoolMap:
         text = settings.llm_pools.strip()
         pools = parse(text) if text else [Pool(name=DEFAULT_POOL)]
         return cls(pools, configured=bool(text), task_queue=settings.task_queue,
-                   dead_letter_queue=settings.dead_letter_queue)
+                   dead_letter_queue=settings.dead_letter_queue, shards=settings.task_shards)
 
     # -- names ---------------------------------------------------------------------------------
 
     def queue(self, pool: str, lane: str = DEFAULT_LANE) -> str:
         base = self._task_queue if pool == DEFAULT_POOL else f"{self._task_queue}.{pool}"
         return base if lane == DEFAULT_LANE else f"{base}.{lane}"
+
+    def shard_queues(self, line: Line) -> list[str]:
+        """The task queues of ``line``'s shards, shard 0 (the line's own name) first."""
+        return [line.queue, *(f"{line.queue}.s{index}" for index in range(1, self.shards))]
 
     def dead_letter_queue(self, pool: str) -> str:
         return self._dead_letter_queue if pool == DEFAULT_POOL else f"{self._task_queue}.{pool}.dead"

@@ -72,6 +72,14 @@ class BrokerSettings(BaseSettings):
         description="Model pools (JSON, or the path of a JSON file; docs/adr/0006): each pool's models, "
         "aliases, lanes and upstream. Empty: one pool, 'default', serving every model on TASK_QUEUE.",
     )
+    task_shards: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Task queues each line is spread over (docs/adr/0007): one quorum queue is "
+        "served by one leader node, so past what one node takes, N shards spread over the nodes "
+        "take more. The API picks a task's shard from its session id; workers consume every shard.",
+    )
     max_queued_tasks: int = Field(
         default=10_000,
         ge=1,

@@ -13,8 +13,9 @@ or ``rabbitmq-streams add_replica`` change that; docs/deploy.md).
 from __future__ import annotations
 
 import contextlib
+import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import aio_pika
 import structlog
@@ -65,6 +66,19 @@ class Topology:
     positions_exchange: ExchangeSpec
     watermarks_stream: QueueSpec
     keeper_lock: str
+    # ``TASK_SHARDS`` > 1: the task queues of shards 1..N-1 (shard 0 is ``task_queue``), and the
+    # direct exchange a task is published to with its shard's key (the queue log takes every key).
+    shards: tuple[QueueSpec, ...] = ()
+    shard_exchange: ExchangeSpec | None = None
+
+    @property
+    def task_queues(self) -> tuple[QueueSpec, ...]:
+        """Every shard's task queue, shard 0 first."""
+        return (self.task_queue, *self.shards)
+
+    def shard_key(self, session_id: str) -> str:
+        """The routing key of the shard a session's task goes to: the same on every replica."""
+        return f"s{zlib.crc32(session_id.encode()) % len(self.task_queues)}"
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> Topology:
@@ -76,7 +90,10 @@ class Topology:
             "x-initial-cluster-size": settings.stream_replicas,
             "x-queue-leader-locator": settings.queue_leader_locator,
         }
-        return cls(
+        shards = settings.task_shards
+        # Each shard bounds its share; admission bounds the line as a whole (the keeper's count).
+        bound = -(-settings.max_queued_tasks // shards)
+        topology = cls(
             # Quorum: replicated when the broker is a cluster, and it counts deliveries
             # (x-delivery-limit) so a task that crashes every worker ends in the DLQ.
             task_queue=QueueSpec(
@@ -88,7 +105,7 @@ class Topology:
                     "x-dead-letter-routing-key": settings.dead_letter_queue,
                     # A bounded backlog; a full queue refuses (nacks) a publish rather than
                     # dropping a task it accepted.
-                    "x-max-length": settings.max_queued_tasks,
+                    "x-max-length": bound,
                     "x-overflow": "reject-publish",
                 },
                 replication=quorum,
@@ -171,6 +188,18 @@ class Topology:
             # The keeper is the replica whose connection holds this exclusive queue.
             keeper_lock=f"{settings.task_queue}.keeper",
         )
+        if shards == 1:
+            return topology
+        return replace(
+            topology,
+            shards=tuple(
+                replace(topology.task_queue, name=f"{settings.task_queue}.s{index}")
+                for index in range(1, shards)
+            ),
+            shard_exchange=ExchangeSpec(
+                name=f"{settings.task_queue}.shards", type=aio_pika.ExchangeType.DIRECT
+            ),
+        )
 
     QUEUES = (
         "task_queue",
@@ -190,8 +219,11 @@ class Topology:
         cannot be redeclared with it (the broker refuses other arguments): it is then used as
         it is, and the log says so; the API still refuses past ``MAX_QUEUED_TASKS``.
         """
-        in_effect = {name: await _settle(connection, getattr(self, name)) for name in self.QUEUES}
-        topology = replace(self, **cast(dict[str, Any], in_effect))
+        in_effect: dict[str, Any] = {
+            name: await _settle(connection, getattr(self, name)) for name in self.QUEUES
+        }
+        in_effect["shards"] = tuple([await _settle(connection, shard) for shard in self.shards])
+        topology = replace(self, **in_effect)
         channel = await connection.channel()
         try:
             await topology._declare_rest(channel)
@@ -211,6 +243,12 @@ class Topology:
         queue_log = await declare_queue(channel, self.queue_log_stream)
         await tasks.bind(intake)
         await queue_log.bind(intake)
+        if self.shard_exchange is not None:
+            sharded = await declare_exchange(channel, self.shard_exchange)
+            for index, spec in enumerate(self.task_queues):
+                shard = tasks if index == 0 else await declare_queue(channel, spec)
+                await shard.bind(sharded, routing_key=f"s{index}")
+                await queue_log.bind(sharded, routing_key=f"s{index}")
         await declare_queue(channel, self.events_stream)
         await declare_queue(channel, self.cancels_stream)
         await declare_exchange(channel, self.live_exchange)

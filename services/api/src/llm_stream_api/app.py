@@ -102,7 +102,10 @@ def build(
 
 def watched_queues(pools: PoolMap) -> list[WatchedQueue]:
     """Every task queue and dead-letter queue of the release, for the depth gauges."""
-    queues = [WatchedQueue(line.queue, "tasks", line.pool, line.lane) for line in pools.lines()]
+    queues = [
+        WatchedQueue(queue, "tasks", line.pool, line.lane)
+        for line in pools.lines() for queue in pools.shard_queues(line)
+    ]
     queues += [WatchedQueue(pools.dead_letter_queue(name), "dead_letter", name) for name in pools.pools]
     return queues
 

@@ -55,7 +55,7 @@ class Running:
     started_at: float
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
-    lane: int = 0  # the rank of the lane it came from (``lanes``): 0 is the highest
+    feed: int = 0  # the task queue it came from (``Worker.feeds``: a lane's shard)
 
 
 async def process(

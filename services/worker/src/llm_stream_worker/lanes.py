@@ -1,10 +1,10 @@
 """Generation slots shared by the lanes of a pool (service tiers, docs/adr/0006).
 
-A worker consumes every lane of its pool, each with a prefetch of its concurrency, and a task
-starts only once it holds one of the ``WORKER_CONCURRENCY`` slots. A freed slot goes to the
-highest lane with a task waiting, except that the lowest lane, while it has one waiting, gets
-at least one start in every ``1 / LANE_MIN_SHARE``: it is never starved. A worker with one
-lane has no gate at all.
+A worker consumes every lane of its pool, each with a prefetch of its concurrency (shared by
+the lane's shards, ``TASK_SHARDS``), and a task starts only once it holds one of the
+``WORKER_CONCURRENCY`` slots. A freed slot goes to the highest lane with a task waiting, except
+that the lowest lane, while it has one waiting, gets at least one start in every
+``1 / LANE_MIN_SHARE``: it is never starved. A worker with one lane of one shard has no gate.
 """
 
 from __future__ import annotations

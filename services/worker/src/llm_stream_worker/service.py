@@ -45,9 +45,14 @@ class Worker:
         # default lane's topology also names what the lanes share.
         self.lanes = [(line, Topology.from_settings(names)) for line, names in settings.lines()]
         self.topology = next(topology for line, topology in self.lanes if line.lane == DEFAULT_LANE)
+        # What this worker consumes: every shard of every lane, each with its lane's rank.
+        self.feeds = [
+            (rank, queue) for rank, (_, topology) in enumerate(self.lanes) for queue in topology.task_queues
+        ]
+        # Several feeds share the generation slots; one feed's prefetch is the limit itself.
         self.gate = (
             LaneGate(settings.worker_concurrency, len(self.lanes), settings.lane_min_share)
-            if len(self.lanes) > 1 else None
+            if len(self.feeds) > 1 else None
         )
         self.llm = make_client(settings, max_connections=settings.worker_concurrency + 8)
         self.presence = PresenceTracker(settings.abandon_timeout_s)
@@ -63,7 +68,7 @@ class Worker:
         self._live_exchange: aio_pika.abc.AbstractExchange | None = None
         self._log_channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
-        self._held: dict[int, set[asyncio.Task[None]]] = {}  # per lane: tasks waiting for a slot
+        self._held: dict[int, set[asyncio.Task[None]]] = {}  # per feed: tasks waiting for a slot
         self._stopping = False
         self.started_in_s: float | None = None  # from process start to consuming, once
         self.outbox = Outbox(
@@ -82,7 +87,7 @@ class Worker:
             not self._stopping
             and self._connection is not None
             and not self._connection.is_closed
-            and len(self._consumers) == len(self.lanes)
+            and len(self._consumers) == len(self.feeds)
         )
 
     async def start(self) -> None:
@@ -130,21 +135,28 @@ class Worker:
         notices = await declare_queue(notices_channel, self.topology.dead_letter_notices)
         await notices.consume(self._on_dead_letter)
 
+        self.feeds = [  # as declared
+            (rank, queue) for rank, (_, topology) in enumerate(self.lanes) for queue in topology.task_queues
+        ]
+        shards = len(self.lanes[0][1].task_queues)
+        # A lane's shards share its prefetch, so the worker holds few tasks it cannot start yet
+        # (a held task keeps its place in the line, and the line's length stays that of the queues).
+        prefetch = -(-self.settings.worker_concurrency // shards)
         self._consumers = []
-        for rank, (_, topology) in enumerate(self.lanes):
+        for feed, (_, spec) in enumerate(self.feeds):
             tasks_channel = await self._connection.channel()
-            tasks_channel.close_callbacks.add(functools.partial(self._deliveries_lost, rank))
-            await tasks_channel.set_qos(prefetch_count=self.settings.worker_concurrency)
+            tasks_channel.close_callbacks.add(functools.partial(self._deliveries_lost, feed))
+            await tasks_channel.set_qos(prefetch_count=prefetch)
             # Declared (not merely looked up) so the robust channel re-consumes after a reconnect.
-            queue = await declare_queue(tasks_channel, topology.task_queue)
-            self._consumers.append((queue, await queue.consume(functools.partial(self._on_task, rank))))
+            queue = await declare_queue(tasks_channel, spec)
+            self._consumers.append((queue, await queue.consume(functools.partial(self._on_task, feed))))
         metrics.TASK_CONCURRENCY_LIMIT.set(self.settings.worker_concurrency)
         if self.started_in_s is None:
             self.started_in_s = process_age_s()
         log.info(
             "worker consuming", started_in_s=self.started_in_s,
             pool=self.settings.llm_pool,
-            queues=[topology.task_queue.name for _, topology in self.lanes],
+            queues=[spec.name for _, spec in self.feeds],
             concurrency=self.settings.worker_concurrency,
             llm_base_url=self.settings.openai_base_url or "https://api.openai.com/v1",
         )
@@ -210,17 +222,17 @@ class Worker:
         for session_id in (*presence.served, *presence.tracked):
             self.outbox.interest(replica, session_id, replay=False)
 
-    def _deliveries_lost(self, rank: int, *_: object) -> None:
-        """A lane's tasks channel closed (a broker restart, a lost connection): the broker
+    def _deliveries_lost(self, feed: int, *_: object) -> None:
+        """A feed's tasks channel closed (a broker restart, a lost connection): the broker
         requeues every unacknowledged task, so the generations of those deliveries stop here
         rather than run twice, and those waiting for a slot never start."""
         if self._stopping:
             return
-        for task in self._held.get(rank, ()):
+        for task in self._held.get(feed, ()):
             task.cancel()
         lost = [
             run for run in self.running.values()
-            if run.cancel_reason is None and run.task is not None and run.lane == rank
+            if run.cancel_reason is None and run.task is not None and run.feed == feed
         ]
         if lost:
             log.warning("tasks channel closed; stopping the generations of its deliveries", count=len(lost))
@@ -238,45 +250,45 @@ class Worker:
                 run.cancel_reason = generation.CANCELLED
                 run.task.cancel()
 
-    async def _on_task(self, rank: int, message: AbstractIncomingMessage) -> None:
+    async def _on_task(self, feed: int, message: AbstractIncomingMessage) -> None:
         if self._stopping:
             await message.nack(requeue=True)
             return
         if self.gate is not None:
-            held = asyncio.create_task(self._when_a_slot_frees(rank, message))
-            self._held.setdefault(rank, set()).add(held)
-            held.add_done_callback(self._held[rank].discard)
+            held = asyncio.create_task(self._when_a_slot_frees(feed, message))
+            self._held.setdefault(feed, set()).add(held)
+            held.add_done_callback(self._held[feed].discard)
             return
-        await self._start(rank, message)
+        await self._start(feed, message)
 
-    async def _when_a_slot_frees(self, rank: int, message: AbstractIncomingMessage) -> None:
-        """Hold a task of lane ``rank`` until the gate gives it a slot; one that never gets it
+    async def _when_a_slot_frees(self, feed: int, message: AbstractIncomingMessage) -> None:
+        """Hold a task of ``feed`` until the gate gives its lane a slot; one that never gets it
         (shutdown, a lost channel) goes back to its queue where it was."""
         assert self.gate is not None
         try:
-            await self.gate.acquire(rank)
+            await self.gate.acquire(self.feeds[feed][0])
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             raise
         # Started from here on: what stops it now is what stops any generation.
-        self._held[rank].discard(asyncio.current_task())  # type: ignore[arg-type]
+        self._held[feed].discard(asyncio.current_task())  # type: ignore[arg-type]
         if self._stopping:
             self.gate.release()
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             return
         try:
-            await self._start(rank, message)
+            await self._start(feed, message)
         except BaseException:
             self.gate.release()
             raise
 
-    async def _start(self, rank: int, message: AbstractIncomingMessage) -> None:
+    async def _start(self, feed: int, message: AbstractIncomingMessage) -> None:
         key = f"{message.delivery_tag}:{id(message)}"
-        run = generation.Running(session_id=_session_hint(message), started_at=self.presence.now(), lane=rank)
+        run = generation.Running(session_id=_session_hint(message), started_at=self.presence.now(), feed=feed)
         # Sent as it starts, not as it arrives: a task held for a slot keeps its position.
-        await self._left_queue(run.session_id, rank)
+        await self._left_queue(run.session_id, self.feeds[feed][0])
         self.running[key] = run
         metrics.TASKS_IN_PROGRESS.inc()
         run.task = asyncio.create_task(self._process(key, message, run))

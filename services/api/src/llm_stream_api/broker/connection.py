@@ -148,8 +148,12 @@ class BrokerConnection:
                     self._lines[name] = await topology.declare(connection)
                 self.topology = self._lines[self.topology.task_queue.name]
                 self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                # Where each line's tasks are published: its intake fanout, or with shards the
+                # direct exchange that routes a task to its shard (and to the queue log).
                 self.intakes = {
-                    name: await declare_exchange(self.channel, topology.intake_exchange)
+                    name: await declare_exchange(
+                        self.channel, topology.shard_exchange or topology.intake_exchange
+                    )
                     for name, topology in self._lines.items()
                 }
                 self.version = broker_version(connection)

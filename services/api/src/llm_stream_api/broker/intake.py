@@ -1,7 +1,9 @@
 """What the API publishes that must not be lost: tasks, their queue-log records, cancels.
 
 A task goes to the intake exchange, which routes it into the task queue and into the queue log
-in the same order (``broker.queue_positions``); only its confirm is awaited. A task the queue
+in the same order (``broker.queue_positions``); only its confirm is awaited. With shards
+(``TASK_SHARDS``) it goes to the line's shard exchange instead, with the key of its session's
+shard, which routes it into that shard's queue and into the same queue log. A task the queue
 refused (it is full) is withdrawn from the queue log, so that those behind it do not wait for
 it. A cancel is a durable record on the cancels stream, read by every worker, also by one that
 starts after it.
@@ -36,10 +38,12 @@ class Intake:
         channel = self._broker.publishing_channel()
         topology = self._broker.topology_of(line) if line else self._broker.topology
         entered = QueueEvent(QUEUED, task.session_id, at=task.created_at, owner=task.owner)
+        shard = topology.shard_key(task.session_id) if topology.shard_exchange is not None else ""
         try:
             await publish_confirmed(
-                channel, "", task.encode(),
-                exchange=self._broker.intakes.get(topology.task_queue.name) or topology.intake_exchange.name,
+                channel, shard, task.encode(),
+                exchange=self._broker.intakes.get(topology.task_queue.name)
+                or (topology.shard_exchange or topology.intake_exchange).name,
                 timeout_s=self._timeout_s, persistent=True,
                 headers={TRACEPARENT_HEADER: traceparent, **entered.headers()},
                 message_id=task.task_id,

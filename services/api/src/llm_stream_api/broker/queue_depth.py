@@ -50,16 +50,21 @@ class QueueDepth:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def task_queue(self, line: str | None = None) -> Depth:
-        """A task queue's depth (``line``; None: the default line), cached for STATS_CACHE_S;
-        raises ``BrokerUnavailable``."""
+        """A line's depth (``line``; None: the default line), cached for STATS_CACHE_S: its
+        messages over every shard, and the consumers of a shard (each worker consumes every
+        shard); raises ``BrokerUnavailable``."""
         now = time.monotonic()
         name = line or self._broker.topology.task_queue.name
         cached = self._cached.get(name)
         if cached and now - cached[0] < self._broker.settings.stats_cache_s:
             return cached[1]
-        found = await self.read([name], strict=True)
-        self._cached[name] = (now, found[name])
-        return found[name]
+        shards = [spec.name for spec in self._broker.topology_of(name).task_queues]
+        found = await self.read(shards, strict=True)
+        depth = Depth(
+            sum(found[shard].messages for shard in shards), max(found[shard].consumers for shard in shards)
+        )
+        self._cached[name] = (now, depth)
+        return depth
 
     async def read(self, names: Iterable[str], *, strict: bool = False) -> dict[str, Depth]:
         """The depth of each queue that exists; ``strict``: a missing or unreadable one raises
