@@ -5,6 +5,9 @@
     uv run python chaos/run.py --pools              # the three with two model pools
     uv run python chaos/run.py --short --scenario all,workers-pools   # what make test runs
     uv run python chaos/run.py --scenario broker --sessions 300 --outage-s 5
+    uv run python chaos/run.py --cluster            # the cluster scenarios, RabbitMQ 3.10 (host)
+    uv run python chaos/run.py --cluster --broker-kind container   # the same on RabbitMQ 4.0
+    uv run python chaos/run.py --short --scenario cluster-kill-leader,cluster-hang   # make test's
     uv run python chaos/run.py --help
 
 It starts a private RabbitMQ node (never the machine's broker), a mock LLM, and for each
@@ -34,6 +37,7 @@ ROOT = HERE.parent
 # The harness reuses the benchmark's process control and the tests' private RabbitMQ node.
 sys.path[:0] = [str(HERE), str(ROOT / "bench"), str(ROOT / "tests")]
 
+import cluster  # noqa: E402
 from clients import Answer  # noqa: E402
 from pools import Pools  # noqa: E402
 from scenarios import SCENARIOS, Options, Outcome, Run  # noqa: E402
@@ -80,9 +84,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Drive load through llm-stream while killing its processes; judge every session.",
     )
     p.add_argument(
-        "--scenario", default="all",
-        help=f"comma-separated, of {', '.join(NAMES)} and all (the first three) (default: all)",
+        "--scenario", default=None,
+        help=f"comma-separated, of {', '.join(NAMES)} and all (the first three) (default: all); or of "
+        f"{', '.join(cluster.NAMES)} and cluster (all of those that run on the broker kind)",
     )
+    p.add_argument(
+        "--cluster", action="store_true",
+        help="the cluster scenarios on a three-node cluster (default scenario: cluster)",
+    )
+    p.add_argument(
+        "--broker-kind", choices=("node", "container"), default="node",
+        help="cluster: node = the host's RabbitMQ (3.10), container = RabbitMQ 4.0 in podman (default: node)",
+    )
+    p.add_argument(
+        "--node-list", action="store_true",
+        help="cluster: the processes get the nodes' URLs (RABBIT_MQ=url1,url2,url3), not the balancer's",
+    )
+    p.add_argument("--fault-s", type=float, help="cluster: seconds a node stays down, hung or cut off")
     p.add_argument(
         "--pools", action="store_true",
         help="run each chosen scenario with two model pools (its -pools variant) instead of none",
@@ -116,8 +134,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--mix: expected kind=weight,..., got {args.mix!r}")
     if unknown := set(args.mix) - {"sse", "sync", "openai"}:
         p.error(f"--mix: unknown client kinds {sorted(unknown)}")
+    given = [item.strip() for item in (args.scenario or "").split(",") if item.strip()]
+    in_cluster = [name for name in given if name == cluster.PREFIX or name in cluster.NAMES]
+    args.cluster = args.cluster or bool(in_cluster)
+    args.notes = []
+    if args.cluster:
+        if len(in_cluster) != len(given):
+            p.error("--scenario: the cluster scenarios run on their own (not with workers, api, broker)")
+        if args.pools:
+            p.error("--pools: the cluster scenarios have no two-pool variants")
+        try:
+            args.scenarios, args.notes = cluster.chosen(in_cluster or [cluster.PREFIX], args.broker_kind)
+        except ValueError as exc:
+            p.error(f"--scenario: {exc}")
+        if not args.scenarios:
+            p.error("--scenario: no cluster scenario runs on this broker kind")
+        return args
     chosen: list[str] = []
-    for name in (item.strip() for item in args.scenario.split(",") if item.strip()):
+    for name in given or ["all"]:
         if name not in (*NAMES, "all"):
             p.error(f"--scenario: unknown scenario {name!r} (of {', '.join(NAMES)}, all)")
         for scenario in ORDER if name == "all" else (name,):
@@ -135,6 +169,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def options(scenario: str, args: argparse.Namespace) -> Options:
+    if scenario in cluster.SCENARIOS:
+        return cluster.options(scenario, args)
     size = 1 if args.short else 0
     kind = kind_of(scenario)
     pools = scenario.endswith(POOLS)
@@ -164,6 +200,8 @@ def options(scenario: str, args: argparse.Namespace) -> Options:
 
 def fault_line(outcome: Outcome) -> str:
     f = outcome.facts
+    if outcome.kind.startswith(cluster.PREFIX):
+        return cluster.fault_line(outcome)
     if outcome.kind == "workers":
         by_pool = f.get("kills_by_pool")
         split = f" ({', '.join(f'{p} {n}' for p, n in by_pool.items())})" if by_pool else ""
@@ -210,11 +248,15 @@ def print_report(outcomes: list[Outcome], show: int) -> None:
                 f"{label:<{width}} {t.accepted:>8} {t.correct:>8} {t.error_count:>6} {len(t.failures):>7} "
                 f"{t.resumed:>8} {sum(t.refused.values()):>8}"
             )
+    cluster.print_figures(outcomes)
     print()
     for o in outcomes:
         t = o.tally
         clients = ", ".join(f"{n} {k}" for k, n in sorted(t.by_client.items()))
         print(f"{o.scenario}: {fault_line(o)}; {o.wall_s:.0f} s; sessions: {clients or 'none'}")
+        if o.kind.startswith(cluster.PREFIX):
+            for line in cluster.details(o):
+                print(f"  {line}")
         for pool, counts in o.pools.items():
             print(pool_line(pool, counts, o.pool_facts.get(pool, {})))
         for message, count in t.errors.most_common():
@@ -237,8 +279,14 @@ async def run_all(args: argparse.Namespace, run: Run, chosen: list[str]) -> list
     for scenario in chosen:
         opts = options(scenario, args)
         pools = f" over pools {', '.join(opts.pools.names)}" if opts.pools else ""
-        print(f"{scenario}: {opts.sessions} sessions{pools} ...", flush=True)
-        outcome = await SCENARIOS[kind_of(scenario)](run, opts, scenario)
+        if isinstance(opts, cluster.ClusterOptions):
+            print(f"{scenario}: {cluster.plan(scenario, opts)} ...", flush=True)
+        else:
+            print(f"{scenario}: {opts.sessions} sessions{pools} ...", flush=True)
+        if scenario in cluster.SCENARIOS:
+            outcome = await cluster.SCENARIOS[scenario](run, opts, scenario)  # type: ignore[arg-type]
+        else:
+            outcome = await SCENARIOS[kind_of(scenario)](run, opts, scenario)
         t = outcome.tally
         split = "; ".join(f"{p} {c.accepted}" for p, c in outcome.pools.items())
         print(
@@ -274,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on the way out
 
     began = time.monotonic()
+    if args.cluster:
+        return main_cluster(args, chosen, seed, run_id, log_dir, began)
     node = RestartableNode()
     stack = Stack(run_id, log_dir)
     outcomes: list[Outcome] = []
@@ -300,16 +350,67 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(Path(node.node.dir) / "log", log_dir / "rabbitmq", dirs_exist_ok=True)
         node.stop()
 
+    results: dict[str, Any] = {}
+    if any(s.endswith(POOLS) for s in chosen):
+        results["llm_pools"] = json.loads(Pools().llm_pools("<mock>/v1"))
+    return report(args, outcomes, results, seed, run_id, log_dir, began)
+
+
+def main_cluster(
+    args: argparse.Namespace, chosen: list[str], seed: int, run_id: str, log_dir: Path, began: float
+) -> int:
+    """The cluster scenarios: one cluster for the run, shared by the scenarios."""
+    from support.clusters import cluster_for
+    from support.rabbitmq_node import NodeError
+
+    import cluster_control
+
+    for note in args.notes:
+        print(note, flush=True)
+    stack = Stack(run_id, log_dir)
+    outcomes: list[Outcome] = []
+    reach = "node list" if args.node_list else "balancer"
+    broker: dict[str, Any] = {"kind": args.broker_kind, "processes_reach": reach}
+    try:
+        with cluster_for(args.broker_kind) as nodes:
+            broker.update(version=nodes.version, nodes=[n.name for n in nodes.nodes])
+            started = getattr(nodes, "started_in_s", None) or 0.0
+            print(
+                f"broker: a {len(nodes.nodes)}-node RabbitMQ {nodes.version} cluster ({args.broker_kind}), "
+                f"ready in {started:.1f} s; the processes reach it through the {reach}", flush=True,
+            )
+
+            async def go() -> list[Outcome]:
+                mock_url = await start_mock(stack)
+                run = Run(
+                    run_id, log_dir, stack, nodes, nodes.balanced_url, nodes.nodes[0].management_url,
+                    mock_url, random.Random(seed),
+                )
+                return await run_all(args, run, chosen)
+
+            try:
+                outcomes = asyncio.run(go())
+            finally:
+                stack.stop()
+                cluster_control.save_logs(nodes, log_dir / "rabbitmq")
+    except NodeError as exc:
+        print(f"no RabbitMQ cluster: {exc}", file=sys.stderr)
+        return 2
+    return report(args, outcomes, {"broker": broker}, seed, run_id, log_dir, began)
+
+
+def report(
+    args: argparse.Namespace, outcomes: list[Outcome], extra: dict[str, Any], seed: int, run_id: str,
+    log_dir: Path, began: float,
+) -> int:
     print_report(outcomes, args.show)
     failed = sum(len(o.tally.failures) for o in outcomes)
     problems = sum(len(o.problems) for o in outcomes)
     left = sum(len(o.leftovers) for o in outcomes)
     results = {
         "run_id": run_id, "seed": seed, "short": args.short, "wall_s": round(time.monotonic() - began, 1),
-        "log_dir": str(log_dir), "scenarios": {o.scenario: o.as_dict() for o in outcomes},
+        "log_dir": str(log_dir), **extra, "scenarios": {o.scenario: o.as_dict() for o in outcomes},
     }
-    if any(s.endswith(POOLS) for s in chosen):
-        results["llm_pools"] = json.loads(Pools().llm_pools("<mock>/v1"))
     for path in filter(None, (log_dir / "chaos.json", args.json)):
         path.write_text(json.dumps(results, indent=2) + "\n")
     verdict = "PASS" if not failed and not problems and not left else "FAIL"
