@@ -116,7 +116,9 @@ def topology_names(prefix: str, pools_json: str = "") -> list[str]:
             topology = Topology.from_settings(pools.line_settings(settings, line))
             for f in dataclasses.fields(topology):
                 value = getattr(topology, f.name)
-                found.add(value if isinstance(value, str) else value.name)
+                for each in value if isinstance(value, tuple) else (value,):  # shards: a tuple
+                    if each is not None:  # no shard exchange with one shard
+                        found.add(each if isinstance(each, str) else each.name)
     return sorted(found)
 
 

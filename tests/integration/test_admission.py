@@ -302,4 +302,4 @@ async def test_a_task_queue_declared_without_the_bound_is_used_as_it_is(
     queued = (await client.post(f"{api}/chat/async", json={"message": ask.text})).json()
     assert_complete(await read_stream(client, f"{api}{queued['stream_url']}", timeout=30), ask.expected)
     for service in (stack.apis[0], worker):
-        assert "task queue exists with other arguments" in service.log_path.read_text()
+        assert "queue exists with other arguments" in service.log_path.read_text()

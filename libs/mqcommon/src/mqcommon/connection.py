@@ -155,18 +155,24 @@ async def watch_for_stalls(
         underlay = transport.connection
         try:
             if probe is None or probe.connection is not underlay or probe.is_closed:
-                probe = await asyncio.wait_for(underlay.channel(), stall_s)
-            answered = await _answers_within(
-                probe.exchange_declare("amq.direct", exchange_type="direct", passive=True), stall_s
-            )
+                opening = asyncio.ensure_future(underlay.channel())
+                answered = await _answers_within(opening, stall_s)
+                probe = opening.result() if answered else None
+            if probe is not None:
+                answered = await _answers_within(
+                    probe.exchange_declare("amq.direct", exchange_type="direct", passive=True), stall_s
+                )
         except Exception as exc:  # a closing connection: the robust connection handles it
             log.debug("stall probe failed", error=str(exc) or type(exc).__name__)
             continue
         if not answered:
             log.warning("the broker node stopped answering; reconnecting", stall_s=stall_s)
             on_stall()
-            # Closing the transport (not the robust connection) makes aio-pika reconnect; the
-            # close waits a bounded while (aiormq's) for the hung node's Close-Ok.
+            # Closing the transport (not the robust connection) makes aio-pika reconnect. A
+            # graceful close would wait for the hung node to read (forever, once the socket's
+            # buffer is full): marked as a peer gone silent, aiormq aborts the socket instead,
+            # as it does when heartbeats stop.
+            underlay._Connection__last_frame_time = float("-inf")  # type: ignore[attr-defined]
             with contextlib.suppress(Exception):
                 await underlay.close(ConnectionError("the broker node stalled"))
 

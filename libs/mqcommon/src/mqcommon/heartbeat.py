@@ -44,6 +44,11 @@ class WorkerHeartbeat(BaseModel):
     llm_base_url: bool = Field(description="An OPENAI_BASE_URL is set.")
     concurrency: int = Field(ge=0)
     running: int = Field(ge=0)
+    holds: int = Field(
+        default=0, ge=0,
+        description="Most tasks it may hold delivered but not started (its lanes' and shards' "
+        "prefetch beyond its concurrency): they are still in the line, not in the queue's count.",
+    )
     interval_s: float = Field(gt=0)
     at: float = Field(default_factory=time.time, description="Wall-clock time of sending.")
 

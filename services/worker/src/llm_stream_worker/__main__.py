@@ -32,7 +32,7 @@ async def run(settings: WorkerSettings) -> None:
     server = await start_metrics_server(worker)
     heartbeat = Heartbeat(
         settings, lambda: worker._connection, lambda: len(worker.running), worker.is_ready,
-        started_in=lambda: worker.started_in_s,
+        started_in=lambda: worker.started_in_s, holds=worker.holds,
     )
     heartbeat.start()
     if not settings.openai_api_key:

@@ -42,9 +42,11 @@ class Heartbeat:
         running: Callable[[], int],
         ready: Callable[[], bool],
         started_in: Callable[[], float | None] = lambda: None,
+        holds: Callable[[], int] = lambda: 0,
     ) -> None:
         self.settings = settings
         self._started_in = started_in
+        self._holds = holds
         self._connection = connection
         self._running = running
         self._ready = ready
@@ -72,6 +74,7 @@ class Heartbeat:
             llm_base_url=bool(settings.openai_base_url),
             concurrency=settings.worker_concurrency,
             running=self._running(),
+            holds=self._holds(),
             interval_s=settings.heartbeat_interval_s,
         )
 

@@ -64,6 +64,7 @@ class Worker:
         )
         self._connection: AbstractRobustConnection | None = None
         self._stall_watch: asyncio.Task[None] | None = None
+        self._prefetch = settings.worker_concurrency  # of each feed, once consuming
         self._history_channel: AbstractChannel | None = None
         self._live_exchange: aio_pika.abc.AbstractExchange | None = None
         self._log_channel: AbstractChannel | None = None
@@ -79,6 +80,12 @@ class Worker:
             route_ttl_s=settings.abandon_timeout_s,
             keep_ended_s=settings.keep_ended_s,
         )
+
+    def holds(self) -> int:
+        """Most tasks this worker may hold delivered but not started (see the gate)."""
+        if self.gate is None:
+            return 0
+        return max(0, len(self.feeds) * self._prefetch - self.settings.worker_concurrency)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -141,7 +148,7 @@ class Worker:
         shards = len(self.lanes[0][1].task_queues)
         # A lane's shards share its prefetch, so the worker holds few tasks it cannot start yet
         # (a held task keeps its place in the line, and the line's length stays that of the queues).
-        prefetch = -(-self.settings.worker_concurrency // shards)
+        prefetch = self._prefetch = -(-self.settings.worker_concurrency // shards)
         self._consumers = []
         for feed, (_, spec) in enumerate(self.feeds):
             tasks_channel = await self._connection.channel()

@@ -53,6 +53,7 @@ class BrokerConnection:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
+        self._renewing: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -71,6 +72,33 @@ class BrokerConnection:
         if not self.connected or self.channel is None:
             raise BrokerUnavailable("not connected to the broker")
         return self.channel
+
+    def renew_channel(self) -> None:
+        """Publish on a new confirming channel from now on (the broker refused a publish for a
+        reason other than a full queue: a channel may keep a queue's former leader)."""
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.create_task(self._renew_channel())
+
+    async def _renew_channel(self) -> None:
+        connection, old = self.connection, self.channel
+        if connection is None or not self.connected:
+            return
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            intakes = {
+                name: await declare_exchange(channel, topology.shard_exchange or topology.intake_exchange)
+                for name, topology in self._lines.items()
+            }
+        except SEND_ERRORS as exc:
+            log.warning("publishing channel not renewed", error=str(exc) or type(exc).__name__)
+            return
+        self.channel, self.intakes = channel, intakes
+        log.info("publishing on a new channel")
+        if old is not None:
+            # Publishes still waiting on the old channel get their confirms before it closes.
+            await asyncio.sleep(self.settings.enqueue_timeout_s)
+            with contextlib.suppress(*SEND_ERRORS):
+                await old.close()
 
     def add_line(self, topology: Topology) -> str:
         """Declare another line's queue, intake and log too (a pool or a lane, ADR 0006)."""

@@ -42,6 +42,7 @@ class WorkersSummary:
     llm_configured: bool
     concurrency: int
     running: int
+    holds: int = 0  # tasks they may hold delivered but not started
 
 
 class WorkerRegistry:
@@ -99,6 +100,7 @@ class WorkerRegistry:
             llm_configured=any(beat.llm_configured for beat in beats),
             concurrency=sum(beat.concurrency for beat in beats),
             running=sum(beat.running for beat in beats),
+            holds=sum(beat.holds for beat in beats),
         )
 
 

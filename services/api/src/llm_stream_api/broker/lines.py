@@ -49,8 +49,11 @@ class Lines:
             settings = pools.line_settings(broker.settings, line)
             name = broker.add_line(Topology.from_settings(settings))
 
-            async def ready(name: str = name) -> int:
-                return (await depth.task_queue(name)).messages
+            async def ready(name: str = name, pool: str = line.pool) -> int:
+                # What the queues hold, and what workers hold delivered but not started yet:
+                # those are still in the line.
+                held = workers.summary(pool).holds if workers is not None else 0
+                return (await depth.task_queue(name)).messages + held
 
             keeper = QueueKeeper(broker, ready, line=name)
             positions = QueuePositions(broker, hub, keeper.on_watch, heard=keeper.heard, line=name)

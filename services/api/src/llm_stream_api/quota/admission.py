@@ -69,6 +69,17 @@ def check_queue(settings: APISettings, queue: Backlog) -> None:
         raise queue_full(settings, queue, waiting)
 
 
+NACK_MARGIN = 100  # tasks the keeper's count may lag behind the broker's during a burst
+
+
+def near_bound(settings: APISettings, queue: Backlog) -> bool:
+    """Whether a publish the broker refused can be the queue's bound: the keeper's count (a
+    watermark old, so behind in a burst) is within a margin of ``MAX_QUEUED_TASKS``. Far from
+    it, the refusal is a queue without a leader, not a full one."""
+    margin = max(NACK_MARGIN, settings.max_queued_tasks // 2)
+    return queue.waiting + margin >= settings.max_queued_tasks
+
+
 def queue_full(settings: APISettings, queue: Backlog, waiting: int | None = None) -> Overloaded:
     """The 503 of a full queue (also when the broker itself refused the task)."""
     waiting = queue.waiting if waiting is None else waiting

@@ -187,7 +187,12 @@ class SessionService:
                 owner=owner, line=route.line.queue,
             )
         except PublishRefused as exc:
-            raise admission.queue_full(self.settings, line) from exc
+            if admission.near_bound(self.settings, line):
+                raise admission.queue_full(self.settings, line) from exc
+            # Refused far from the bound: not a full queue but a queue without a leader (a
+            # failover), or a channel that kept a stale one; the next publish gets a new channel.
+            self.broker.renew_channel()
+            raise BrokerUnavailable("the broker refused the task (its queue is failing over)") from exc
         finally:
             session.reserved = False
         metrics.ENQUEUE_DURATION.observe(time.perf_counter() - started)
@@ -341,8 +346,9 @@ class SessionService:
             records = await self._history.lookup(session.id)
         except BrokerUnavailable as exc:
             log.warning("history lookup failed", session_id=session.id, error=str(exc))
+            session.lookup_failed = True
             return
-        session.looked_up = True
+        session.looked_up, session.lookup_failed = True, False
         for record in records:
             self.hub.apply_record(record)
         session.notify()
@@ -419,6 +425,8 @@ class SessionService:
         if session.ended:
             return _outcome(session)
         if not session.known:
+            if session.lookup_failed:  # not known here, and the history could not say
+                raise BrokerUnavailable("the session's history could not be read")
             return CancelOutcome("not_found")
         await self._intake.publish_cancel(session_id)
         deadline = time.monotonic() + self.settings.cancel_wait_s

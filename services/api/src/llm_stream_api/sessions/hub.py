@@ -41,8 +41,8 @@ class Session:
 
     __slots__ = (
         "_waiter", "accepted_at", "end_kind", "error", "error_param", "finish", "id", "kinds", "line",
-        "looked_up", "owner", "queue_position", "readers", "reserved", "started", "text", "touched",
-        "trace_id", "tracked", "usage",
+        "looked_up", "lookup_failed", "owner", "queue_position", "readers", "reserved", "started", "text",
+        "touched", "trace_id", "tracked", "usage",
     )
 
     def __init__(self, session_id: str, touched: float) -> None:
@@ -62,6 +62,7 @@ class Session:
         self.reserved = False  # a POST of this replica is queueing it right now
         self.tracked = False  # this replica receives its frames (accepted here, or asked for)
         self.looked_up = False  # the history has been read for it at least once
+        self.lookup_failed = False  # the last read of the history failed (the broker was away)
         self.readers = 0
         self.queue_position: int | None = None  # while it waits: 1 = the next task to start
         self.line: str | None = None  # the task queue it waits in, once known (ADR 0006)
