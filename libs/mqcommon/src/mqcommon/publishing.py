@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
 from aiormq.exceptions import AMQPError
@@ -49,3 +51,10 @@ async def publish_confirmed(
         raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from exc
     except TimeoutError as exc:
         raise BrokerUnavailable(f"broker did not confirm within {timeout_s}s") from exc
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the caller is cancelled (a client went away): not the broker's doing
+        # The channel closed under the publish (its connection was lost): aio-pika cancels
+        # the confirm it waited for.
+        raise BrokerUnavailable(f"publish to {routing_key!r} lost with its channel") from exc

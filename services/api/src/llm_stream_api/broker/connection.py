@@ -54,6 +54,7 @@ class BrokerConnection:
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
         self._renewing: asyncio.Task[None] | None = None
+        self._restored = True  # False from a lost transport until aio-pika restored the channels
 
     @property
     def connected(self) -> bool:
@@ -61,8 +62,10 @@ class BrokerConnection:
             self._ready.is_set()
             and self.connection is not None
             and not self.connection.is_closed
-            # False while reconnecting: a POST is refused at once rather than waiting for it.
+            # False while reconnecting, until every channel is restored: a POST is refused at
+            # once rather than waiting on a channel that is being restored.
             and self.connection.connected.is_set()
+            and self._restored
             and self.channel is not None
             and not self.channel.is_closed
         )
@@ -189,6 +192,7 @@ class BrokerConnection:
                 for hook in self._on_connect:
                     await hook(self)
                 connection.reconnect_callbacks.add(self._reconnected)
+                connection.close_callbacks.add(self._lost)
                 if self.settings.broker_stall_s > 0:
                     self.run_in_background(
                         "broker-stalls", watch_for_stalls(connection, self.settings.broker_stall_s)
@@ -209,7 +213,11 @@ class BrokerConnection:
                 )
                 await asyncio.sleep(CONNECT_RETRY_S)
 
+    def _lost(self, *_: object) -> None:
+        self._restored = False
+
     def _reconnected(self, *_: object) -> None:
+        self._restored = True
         for callback in self._on_reconnect:
             callback()
 
