@@ -33,6 +33,7 @@ QUEUED_TASKS = 100
 WORKERS = 2
 RETRY_AFTER_MAX_S = 120
 DISTINCT_POSITIONS_SEEN = 10
+QUIET_MAX_S = 5.0
 
 
 async def started_order(client: httpx.AsyncClient, mock: str, texts: list[str]) -> list[str]:
@@ -127,10 +128,13 @@ async def test_positions_fall_to_one_across_replicas_and_tasks_start_in_that_ord
     for worker in stack.workers:
         taken = [place[sid] for sid in started_sessions(worker.log_path) if sid in place]
         assert taken == sorted(taken), f"{worker.name} took tasks out of queue order: {taken}"
-    # At least every 2 s while waiting (the longest waiter waited several seconds).
+    # Told again about every second while waiting, unchanged or not. A busy machine delays a
+    # beat by a second or two; a replica that stopped telling would leave a waiter silent
+    # for the rest of its wait (the longest waiter waited for every POST and the whole drain).
     longest = max(seen_at, key=lambda times: times[-1][0] - times[0][0])
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(longest)]
-    assert gaps and max(gaps) <= 2.0, gaps
+    assert gaps and max(gaps) <= QUIET_MAX_S, gaps
+    assert longest[-1][0] - longest[0][0] > QUIET_MAX_S + 1, longest  # long enough to tell
     # An ETA once the workers have been seen draining the queue.
     last_events = [t.events for t in transcripts[-5:]]
     etas = [e.data["eta_s"] for events in last_events for e in events if e.kind == "queued"]
