@@ -40,6 +40,7 @@ import uvloop
 
 import cancel
 import charts
+import cluster
 import cost
 import loadgen
 import report
@@ -109,10 +110,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     scale = p.add_argument_group("scale-out (API processes behind HAProxy; see bench/README.md)")
     scale.add_argument(
         "--only",
-        choices=("all", "scale-out", "cancel"),
+        choices=("all", "scale-out", "cancel", "cluster-intake"),
         default="all",
         help="scale-out: only the direct baseline at --scale-out-concurrency, the scale-out "
-        "scenarios, buffered-answer RSS and the restart; cancel: only the cancel scenario",
+        "scenarios, buffered-answer RSS and the restart; cancel: only the cancel scenario; "
+        "cluster-intake: only the intake on a private node and a 3-node cluster (bench/cluster.py)",
     )
     scale.add_argument(
         "--scale-out",
@@ -161,6 +163,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "after its first chunk",
     )
     cancels.add_argument("--cancel-seed", type=int, default=1, help="seed of those random moments")
+    cluster.add_arguments(p)
     args = p.parse_args(argv)
     if args.cost_answers is None:
         args.cost_answers = 50 if args.quick else 100
@@ -205,6 +208,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             args.out += "-scale-out"
         if args.only == "cancel":
             args.out = "quick-cancel" if args.quick else "cancel"
+        if args.only == "cluster-intake":
+            args.out = "quick-cluster-intake" if args.quick else "cluster-intake"
     if args.direct_only or args.target:
         # The scale-out and cancel parts start their own processes: not with a stack given by --target.
         args.scale_out, args.rss_answers, args.history_s = [], 0, 0.0
@@ -756,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     raise_fd_limit()
     signal.signal(signal.SIGTERM, terminate)
+    if args.only == "cluster-intake":  # brokers and stacks of its own
+        return cluster.main(args, Bench, commit())
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(2)
     log_dir = Path(tempfile.mkdtemp(prefix=f"llm-stream-bench-{run_id}-"))
     stack = Stack(run_id, log_dir)
