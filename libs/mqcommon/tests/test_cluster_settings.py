@@ -67,6 +67,10 @@ async def test_a_stall_is_the_node_silent_while_this_process_listens() -> None:
     loop.call_later(0.05, time.sleep, 1.0)
     loop.call_later(0.1, late.set_result, None)
     assert await _answers_within(late, 0.6)
+    # Unanswered, but the node keeps sending (deliveries ahead of the answer): busy, not hung.
+    busy: asyncio.Future[None] = loop.create_future()
+    loop.call_later(1.0, busy.set_result, None)
+    assert await _answers_within(busy, 0.6, silent_for=lambda: 0.0)
     failing: asyncio.Future[None] = loop.create_future()
     failing.set_exception(ConnectionError("closed"))
     with pytest.raises(ConnectionError):

@@ -156,11 +156,12 @@ async def watch_for_stalls(
         try:
             if probe is None or probe.connection is not underlay or probe.is_closed:
                 opening = asyncio.ensure_future(underlay.channel())
-                answered = await _answers_within(opening, stall_s)
+                answered = await _answers_within(opening, stall_s, _silence(underlay))
                 probe = opening.result() if answered else None
             if probe is not None:
                 answered = await _answers_within(
-                    probe.exchange_declare("amq.direct", exchange_type="direct", passive=True), stall_s
+                    probe.exchange_declare("amq.direct", exchange_type="direct", passive=True), stall_s,
+                    _silence(underlay),
                 )
         except Exception as exc:  # a closing connection: the robust connection handles it
             log.debug("stall probe failed", error=str(exc) or type(exc).__name__)
@@ -177,10 +178,15 @@ async def watch_for_stalls(
                 await underlay.close(ConnectionError("the broker node stalled"))
 
 
-async def _answers_within(question: Awaitable[Any], stall_s: float) -> bool:
-    """Whether ``question`` is answered within ``stall_s`` of this process's own attention:
-    time the event loop itself was late (a busy process, a long GC) does not count against the
-    node, so a slow client never leaves a healthy node."""
+async def _answers_within(
+    question: Awaitable[Any], stall_s: float, silent_for: Callable[[], float] = lambda: float("inf"),
+) -> bool:
+    """Whether ``question`` is answered before the node has been silent for ``stall_s``.
+
+    Silence is counted two ways, and both must reach ``stall_s``: the time this process
+    listened without an answer (time the event loop itself was late, a busy process or a long
+    GC, does not count against the node), and ``silent_for``, the time since the node last sent
+    anything at all. A node busy sending deliveries answers late but is not hung."""
     asked = asyncio.ensure_future(question)
     loop = asyncio.get_running_loop()
     waited = 0.0
@@ -188,11 +194,17 @@ async def _answers_within(question: Awaitable[Any], stall_s: float) -> bool:
         began = loop.time()
         await asyncio.wait({asked}, timeout=STALL_STEP_S)
         waited += min(loop.time() - began, 2 * STALL_STEP_S)
-        if waited >= stall_s and not asked.done():
+        if waited >= stall_s and not asked.done() and silent_for() >= stall_s:
             asked.cancel()
             return False
     asked.result()  # a failure, not a silence: raised
     return True
+
+
+def _silence(underlay: Any) -> Callable[[], float]:
+    """Seconds since the connection last received a frame (aiormq keeps the time)."""
+    loop = asyncio.get_running_loop()
+    return lambda: loop.time() - getattr(underlay, "_Connection__last_frame_time", float("-inf"))
 
 
 def broker_version(connection: AbstractRobustConnection) -> tuple[int, ...]:
