@@ -49,8 +49,8 @@ class BrokerSettings(BaseSettings):
     broker_stall_s: float = Field(
         default=3.0,
         ge=0,
-        description="A broker node that does not answer a probe for this long is left: the "
-        "connection is closed and made again, to another node (0: never).",
+        description="A broker node that neither answers a probe nor sends anything else for this "
+        "long is left: the connection is closed and made again, to another node (0: never).",
     )
     rabbitmq_management_url: str = Field(
         default="http://guest:guest@localhost:15672",
