@@ -98,7 +98,7 @@ CONTAINER_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 
 
 def podman_usable() -> str | None:
-    """None when podman can run the cluster's containers here, else why not (for a skip)."""
+    """None when podman can run the cluster's containers here, else why not (for the failure)."""
     if shutil.which("podman") is None:
         return "podman is not installed (scripts/containers.sh install)"
     try:
