@@ -4,8 +4,8 @@ leader when the leader is SIGKILLed (a confirmed publish through the balancer su
 takes the killed node back, and under a network partition the cut-off node pauses
 (pause_minority) while the other two go on serving.
 
-One cluster for the module; the tests run in order and leave it whole. Skipped, with the
-reason, where podman cannot run containers (``scripts/containers.sh install``).
+One cluster for the module; the tests run in order and leave it whole. Failed, with the
+reason, where podman cannot run containers (``make test`` runs ``scripts/containers.sh install``).
 """
 
 from __future__ import annotations
