@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 import httpx
+from support.rabbitmq_cluster import leader_name
 
 from stack import Service
 
@@ -83,14 +84,6 @@ def queue_info(management_url: str, queue: str) -> dict[str, Any] | None:
     response.raise_for_status()
     info: dict[str, Any] = response.json()
     return info
-
-
-def leader_name(info: dict[str, Any] | None) -> str | None:
-    """A quorum queue's ``leader``; a stream on 3.10 names its writer in ``node``."""
-    if not info:
-        return None
-    leader = info.get("leader") or info.get("node")
-    return leader if isinstance(leader, str) else None
 
 
 def up(cluster: Any) -> list[Any]:

@@ -168,6 +168,14 @@ def queue_info(management_url: str, queue: str, vhost: str = "/") -> dict[str, A
     return info
 
 
+def leader_name(info: dict[str, Any] | None) -> str | None:
+    """A quorum queue's ``leader``; a stream on 3.10 names its writer in ``node``."""
+    if not info:
+        return None
+    leader = info.get("leader") or info.get("node")
+    return leader if isinstance(leader, str) else None
+
+
 def running_node_names(management_url: str) -> set[str]:
     """The nodes that the answering node sees running (``/api/nodes``)."""
     with _client(management_url) as client:
@@ -363,12 +371,8 @@ class HostCluster:
         raise NodeError("no node of the cluster answers on its management API")
 
     def leader_of(self, queue: str) -> ClusterNode | None:
-        """``leader`` for a quorum queue; a stream on 3.10 names its writer in ``node``."""
-        info = queue_info(self.management_url(), queue)
-        if info is None:
-            return None
-        leader = info.get("leader") or info.get("node")
-        return self.node(leader) if isinstance(leader, str) else None
+        leader = leader_name(queue_info(self.management_url(), queue))
+        return self.node(leader) if leader is not None else None
 
     def members_of(self, queue: str) -> list[str]:
         """On 3.10 a new stream shows no ``members`` until its first statistics (a few seconds):

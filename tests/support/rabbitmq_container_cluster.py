@@ -77,6 +77,7 @@ from .rabbitmq_cluster import (
     _client,
     _wait,
     connection_node,
+    leader_name,
     queue_info,
     running_node_names,
 )
@@ -304,11 +305,8 @@ class ContainerCluster:
         raise NodeError("no node of the container cluster answers on its management API")
 
     def leader_of(self, queue: str) -> ClusterNode | None:
-        info = queue_info(self.management_url(), queue)
-        if info is None:
-            return None
-        leader = info.get("leader") or info.get("node")
-        return self.node(leader) if isinstance(leader, str) else None
+        leader = leader_name(queue_info(self.management_url(), queue))
+        return self.node(leader) if leader is not None else None
 
     def members_of(self, queue: str) -> list[str]:
         """A queue's ``members`` come with its statistics: for a new queue that exists, this
