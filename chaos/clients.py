@@ -142,13 +142,15 @@ class Clients:
         self._numbers = itertools.count()
         self._sdk: dict[str, openai.AsyncOpenAI] = {}
 
-    def prompt(self) -> tuple[str, str]:
+    def prompt(self, answer: Answer | None = None) -> tuple[str, str]:
+        """A new prompt and the answer expected for it (``answer``, or the scenario's)."""
+        answer = answer or self.answer
         n = next(self._numbers)
         text = (
             f"chaos {self.scenario} {self.run_id} {n} "
-            f"[[mock:tokens={self.answer.tokens}]] [[mock:tps={self.answer.tps:g}]]"
+            f"[[mock:tokens={answer.tokens}]] [[mock:tps={answer.tps:g}]]"
         )
-        return text, expected_answer(text, self.answer.tokens)
+        return text, expected_answer(text, answer.tokens)
 
     def _left(self, session: Session) -> float:
         """Seconds before the session's deadline."""
@@ -205,11 +207,11 @@ class Clients:
     # -- sse ----------------------------------------------------------------------------------
 
     async def post_sse(
-        self, url: str, *, probe: bool = False, target: Target | None = None
+        self, url: str, *, probe: bool = False, target: Target | None = None, answer: Answer | None = None
     ) -> Session | Post:
         """Queue a session (``POST /chat/async``) without reading it yet."""
         target = target or self.pick()
-        prompt, expected = self.prompt()
+        prompt, expected = self.prompt(answer)
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self.post_timeout_s), self.http.post(
@@ -230,9 +232,9 @@ class Clients:
 
     async def sse(
         self, url: str, read_urls: list[str] | None = None, *, probe: bool = False,
-        target: Target | None = None,
+        target: Target | None = None, answer: Answer | None = None,
     ) -> Session | Post:
-        outcome = await self.post_sse(url, probe=probe, target=target)
+        outcome = await self.post_sse(url, probe=probe, target=target, answer=answer)
         if isinstance(outcome, Session):
             await self.read(outcome, read_urls or [url])
         return outcome

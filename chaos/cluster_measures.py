@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from clients import Clients, position
+from clients import Answer, Clients, position
 from oracle import DROPPED, OPEN_AFTER_FINAL, Post, Read, Session, Tally
 
 PROBE_OUTSTANDING = 64
@@ -75,8 +75,8 @@ class TimedClients(Clients):
         self.took: dict[int, float] = {}
         """``id(post)`` -> seconds from sending the refused POST to its answer."""
 
-    def prompt(self) -> tuple[str, str]:
-        text, expected = super().prompt()
+    def prompt(self, answer: Answer | None = None) -> tuple[str, str]:
+        text, expected = super().prompt(answer)
         self.sent_at[text] = time.monotonic()
         return text, expected
 

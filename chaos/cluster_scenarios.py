@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import cluster_control as control
+from clients import Answer
 from cluster_scene import (
     ClusterOptions,
     Scene,
@@ -175,6 +176,14 @@ async def hang(run: Run, opts: ClusterOptions, name: str) -> Outcome:
         for h in health.values():
             h.start(http)
         scene.start_probes()
+        # One answer longer than the hang and what follows it, queued on the API whose node
+        # hangs: a session under way at SIGCONT whatever the intake does meanwhile.
+        hung_url = next(
+            (u for u, a in zip(scene.urls, scene.apis, strict=False) if where.get(a.name) == target),
+            scene.urls[0],
+        )
+        long_answer = Answer(int((opts.fault_s + opts.after_s + 5.0) * opts.answer.tps), opts.answer.tps)
+        across = asyncio.create_task(scene.clients.sse(hung_url, scene.urls, answer=long_answer))
         await asyncio.sleep(1.0)
         scene.facts["in_flight_at_fault"] = scene.clients.in_flight()
         stop_watching = asyncio.Event()
@@ -240,6 +249,8 @@ async def hang(run: Run, opts: ClusterOptions, name: str) -> Outcome:
             if s.accepted_at < resumed_at and not _ended_before(s, resumed_at)
         ]
         scene.facts["under_way_at_resume"] = len(judged_after)
+        long_session = await across
+        scene.facts["long_session_accepted"] = isinstance(long_session, Session)
         if hung_api is None:
             scene.problems.append("no API process sat on the hung node")
         if not scene.facts["in_flight_at_fault"]:
