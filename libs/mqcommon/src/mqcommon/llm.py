@@ -103,8 +103,8 @@ async def stream_parts(
     otherwise every delta is choice 0's, whatever index a server puts on it.
 
     The SDK makes the request (auth, base URL, retries before the first byte, error types);
-    the server-sent lines of the body are decoded here with orjson, which costs a fraction
-    of building the SDK's typed chunk objects for every token.
+    the server-sent lines of the body are split and decoded here (``_lines``, orjson), which
+    costs a fraction of building the SDK's typed chunk objects for every token.
     """
     kwargs = request_arguments(settings, params, usage=usage)
     calls = _ToolCalls()
@@ -115,11 +115,11 @@ async def stream_parts(
             stream=True,
             **kwargs,
         ) as response:
-            async for line in response.iter_lines():
-                if not line.startswith("data:"):
+            async for line in _lines(response.http_response):
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     return
                 chunk = orjson.loads(data)
                 if outcome is not None and isinstance(chunk.get("usage"), dict):
@@ -147,6 +147,36 @@ async def stream_answer(
         for key, text in parts:
             if key == CONTENT:
                 yield text
+
+
+async def _lines(http_response: httpx2.Response) -> AsyncIterator[bytes]:
+    """The lines of a server-sent body as they arrive, with their line ends.
+
+    An LLM sends each token in a packet of its own, so every layer a chunk passes through
+    costs once per token: a body the SDK's aiohttp transport carries unencoded is read from
+    aiohttp itself; any other (another transport, a compressed body) through httpx."""
+    pending = b""
+    async for chunk in _body(http_response):
+        if pending:
+            chunk = pending + chunk
+        lines = chunk.splitlines(keepends=True)
+        # A line cut by the packet boundary waits for its end. (A CR LF cut between its two
+        # bytes reads as an empty line more, which ends no data line early.)
+        pending = b"" if not lines or lines[-1].endswith((b"\n", b"\r")) else lines.pop()
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
+def _body(http_response: httpx2.Response) -> AsyncIterator[bytes]:
+    # The SDK's aiohttp transport keeps its aiohttp response inside the httpx stream, and
+    # leaves the body encoded (auto_decompress off). Any other shape goes through httpx.
+    inner = getattr(getattr(http_response.stream, "_stream", None), "_aiohttp_response", None)
+    encoding = http_response.headers.get("content-encoding", "identity").strip().lower()
+    if isinstance(inner, aiohttp.ClientResponse) and encoding in ("", "identity"):
+        return inner.content.iter_any()
+    return http_response.aiter_bytes()
 
 
 def stream_task(
