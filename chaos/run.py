@@ -102,6 +102,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--fault-s", type=float, help="cluster: seconds a node stays down, hung or cut off")
     p.add_argument(
+        "--net-ticktime", type=int,
+        help="cluster: the nodes' net_ticktime, which bounds how long a hung node takes to be "
+        "declared down (default 10 s)",
+    )
+    p.add_argument(
         "--pools", action="store_true",
         help="run each chosen scenario with two model pools (its -pools variant) instead of none",
     )
@@ -372,8 +377,11 @@ def main_cluster(
     reach = "node list" if args.node_list else "balancer"
     broker: dict[str, Any] = {"kind": args.broker_kind, "processes_reach": reach}
     try:
-        with cluster_for(args.broker_kind) as nodes:
-            broker.update(version=nodes.version, nodes=[n.name for n in nodes.nodes])
+        with cluster_for(args.broker_kind, args.net_ticktime) as nodes:
+            broker.update(
+                version=nodes.version, nodes=[n.name for n in nodes.nodes],
+                net_ticktime=getattr(nodes, "net_ticktime", None),
+            )
             started = getattr(nodes, "started_in_s", None) or 0.0
             print(
                 f"broker: a {len(nodes.nodes)}-node RabbitMQ {nodes.version} cluster ({args.broker_kind}), "

@@ -17,15 +17,17 @@ KINDS = ("node", "container")
 
 
 @contextlib.contextmanager
-def cluster_for(kind: str) -> Iterator[BrokerCluster]:
-    """A started cluster of ``kind``, closed on the way out."""
+def cluster_for(kind: str, net_ticktime: int | None = None) -> Iterator[BrokerCluster]:
+    """A started cluster of ``kind``, closed on the way out; ``net_ticktime``: the nodes'
+    (default: the kind's own, 10 s)."""
+    options = {} if net_ticktime is None else {"net_ticktime": net_ticktime}
     if kind == "node":
-        with host_cluster() as cluster:
+        with host_cluster(**options) as cluster:
             yield cluster
     elif kind == "container":
         from .rabbitmq_container_cluster import container_cluster
 
-        with container_cluster() as containers:
+        with container_cluster(**options) as containers:
             yield containers
     else:
         raise ValueError(f"cluster kind {kind!r}: choose one of {', '.join(KINDS)}")
