@@ -91,3 +91,37 @@ async def test_new_requests_are_served_after_the_connections_come_back(
             await asyncio.sleep(0.5)
     assert response.status_code == 200, response.text
     assert response.text == question.expected
+
+
+async def test_a_generation_is_cancelled_after_the_connections_came_back(
+    stack: Deployment, broker: Broker
+) -> None:
+    """The worker follows the cancels stream again after its reconnect (on a new consumer,
+    from the record after the last one it read), so a cancel sent afterwards still stops it."""
+    api = stack.apis[0].base_url
+    assert await cut_connections(broker, stack) == 2
+    await served_again(api)
+    question = prompt("cancel-after-outage", tokens=400, tps=10)  # 40 s: far longer than the test
+    async with httpx.AsyncClient(timeout=30) as client:
+        queued = (await client.post(f"{api}/chat/async", json={"message": question.text})).json()
+        first = await read_stream(client, f"{api}{queued['stream_url']}", max_events=2)
+        assert len(first.events) == 2, first
+        cancelled = await client.delete(f"{api}/sessions/{queued['session_id']}")
+        assert cancelled.status_code in (200, 202), cancelled.text
+        rest = await read_stream(
+            client, f"{api}{queued['stream_url']}", last_event_id=first.ids[-1], timeout=30
+        )
+    assert rest.last.data == {"type": "cancelled"}, rest.last
+
+
+async def served_again(api: str) -> None:
+    """Until a short answer is served (every process reconnected)."""
+    question = prompt("served-again", tokens=3)
+    deadline = time.monotonic() + RECONNECT_DEADLINE_S
+    async with httpx.AsyncClient(timeout=30) as client:
+        while True:
+            response = await client.post(f"{api}/chat", json={"message": question.text})
+            if response.status_code == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    assert response.status_code == 200, response.text

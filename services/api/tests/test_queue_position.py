@@ -207,6 +207,9 @@ async def test_the_keeper_answers_each_replica_only_what_changed_for_its_own_ses
         def when_reconnected(self, callback: object) -> None:
             pass
 
+        def when_lost(self, callback: object) -> None:
+            pass
+
     async def length() -> int:
         return 0
 

@@ -127,7 +127,7 @@ class Worker:
         self._log_channel = live_channel
         # Before the first task: a task cancelled while queued must never reach the LLM.
         await self.cancels.start(
-            await self._connection.channel(), self._history_channel,
+            self._connection, self._history_channel,
             confirm_timeout_s=self.settings.confirm_timeout_s, stream=self.topology.cancels_stream,
         )
 

@@ -50,6 +50,7 @@ class BrokerConnection:
         self.version: tuple[int, ...] = ()
         self._on_connect: list[OnConnect] = []
         self._on_reconnect: list[Callable[[], None]] = []
+        self._on_lost: list[Callable[[], None]] = []
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
@@ -118,6 +119,11 @@ class BrokerConnection:
 
     def when_reconnected(self, callback: Callable[[], None]) -> None:
         self._on_reconnect.append(callback)
+
+    def when_lost(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` as soon as the connection is lost, before aio-pika reconnects and
+        restores the channels."""
+        self._on_lost.append(callback)
 
     def run_in_background(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
         """A loop of one part (announcing, sweeping), cancelled at ``stop``."""
@@ -215,6 +221,8 @@ class BrokerConnection:
 
     def _lost(self, *_: object) -> None:
         self._restored = False
+        for callback in self._on_lost:
+            callback()
 
     def _reconnected(self, *_: object) -> None:
         self._restored = True

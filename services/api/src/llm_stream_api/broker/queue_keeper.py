@@ -176,6 +176,10 @@ class QueueKeeper:
         self._watermark_sent: tuple[float, tuple[int, int, int, float]] | None = None
         bound = broker.settings.max_queued_tasks
         self._near_bound = bound - max(1, bound // NEAR_BOUND_SHARE)
+        # Dropped as soon as the connection goes: aio-pika would otherwise restore the log's
+        # consumer with the connection, and a node without a running replica of the stream
+        # (one that has just started again) refuses it, failing the whole reconnection.
+        broker.when_lost(self._deposed)
         broker.when_reconnected(self._deposed)
 
     @property
