@@ -145,7 +145,9 @@ async def watch_for_stalls(
     """Close ``connection`` when its node stops answering for ``stall_s`` (runs until cancelled).
 
     The question is a passive declaration of ``amq.direct``: the node answers it from its own
-    metadata, whatever the state of queue leaders elsewhere in the cluster."""
+    metadata, whatever the state of queue leaders elsewhere in the cluster. It is asked only
+    once the node has been silent for a probe interval: a connection that receives anything
+    (deliveries, watermarks, heartbeats) costs no question at all."""
     probe: Any = None  # one channel per transport, kept open
     while True:
         await asyncio.sleep(STALL_PROBE_INTERVAL_S)
@@ -153,6 +155,8 @@ async def watch_for_stalls(
         if connection.is_closed or transport is None or not connection.connected.is_set():
             continue  # reconnecting: nothing to watch yet
         underlay = transport.connection
+        if _silence(underlay)() < STALL_PROBE_INTERVAL_S:
+            continue  # the node sent something within the last interval: it is not hung
         try:
             if probe is None or probe.connection is not underlay or probe.is_closed:
                 opening = asyncio.ensure_future(underlay.channel())
