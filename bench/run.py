@@ -130,7 +130,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--history-s",
         type=float,
         help="seconds of load whose history fills the stream before the restart, 0 to skip the "
-        "restart (default 600, quick 60)",
+        "restart (default 120, quick 60)",
     )
     scale.add_argument(
         "--restart-after",
@@ -180,7 +180,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.rss_answers is None:
         args.rss_answers = 100 if args.quick else 500
     if args.history_s is None:
-        args.history_s = 60.0 if args.quick else 600.0
+        args.history_s = 60.0 if args.quick else 120.0
     if args.restart_after is None:
         args.restart_after = 4.0 if args.quick else 8.0
     args.modes = [m for m in args.modes.split(",") if m]
