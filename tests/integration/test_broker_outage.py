@@ -80,16 +80,7 @@ async def test_new_requests_are_served_after_the_connections_come_back(
     api = stack.apis[0].base_url
     assert await cut_connections(broker, stack) == 2
     question = prompt("after-outage", tokens=5)
-    deadline = time.monotonic() + RECONNECT_DEADLINE_S
-    async with httpx.AsyncClient(timeout=30) as client:
-        while True:
-            response = await client.post(f"{api}/chat", json={"message": question.text})
-            if response.status_code == 200 or time.monotonic() > deadline:
-                break
-            assert response.status_code == 503, response.text
-            assert response.json()["error"] == "broker_unavailable"
-            await asyncio.sleep(0.5)
-    assert response.status_code == 200, response.text
+    response = await served_again(api, question.text)
     assert response.text == question.expected
 
 
@@ -100,7 +91,7 @@ async def test_a_generation_is_cancelled_after_the_connections_came_back(
     from the record after the last one it read), so a cancel sent afterwards still stops it."""
     api = stack.apis[0].base_url
     assert await cut_connections(broker, stack) == 2
-    await served_again(api)
+    await served_again(api, prompt("served-again", tokens=3).text)
     question = prompt("cancel-after-outage", tokens=400, tps=10)  # 40 s: far longer than the test
     async with httpx.AsyncClient(timeout=30) as client:
         queued = (await client.post(f"{api}/chat/async", json={"message": question.text})).json()
@@ -114,14 +105,17 @@ async def test_a_generation_is_cancelled_after_the_connections_came_back(
     assert rest.last.data == {"type": "cancelled"}, rest.last
 
 
-async def served_again(api: str) -> None:
-    """Until a short answer is served (every process reconnected)."""
-    question = prompt("served-again", tokens=3)
+async def served_again(api: str, question: str) -> httpx.Response:
+    """``POST /chat`` of ``question`` until it is served (every process reconnected); until
+    then, every refusal is a 503 ``broker_unavailable``."""
     deadline = time.monotonic() + RECONNECT_DEADLINE_S
     async with httpx.AsyncClient(timeout=30) as client:
         while True:
-            response = await client.post(f"{api}/chat", json={"message": question.text})
+            response = await client.post(f"{api}/chat", json={"message": question})
             if response.status_code == 200 or time.monotonic() > deadline:
                 break
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "broker_unavailable"
             await asyncio.sleep(0.5)
     assert response.status_code == 200, response.text
+    return response

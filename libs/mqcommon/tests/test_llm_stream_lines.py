@@ -74,6 +74,18 @@ async def test_the_sdk_aiohttp_transport_body_is_split_at_line_ends_whatever_its
         await runner.cleanup()
 
 
+async def text_through(transport: httpx2.AsyncBaseTransport) -> str:
+    """The answer's text read by the SDK over ``transport`` (not the aiohttp one)."""
+    settings = LLMSettings(openai_base_url="http://llm.test/v1", llm_model="m")
+    client = openai.AsyncOpenAI(
+        api_key="k", base_url=settings.openai_base_url, http_client=httpx2.AsyncClient(transport=transport)
+    )
+    try:
+        return await text_of(client, settings)
+    finally:
+        await client.close()
+
+
 class Pieces(httpx2.AsyncByteStream):
     def __init__(self, parts: list[bytes]) -> None:
         self.parts = parts
@@ -93,27 +105,11 @@ async def test_another_transport_or_a_compressed_body_is_read_through_httpx(comp
             headers["Content-Encoding"] = "gzip"
         return httpx2.Response(200, headers=headers, stream=Pieces(pieces(body)))
 
-    settings = LLMSettings(openai_base_url="http://llm.test/v1", llm_model="m")
-    client = openai.AsyncOpenAI(
-        api_key="k", base_url=settings.openai_base_url,
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
-    )
-    try:
-        assert await text_of(client, settings) == "Hello, world"
-    finally:
-        await client.close()
+    assert await text_through(httpx2.MockTransport(answer)) == "Hello, world"
 
 
 async def test_a_last_line_without_its_end_is_still_read() -> None:
     def answer(request: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(200, stream=Pieces([b"data: " + chunk("a") + b"\n\ndata: ", chunk("b")]))
 
-    settings = LLMSettings(openai_base_url="http://llm.test/v1", llm_model="m")
-    client = openai.AsyncOpenAI(
-        api_key="k", base_url=settings.openai_base_url,
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
-    )
-    try:
-        assert await text_of(client, settings) == "ab"
-    finally:
-        await client.close()
+    assert await text_through(httpx2.MockTransport(answer)) == "ab"

@@ -204,9 +204,6 @@ async def test_the_keeper_answers_each_replica_only_what_changed_for_its_own_ses
     class Broker(FakeBroker):
         settings = APISettings(max_queued_tasks=100)
 
-        def when_reconnected(self, callback: object) -> None:
-            pass
-
         def when_lost(self, callback: object) -> None:
             pass
 

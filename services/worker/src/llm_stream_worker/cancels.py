@@ -21,25 +21,22 @@ from collections.abc import Callable
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from aio_pika.exceptions import AMQPException
-from aiormq.exceptions import AMQPError
 from mqcommon.publishing import publish_confirmed
 from mqcommon.schemas import HistoryRecord, MalformedMessage, new_id
 from mqcommon.topology import QueueSpec, declare_queue
 
 from llm_stream_worker import metrics
+from llm_stream_worker.heartbeat import BROKER_ERRORS
 
 log = structlog.get_logger(__name__)
 
 PREFETCH = 500
 CATCH_UP_TIMEOUT_S = 10.0
 RESUME_RETRY_S = 1.0
-# What a channel or a declaration can fail with while a node is away or starting.
-SEND_ERRORS = (AMQPException, AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError)
 
 
 async def _close_quietly(channel: AbstractChannel) -> None:
-    with contextlib.suppress(*SEND_ERRORS):
+    with contextlib.suppress(*BROKER_ERRORS):
         await channel.close()
 
 
@@ -77,16 +74,14 @@ class CancelFeed:
             log.warning("cancels not read back in time; taking tasks anyway", timeout_s=CATCH_UP_TIMEOUT_S)
 
     async def _follow(self, connection: AbstractRobustConnection, since: object) -> None:
+        # Never restored with the connection: closed when it is lost, followed anew after.
         channel = await connection.channel()
         try:
-            # Never restored with the connection: closed when it is lost, followed anew after.
-            underlay = await channel.get_underlay_channel()
-            await underlay.basic_qos(prefetch_count=PREFETCH)
+            await channel.set_qos(prefetch_count=PREFETCH)
             queue = await declare_queue(channel, self._stream)
             await queue.consume(self._on_message, arguments={"x-stream-offset": since})  # type: ignore[dict-item]
         except BaseException:
-            with contextlib.suppress(Exception):
-                await channel.close()
+            await _close_quietly(channel)
             raise
         self._channel = channel
 
@@ -106,17 +101,10 @@ class CancelFeed:
         while self._channel is None:
             try:
                 await self._follow(connection, since)
-            except SEND_ERRORS as exc:
+            except BROKER_ERRORS as exc:
                 log.warning("cancels not followed yet; retrying", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(RESUME_RETRY_S)
         log.info("following the cancels again", from_offset=since)
-
-    async def stop(self) -> None:
-        if self._resuming is not None:
-            self._resuming.cancel()
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await _close_quietly(channel)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         await message.ack()

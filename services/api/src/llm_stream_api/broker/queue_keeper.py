@@ -180,7 +180,6 @@ class QueueKeeper:
         # consumer with the connection, and a node without a running replica of the stream
         # (one that has just started again) refuses it, failing the whole reconnection.
         broker.when_lost(self._deposed)
-        broker.when_reconnected(self._deposed)
 
     @property
     def _topology(self) -> Topology:
